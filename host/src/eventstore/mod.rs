@@ -1,0 +1,108 @@
+//! The event store seam.
+//!
+//! Why it exists: wallex appends every state change as an event to a stream, and the store behind
+//! that will not always be PostgreSQL (KurrentDB and an embedded SQLite are planned). The write path
+//! talks to the [`EventStore`] trait, whose types say nothing about PostgreSQL; each backend decides
+//! what "the transaction an append joins" is through [`EventStore::Transaction`].
+//!
+//! Event ids are chosen by the caller, deterministically from the idempotency key when there is one
+//! ([`deterministic_event_id`]), so that a retried append to an external store deduplicates.
+
+pub mod postgres;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace of the UUIDv5 event ids derived from idempotency keys.
+pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a8f_0e5c_9b1d_4f3e_a2c7_5d40_91be_37f2);
+
+/// The id of the `index`-th event written by the request with this idempotency scope and key:
+/// the same request retried produces the same ids.
+pub fn deterministic_event_id(scope: &str, idempotency_key: &str, index: u32) -> Uuid {
+    let name = format!("{scope}\n{idempotency_key}\n{index}");
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+}
+
+/// Metadata every event carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMetadata {
+    /// Ties together everything done for one client request (`X-Correlation-Id`).
+    pub correlation_id: String,
+    /// What caused this event: the request (its correlation id) or a previous event's id.
+    pub causation_id: String,
+    /// The request's `Idempotency-Key`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub metadata: EventMetadata,
+}
+
+/// An event as stored: with its place in its stream and in the global log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub global_position: i64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub metadata: EventMetadata,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Optimistic concurrency check of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last version must be exactly this.
+    Exact(i64),
+}
+
+/// Errors of an event store.
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    #[error("stream {stream} is not at the expected version {expected:?}")]
+    WrongExpectedVersion {
+        stream: String,
+        expected: ExpectedVersion,
+    },
+    #[error("an append needs at least one event")]
+    EmptyAppend,
+    #[error("event store backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An append-only store of event streams.
+pub trait EventStore: Send + Sync {
+    /// The unit of work an append joins. For PostgreSQL it is the write transaction, so the append
+    /// commits or rolls back with everything else the request writes.
+    type Transaction: Send;
+
+    /// Appends `events` to `stream` if the stream is at `expected`, at `recorded_at`.
+    fn append(
+        &self,
+        tx: &mut Self::Transaction,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        recorded_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, EventStoreError>> + Send;
+
+    /// Reads a whole stream in version order (empty if it does not exist).
+    fn read_stream(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, EventStoreError>> + Send;
+}

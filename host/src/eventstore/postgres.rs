@@ -1,0 +1,139 @@
+//! The PostgreSQL event store: the `events` table, appended in the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{EventMetadata, EventStore, EventStoreError, ExpectedVersion, NewEvent, RecordedEvent};
+
+/// Event store on the `events` table of the wallex database.
+#[derive(Debug, Clone)]
+pub struct PgEventStore {
+    pool: PgPool,
+}
+
+impl PgEventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn backend(error: impl std::error::Error + Send + Sync + 'static) -> EventStoreError {
+    EventStoreError::Backend(Box::new(error))
+}
+
+impl EventStore for PgEventStore {
+    type Transaction = Transaction<'static, Postgres>;
+
+    async fn append(
+        &self,
+        tx: &mut Self::Transaction,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        if events.is_empty() {
+            return Err(EventStoreError::EmptyAppend);
+        }
+        let first_version = match expected {
+            ExpectedVersion::NoStream => 1,
+            ExpectedVersion::Exact(version) => version + 1,
+        };
+        let mut recorded = Vec::with_capacity(events.len());
+        for (offset, event) in (0_i64..).zip(events) {
+            let stream_version = first_version + offset;
+            let metadata = serde_json::to_value(&event.metadata).map_err(backend)?;
+            // A conflict on (stream_id, stream_version) means another writer got there first: the
+            // insert returns no row instead of aborting the caller's transaction.
+            let position: Option<(i64,)> = sqlx::query_as(
+                "INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (stream_id, stream_version) DO NOTHING
+                 RETURNING global_position",
+            )
+            .bind(event.event_id)
+            .bind(stream)
+            .bind(stream_version)
+            .bind(&event.event_type)
+            .bind(&event.data)
+            .bind(&metadata)
+            .bind(recorded_at)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?;
+            let Some((global_position,)) = position else {
+                return Err(EventStoreError::WrongExpectedVersion {
+                    stream: stream.to_owned(),
+                    expected,
+                });
+            };
+            if offset == 0 && first_version > 1 {
+                // Exact(n) also needs version n to exist.
+                let previous: Option<(i64,)> = sqlx::query_as(
+                    "SELECT stream_version FROM events WHERE stream_id = $1 AND stream_version = $2",
+                )
+                .bind(stream)
+                .bind(first_version - 1)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(backend)?;
+                if previous.is_none() {
+                    return Err(EventStoreError::WrongExpectedVersion {
+                        stream: stream.to_owned(),
+                        expected,
+                    });
+                }
+            }
+            recorded.push(RecordedEvent {
+                global_position,
+                event_id: event.event_id,
+                stream_id: stream.to_owned(),
+                stream_version,
+                event_type: event.event_type.clone(),
+                data: event.data.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at,
+            });
+        }
+        Ok(recorded)
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT global_position, event_id, stream_id, stream_version, event_type, data, metadata, recorded_at
+             FROM events WHERE stream_id = $1 ORDER BY stream_version",
+        )
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(RecordedEvent {
+                    metadata: serde_json::from_value::<EventMetadata>(row.metadata)
+                        .map_err(backend)?,
+                    global_position: row.global_position,
+                    event_id: row.event_id,
+                    stream_id: row.stream_id,
+                    stream_version: row.stream_version,
+                    event_type: row.event_type,
+                    data: row.data,
+                    recorded_at: row.recorded_at,
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    global_position: i64,
+    event_id: Uuid,
+    stream_id: String,
+    stream_version: i64,
+    event_type: String,
+    data: serde_json::Value,
+    metadata: serde_json::Value,
+    recorded_at: DateTime<Utc>,
+}
