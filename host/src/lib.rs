@@ -4,3 +4,4 @@
 
 pub mod eventstore;
 pub mod outbox;
+pub mod projection;

@@ -1,0 +1,212 @@
+//! Projection checkpoints: where each projection stands in the outbox, and its reported health.
+//!
+//! Why it exists: a projection's tables and its checkpoint change in the same transaction, so
+//! after any crash the checkpoint says exactly which events the tables include. The cursor is an
+//! [`OutboxCursor`] (transaction id, global position), the order of the gap-safe reader.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::outbox::OutboxCursor;
+
+/// What the worker holding a projection's lease last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Applying batches normally.
+    Running,
+    /// The last batch failed; it is retried after the error backoff.
+    Failing,
+    /// The retries are exhausted; the worker stopped until the process restarts.
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Failing => "failing",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "failing" => Self::Failing,
+            "failed" => Self::Failed,
+            _ => Self::Running,
+        }
+    }
+}
+
+/// A checkpoint row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub projection: String,
+    pub schema_version: i64,
+    pub cursor: OutboxCursor,
+    pub status: Status,
+    pub last_error: Option<String>,
+    pub error_count: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("checkpoint of {0} is missing")]
+    Missing(String),
+    #[error("checkpoint transaction id {0} is out of range")]
+    XactIdOutOfRange(String),
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    projection: String,
+    schema_version: i64,
+    last_xact_id: String,
+    last_position: i64,
+    status: String,
+    last_error: Option<String>,
+    error_count: i32,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_checkpoint(self) -> Result<Checkpoint, CheckpointError> {
+        Ok(Checkpoint {
+            cursor: OutboxCursor {
+                xact_id: self
+                    .last_xact_id
+                    .parse()
+                    .map_err(|_| CheckpointError::XactIdOutOfRange(self.last_xact_id.clone()))?,
+                position: self.last_position,
+            },
+            projection: self.projection,
+            schema_version: self.schema_version,
+            status: Status::parse(&self.status),
+            last_error: self.last_error,
+            error_count: self.error_count,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT projection, schema_version, last_xact_id::text AS last_xact_id,
+        last_position, status, last_error, error_count, updated_at
+    FROM projector_checkpoints";
+
+/// Creates the checkpoint at the start of the outbox if missing. A new schema version means new,
+/// empty tables: its checkpoint restarts from the beginning.
+pub async fn ensure(
+    conn: &mut PgConnection,
+    projection: &str,
+    schema_version: u32,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "INSERT INTO projector_checkpoints (projection, schema_version) VALUES ($1, $2)
+         ON CONFLICT (projection) DO UPDATE
+            SET schema_version = EXCLUDED.schema_version, last_xact_id = '0', last_position = 0,
+                status = 'running', last_error = NULL, error_count = 0, updated_at = now()
+            WHERE projector_checkpoints.schema_version <> EXCLUDED.schema_version",
+    )
+    .bind(projection)
+    .bind(i64::from(schema_version))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads a checkpoint.
+pub async fn read<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE projection = $1"))
+        .bind(projection)
+        .fetch_optional(executor)
+        .await?;
+    row.map(Row::into_checkpoint).transpose()
+}
+
+/// Reads all checkpoints, by name.
+pub async fn read_all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Checkpoint>, CheckpointError> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} ORDER BY projection"))
+        .fetch_all(executor)
+        .await?;
+    rows.into_iter().map(Row::into_checkpoint).collect()
+}
+
+/// Locks the checkpoint row for the caller's transaction and returns its cursor.
+pub async fn lock(conn: &mut PgConnection, projection: &str) -> Result<OutboxCursor, CheckpointError> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT last_xact_id::text, last_position FROM projector_checkpoints
+         WHERE projection = $1 FOR UPDATE",
+    )
+    .bind(projection)
+    .fetch_optional(conn)
+    .await?;
+    let (xact, position) = row.ok_or_else(|| CheckpointError::Missing(projection.to_owned()))?;
+    Ok(OutboxCursor {
+        xact_id: xact
+            .parse()
+            .map_err(|_| CheckpointError::XactIdOutOfRange(xact.clone()))?,
+        position,
+    })
+}
+
+/// Moves the checkpoint (in the caller's transaction) and marks the projection healthy.
+pub async fn advance(
+    conn: &mut PgConnection,
+    projection: &str,
+    cursor: OutboxCursor,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET last_xact_id = $2::text::xid8, last_position = $3, status = 'running',
+             last_error = NULL, error_count = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(cursor.xact_id.to_string())
+    .bind(cursor.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed batch (outside the failed transaction, which rolled back).
+pub async fn record_failure<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+    status: Status,
+    error: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET status = $2, last_error = $3, error_count = error_count + 1, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(status.as_str())
+    .bind(error)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Sets a checkpoint back to the start of the outbox (replay). The tables are kept: projections
+/// must be idempotent.
+pub async fn reset<'e>(executor: impl PgExecutor<'e>, projection: &str) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints SET last_xact_id = '0', last_position = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

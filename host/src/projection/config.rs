@@ -1,0 +1,192 @@
+//! Configuration of the projection runtime: where components come from, worker tuning (with
+//! per-projection overrides) and the read-after-write wait.
+//!
+//! Why it exists: every limit is a named default here and can be changed per deployment through
+//! flags or environment variables, flattened into `wallex serve`'s arguments.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::engine::RuntimeLimits;
+use super::worker::WorkerConfig;
+
+pub const DEFAULT_BATCH_SIZE: u32 = 200;
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_ERROR_BACKOFF_MS: u64 = 5_000;
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+pub const DEFAULT_LEASE_RETRY_MS: u64 = 1_000;
+pub const DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Upper bound of the read-after-write wait, whatever is configured or requested.
+pub const MAX_READ_AFTER_WRITE_TIMEOUT_MS: u64 = 30_000;
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// Command-line / environment settings of the projection runtime.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectionArgs {
+    /// Directory of projection components (`*.wasm`) to load instead of the bundled three.
+    #[arg(long, env = "WALLEX_PROJECTIONS_DIR")]
+    pub projections_dir: Option<PathBuf>,
+    /// Start the projection workers with the server.
+    #[arg(long, env = "PROJECTORS_AUTO_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub projectors_auto_start: bool,
+    /// Events per batch.
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE as i64))]
+    pub projector_batch_size: u32,
+    /// Fallback poll interval when no notification arrives.
+    #[arg(long, env = "PROJECTOR_POLL_INTERVAL_MS", default_value_t = DEFAULT_POLL_INTERVAL_MS)]
+    pub projector_poll_interval_ms: u64,
+    /// Pause after a failed batch.
+    #[arg(long, env = "PROJECTOR_ERROR_BACKOFF_MS", default_value_t = DEFAULT_ERROR_BACKOFF_MS)]
+    pub projector_error_backoff_ms: u64,
+    /// Consecutive retries of a failing batch before the worker stops.
+    #[arg(long, env = "PROJECTOR_MAX_RETRIES", default_value_t = DEFAULT_MAX_RETRIES)]
+    pub projector_max_retries: u32,
+    /// How often a process without a projection's lease tries to take it.
+    #[arg(long, env = "PROJECTOR_LEASE_RETRY_MS", default_value_t = DEFAULT_LEASE_RETRY_MS)]
+    pub projector_lease_retry_ms: u64,
+    /// Per-projection overrides, e.g. `ledger.batch_size=500,audit.poll_interval_ms=200`
+    /// (keys: batch_size, poll_interval_ms, error_backoff_ms, max_retries, lease_retry_ms).
+    #[arg(long, env = "PROJECTOR_OVERRIDES", default_value = "")]
+    pub projector_overrides: String,
+    /// Default wait of a read with `minPosition` (capped at 30 s).
+    #[arg(long, env = "READ_AFTER_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS)]
+    pub read_after_write_timeout_ms: u64,
+    /// Linear-memory cap of a component call, in MiB.
+    #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB", default_value_t = 256)]
+    pub projector_memory_limit_mib: usize,
+    /// Wall-clock budget of one component call.
+    #[arg(long, env = "PROJECTOR_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub projector_call_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid PROJECTOR_OVERRIDES entry {0:?}: expected <projection>.<key>=<number>")]
+    Override(String),
+    #[error("unknown PROJECTOR_OVERRIDES key {0:?}")]
+    UnknownKey(String),
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    pub dir: Option<PathBuf>,
+    pub auto_start: bool,
+    pub defaults: WorkerConfig,
+    pub overrides: HashMap<String, Vec<(String, u64)>>,
+    pub read_after_write_timeout: Duration,
+    pub limits: RuntimeLimits,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            auto_start: true,
+            defaults: WorkerConfig::default(),
+            overrides: HashMap::new(),
+            read_after_write_timeout: Duration::from_millis(DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS),
+            limits: RuntimeLimits::default(),
+        }
+    }
+}
+
+impl ProjectionArgs {
+    pub fn resolve(&self) -> Result<ProjectionConfig, ConfigError> {
+        let mut overrides: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+        for entry in self.projector_overrides.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = || ConfigError::Override(entry.to_owned());
+            let (target, value) = entry.split_once('=').ok_or_else(bad)?;
+            let (projection, key) = target.rsplit_once('.').ok_or_else(bad)?;
+            let value: u64 = value.trim().parse().map_err(|_| bad())?;
+            if !OVERRIDE_KEYS.contains(&key) {
+                return Err(ConfigError::UnknownKey(key.to_owned()));
+            }
+            overrides
+                .entry(projection.to_owned())
+                .or_default()
+                .push((key.to_owned(), value));
+        }
+        Ok(ProjectionConfig {
+            dir: self.projections_dir.clone(),
+            auto_start: self.projectors_auto_start,
+            defaults: WorkerConfig {
+                batch_size: self.projector_batch_size,
+                poll_interval: Duration::from_millis(self.projector_poll_interval_ms),
+                error_backoff: Duration::from_millis(self.projector_error_backoff_ms),
+                max_retries: self.projector_max_retries,
+                lease_retry: Duration::from_millis(self.projector_lease_retry_ms),
+            },
+            overrides,
+            read_after_write_timeout: Duration::from_millis(
+                self.read_after_write_timeout_ms
+                    .min(MAX_READ_AFTER_WRITE_TIMEOUT_MS),
+            ),
+            limits: RuntimeLimits {
+                memory_bytes: self.projector_memory_limit_mib.saturating_mul(1 << 20),
+                call_timeout: Duration::from_millis(self.projector_call_timeout_ms),
+            },
+        })
+    }
+}
+
+const OVERRIDE_KEYS: &[&str] = &[
+    "batch_size",
+    "poll_interval_ms",
+    "error_backoff_ms",
+    "max_retries",
+    "lease_retry_ms",
+];
+
+impl ProjectionConfig {
+    /// The worker configuration of one projection: defaults plus its overrides.
+    pub fn worker(&self, projection: &str) -> WorkerConfig {
+        let mut config = self.defaults;
+        for (key, value) in self.overrides.get(projection).into_iter().flatten() {
+            match key.as_str() {
+                "batch_size" => {
+                    config.batch_size = u32::try_from(*value)
+                        .unwrap_or(MAX_BATCH_SIZE)
+                        .clamp(1, MAX_BATCH_SIZE)
+                }
+                "poll_interval_ms" => config.poll_interval = Duration::from_millis(*value),
+                "error_backoff_ms" => config.error_backoff = Duration::from_millis(*value),
+                "max_retries" => config.max_retries = u32::try_from(*value).unwrap_or(u32::MAX),
+                "lease_retry_ms" => config.lease_retry = Duration::from_millis(*value),
+                _ => {}
+            }
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProjectionArgs,
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let cli = Cli::parse_from([
+            "x",
+            "--projector-overrides",
+            "ledger.batch_size=500, audit.poll_interval_ms=20",
+        ]);
+        let config = cli.args.resolve().unwrap();
+        assert_eq!(config.worker("read-model"), WorkerConfig::default());
+        assert_eq!(config.worker("ledger").batch_size, 500);
+        assert_eq!(config.worker("audit").poll_interval, Duration::from_millis(20));
+        assert!(config.auto_start);
+        let bad = Cli::parse_from(["x", "--projector-overrides", "ledger.nope=1"]);
+        assert_eq!(bad.args.resolve().unwrap_err(), ConfigError::UnknownKey("nope".into()));
+    }
+}

@@ -1,0 +1,316 @@
+//! The WebAssembly side of projections: one wasmtime [`Engine`], components compiled once, a
+//! pre-linked [`ProjectionPre`] per component and a fresh [`Store`] for every call.
+//!
+//! Why it exists: projection code is written by other teams and must not be able to hurt the
+//! host. Each call runs in a new store (no state survives a batch, so replays are deterministic)
+//! with a memory cap, an epoch deadline, no filesystem, network, environment or arguments, and
+//! bounded in-memory stdout/stderr that end up in the host log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::outbox::OutboxEvent;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "projection",
+        path: "../wit",
+    });
+}
+
+pub use bindings::wallex::projection::types as wit;
+use bindings::{Projection, ProjectionPre};
+
+/// How often the engine's epoch advances; the unit of [`RuntimeLimits::call_timeout`].
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Default cap on a component's linear memory per call.
+pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
+/// Default wall-clock budget of one `describe` or `handle` call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of stdout and of stderr kept per call; a guest writing more traps.
+pub const STDIO_CAPACITY_BYTES: usize = 64 << 10;
+/// Host `log` calls honoured per call; the rest are counted and dropped.
+pub const LOG_CALLS_PER_CALL: u32 = 1_000;
+/// Longest message accepted by the host `log` import (longer ones are truncated).
+pub const LOG_MESSAGE_MAX_BYTES: usize = 4 << 10;
+
+/// Resource limits of every guest call.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeLimits {
+    pub memory_bytes: usize,
+    pub call_timeout: Duration,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
+
+/// Errors of loading or calling a component.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("could not set up the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("{0} is not a valid projection component: {1:#}")]
+    Invalid(String, wasmtime::Error),
+    #[error("projection {projection} trapped in {function}: {error:#}")]
+    Trap {
+        projection: String,
+        function: &'static str,
+        error: wasmtime::Error,
+    },
+    #[error("projection {projection} rejected the batch{}: {message}", position.map(|p| format!(" at position {p}")).unwrap_or_default())]
+    Rejected {
+        projection: String,
+        message: String,
+        position: Option<i64>,
+    },
+    #[error("the projection call was cancelled: {0}")]
+    Join(String),
+}
+
+/// The process's WebAssembly runtime: one engine and linker shared by every component.
+#[derive(Clone)]
+pub struct ProjectionRuntime {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    limits: RuntimeLimits,
+}
+
+impl std::fmt::Debug for ProjectionRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRuntime")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProjectionRuntime {
+    /// Creates the engine and starts its epoch ticker (a thread that ends with the engine).
+    pub fn new(limits: RuntimeLimits) -> Result<Self, ComponentError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(ComponentError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(ComponentError::Engine)?;
+        Projection::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(ComponentError::Engine)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            })
+            .map_err(|e| ComponentError::Engine(e.into()))?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+        })
+    }
+
+    /// Compiles a component, checks its imports and exports against the `projection` world and
+    /// asks it to describe itself. `origin` names it in errors (a file name).
+    pub fn load(&self, origin: &str, wasm: &[u8]) -> Result<LoadedComponent, ComponentError> {
+        let invalid = |e| ComponentError::Invalid(origin.to_owned(), e);
+        let component = Component::new(&self.engine, wasm).map_err(invalid)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = ProjectionPre::new(instance_pre).map_err(invalid)?;
+        let mut loaded = LoadedComponent {
+            origin: origin.to_owned(),
+            name: origin.to_owned(),
+            pre,
+            engine: self.engine.clone(),
+            limits: self.limits,
+        };
+        let info = loaded.call("describe", |projection, store| {
+            projection.call_describe(store)
+        })?;
+        loaded.name = info.name.clone();
+        Ok(loaded.with_info(info))
+    }
+}
+
+/// A compiled, linked component, ready to be instantiated for each call.
+pub struct LoadedComponent {
+    origin: String,
+    name: String,
+    pre: ProjectionPre<GuestState>,
+    engine: Engine,
+    limits: RuntimeLimits,
+}
+
+/// A loaded component together with what it declared.
+pub struct DescribedComponent {
+    pub component: LoadedComponent,
+    pub info: wit::ProjectionInfo,
+}
+
+impl LoadedComponent {
+    fn with_info(self, info: wit::ProjectionInfo) -> LoadedComponent {
+        tracing::debug!(origin = %self.origin, projection = %info.name, "component described");
+        self
+    }
+
+    /// Where the component came from (file name or `bundled:<name>`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Calls `describe` again (cheap; used by load and tests).
+    pub fn describe(&self) -> Result<wit::ProjectionInfo, ComponentError> {
+        self.call("describe", |projection, store| projection.call_describe(store))
+    }
+
+    /// Calls `handle` with a batch in a fresh store.
+    pub fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError> {
+        match self.call("handle", |projection, store| {
+            projection.call_handle(store, batch)
+        })? {
+            Ok(mutations) => Ok(mutations),
+            Err(error) => Err(ComponentError::Rejected {
+                projection: self.name.clone(),
+                message: error.message,
+                position: error.global_position,
+            }),
+        }
+    }
+
+    fn call<R>(
+        &self,
+        function: &'static str,
+        f: impl FnOnce(&Projection, &mut Store<GuestState>) -> wasmtime::Result<R>,
+    ) -> Result<R, ComponentError> {
+        let _span = tracing::debug_span!("guest_call", projection = %self.name, function).entered();
+        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY_BYTES);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY_BYTES);
+        // Nothing is inherited: no preopened directories, environment, arguments or sockets.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(1)
+                .build(),
+            projection: self.name.clone(),
+            log_calls: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        let trap = |error| ComponentError::Trap {
+            projection: self.name.clone(),
+            function,
+            error,
+        };
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|projection| f(&projection, &mut store))
+            .map_err(trap);
+        drop(store);
+        forward_stdio(&self.name, "stdout", &stdout);
+        forward_stdio(&self.name, "stderr", &stderr);
+        result
+    }
+}
+
+fn forward_stdio(projection: &str, stream: &'static str, pipe: &MemoryOutputPipe) {
+    let bytes = pipe.contents();
+    if bytes.is_empty() {
+        return;
+    }
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        tracing::info!(target: "wallex::projection::guest", projection, stream, "{line}");
+    }
+}
+
+/// Per-call state of a guest.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    projection: String,
+    log_calls: u32,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for GuestState {}
+
+impl bindings::wallex::projection::host::Host for GuestState {
+    fn log(&mut self, level: wit::LogLevel, message: String) {
+        self.log_calls = self.log_calls.saturating_add(1);
+        if self.log_calls > LOG_CALLS_PER_CALL {
+            return;
+        }
+        let mut message = message;
+        if message.len() > LOG_MESSAGE_MAX_BYTES {
+            let mut end = LOG_MESSAGE_MAX_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let projection = self.projection.as_str();
+        let target = "wallex::projection::guest";
+        match level {
+            wit::LogLevel::Trace => tracing::trace!(target: "wallex::projection::guest", projection, "{message}"),
+            wit::LogLevel::Debug => tracing::debug!(target: "wallex::projection::guest", projection, "{message}"),
+            wit::LogLevel::Info => tracing::info!(target: "wallex::projection::guest", projection, "{message}"),
+            wit::LogLevel::Warn => tracing::warn!(target: "wallex::projection::guest", projection, "{message}"),
+            wit::LogLevel::Error => tracing::error!(target: "wallex::projection::guest", projection, "{message}"),
+        }
+        let _ = target;
+    }
+}
+
+/// The guest's view of an outbox row.
+pub fn to_guest_event(event: &OutboxEvent) -> wit::Event {
+    wit::Event {
+        global_position: event.global_position,
+        order: wit::LogOrder {
+            // xid8 values are epoch << 32 | xid: far below i64::MAX for any real cluster.
+            xact_id: i64::try_from(event.xact_id).unwrap_or(i64::MAX),
+            position: event.global_position,
+        },
+        event_id: event.event_id.to_string(),
+        stream_id: event.stream_id.clone(),
+        stream_version: event.stream_version,
+        event_type: event.event_type.clone(),
+        data: event.data.to_string(),
+        metadata: event.metadata.to_string(),
+        recorded_at: event
+            .recorded_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true),
+    }
+}

@@ -1,0 +1,873 @@
+//! Mutations returned by a component: validated against its declaration, then turned into
+//! parameterised SQL by the host.
+//!
+//! Why it exists: the host never executes SQL text written by a component. A mutation names a
+//! declared table and declared columns and carries typed values; anything else (unknown table or
+//! column, a value of the wrong type, a missing key or NOT NULL column, `add` on a non-numeric
+//! column) fails the whole batch with a precise error. Consecutive mutations of the same shape are
+//! applied as one `UNNEST` statement, so a batch costs a few round trips, not one per row.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::engine::wit;
+use super::schema::{quote, ColumnType, ProjectionSchema, TableSchema};
+
+/// Most mutations one `handle` call may return.
+pub const MAX_MUTATIONS_PER_BATCH: usize = 100_000;
+/// Most rows applied by one statement.
+pub const MAX_ROWS_PER_STATEMENT: usize = 5_000;
+/// Longest accepted decimal text.
+pub const MAX_DECIMAL_LEN: usize = 200;
+
+/// Why a batch's mutations were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MutationError {
+    #[error("the batch returned {0} mutations, more than {MAX_MUTATIONS_PER_BATCH}")]
+    TooMany(usize),
+    #[error("mutation #{index} ({op} on table {table:?}): {problem}")]
+    Invalid {
+        index: usize,
+        op: &'static str,
+        table: String,
+        problem: String,
+    },
+}
+
+/// A batch's mutations as statements ready to run, in order.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub statements: Vec<Statement>,
+}
+
+/// One parameterised statement: `sql` uses `$1..$n`, one array per parameter, all of equal length.
+#[derive(Debug)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<ColumnArray>,
+    pub rows: usize,
+}
+
+/// A parameter: one typed array of column values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnArray {
+    Bool(Vec<Option<bool>>),
+    I64(Vec<Option<i64>>),
+    F64(Vec<Option<f64>>),
+    /// text, decimal (cast to numeric) and json (cast to jsonb).
+    Text(Vec<Option<String>>),
+    Timestamp(Vec<Option<DateTime<Utc>>>),
+    Uuid(Vec<Option<Uuid>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl ColumnArray {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::Bool => Self::Bool(Vec::new()),
+            ColumnType::S64 => Self::I64(Vec::new()),
+            ColumnType::F64 => Self::F64(Vec::new()),
+            ColumnType::Text | ColumnType::Decimal | ColumnType::Json => Self::Text(Vec::new()),
+            ColumnType::Timestamp => Self::Timestamp(Vec::new()),
+            ColumnType::Uuid => Self::Uuid(Vec::new()),
+            ColumnType::Bytes => Self::Bytes(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, value: SqlValue) {
+        match (self, value) {
+            (Self::Bool(v), SqlValue::Bool(x)) => v.push(x),
+            (Self::I64(v), SqlValue::I64(x)) => v.push(x),
+            (Self::F64(v), SqlValue::F64(x)) => v.push(x),
+            (Self::Text(v), SqlValue::Text(x)) => v.push(x),
+            (Self::Timestamp(v), SqlValue::Timestamp(x)) => v.push(x),
+            (Self::Uuid(v), SqlValue::Uuid(x)) => v.push(x),
+            (Self::Bytes(v), SqlValue::Bytes(x)) => v.push(x),
+            // `validate_value` only produces the variant of the column's type.
+            (array, value) => unreachable!("{value:?} pushed into {array:?}"),
+        }
+    }
+}
+
+/// A validated value, in the representation it is bound with.
+#[derive(Debug, Clone, PartialEq)]
+enum SqlValue {
+    Bool(Option<bool>),
+    I64(Option<i64>),
+    F64(Option<f64>),
+    Text(Option<String>),
+    Timestamp(Option<DateTime<Utc>>),
+    Uuid(Option<Uuid>),
+    Bytes(Option<Vec<u8>>),
+}
+
+/// The array type a parameter of this column type is bound and cast as.
+fn param_cast(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Bool => "boolean[]",
+        ColumnType::S64 => "bigint[]",
+        ColumnType::F64 => "float8[]",
+        ColumnType::Text => "text[]",
+        ColumnType::Decimal => "text[]::numeric[]",
+        ColumnType::Json => "text[]::jsonb[]",
+        ColumnType::Timestamp => "timestamptz[]",
+        ColumnType::Uuid => "uuid[]",
+        ColumnType::Bytes => "bytea[]",
+    }
+}
+
+/// What makes two mutations share one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    Insert {
+        table: usize,
+        columns: Vec<usize>,
+    },
+    Upsert {
+        table: usize,
+        columns: Vec<usize>,
+        accumulate: Vec<usize>,
+        guard: Vec<usize>,
+    },
+    Update {
+        table: usize,
+        set: Vec<usize>,
+        add: Vec<usize>,
+    },
+    Delete {
+        table: usize,
+    },
+}
+
+impl Shape {
+    fn table(&self) -> usize {
+        match self {
+            Self::Insert { table, .. }
+            | Self::Upsert { table, .. }
+            | Self::Update { table, .. }
+            | Self::Delete { table } => *table,
+        }
+    }
+
+    /// The declared columns bound as parameters, in order.
+    fn params(&self, schema: &TableSchema) -> Vec<usize> {
+        match self {
+            Self::Insert { columns, .. } | Self::Upsert { columns, .. } => columns.clone(),
+            Self::Update { set, add, .. } => {
+                let mut params = schema.primary_key.clone();
+                params.extend(set);
+                params.extend(add);
+                params
+            }
+            Self::Delete { .. } => schema.primary_key.clone(),
+        }
+    }
+
+    /// Whether a repeated key must start a new statement (one statement cannot touch a row twice).
+    fn splits_on_repeated_key(&self) -> bool {
+        !matches!(self, Self::Insert { .. })
+    }
+
+    fn sql(&self, projection: &ProjectionSchema, table: &TableSchema) -> String {
+        let target = projection.qualified(table);
+        let params = self.params(table);
+        let unnest = params
+            .iter()
+            .enumerate()
+            .map(|(n, &c)| format!("${}::{}", n + 1, param_cast(table.columns[c].ty)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let name = |c: usize| quote(&table.columns[c].name);
+        let names = |cs: &[usize]| cs.iter().map(|&c| name(c)).collect::<Vec<_>>().join(", ");
+        let key_match = |offset: usize| {
+            table
+                .primary_key
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| format!("t.{} = v.p{}", name(c), offset + i))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let aliases = (0..params.len())
+            .map(|i| format!("p{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            Self::Insert { columns, .. } => {
+                format!("INSERT INTO {target} ({}) SELECT * FROM UNNEST({unnest})", names(columns))
+            }
+            Self::Upsert {
+                columns,
+                accumulate,
+                guard,
+                ..
+            } => {
+                let updates: Vec<String> = columns
+                    .iter()
+                    .filter(|&&c| !table.is_key(c))
+                    .map(|&c| {
+                        if accumulate.contains(&c) {
+                            format!("{0} = t.{0} + EXCLUDED.{0}", name(c))
+                        } else {
+                            format!("{0} = EXCLUDED.{0}", name(c))
+                        }
+                    })
+                    .collect();
+                let conflict = if updates.is_empty() {
+                    "DO NOTHING".to_owned()
+                } else {
+                    let mut clause = format!("DO UPDATE SET {}", updates.join(", "));
+                    if !guard.is_empty() {
+                        let existing = guard
+                            .iter()
+                            .map(|&c| format!("t.{}", name(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let new = guard
+                            .iter()
+                            .map(|&c| format!("EXCLUDED.{}", name(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        clause.push_str(&format!(" WHERE ({existing}) < ({new})"));
+                    }
+                    clause
+                };
+                format!(
+                    "INSERT INTO {target} AS t ({}) SELECT * FROM UNNEST({unnest}) ON CONFLICT ({}) {conflict}",
+                    names(columns),
+                    names(&table.primary_key)
+                )
+            }
+            Self::Update { set, add, .. } => {
+                let keys = table.primary_key.len();
+                let mut assignments = Vec::new();
+                for (i, &c) in set.iter().enumerate() {
+                    assignments.push(format!("{} = v.p{}", name(c), keys + i));
+                }
+                for (i, &c) in add.iter().enumerate() {
+                    assignments.push(format!("{0} = t.{0} + v.p{1}", name(c), keys + set.len() + i));
+                }
+                format!(
+                    "UPDATE {target} AS t SET {} FROM UNNEST({unnest}) AS v({aliases}) WHERE {}",
+                    assignments.join(", "),
+                    key_match(0)
+                )
+            }
+            Self::Delete { .. } => format!(
+                "DELETE FROM {target} AS t USING UNNEST({unnest}) AS v({aliases}) WHERE {}",
+                key_match(0)
+            ),
+        }
+    }
+}
+
+/// One validated mutation: its shape and its parameter values (in `Shape::params` order).
+struct Row {
+    shape: Shape,
+    values: Vec<SqlValue>,
+    key: String,
+}
+
+/// Validates a batch's mutations and groups them into statements.
+pub fn plan(
+    projection: &ProjectionSchema,
+    mutations: &[wit::Mutation],
+) -> Result<Plan, MutationError> {
+    if mutations.len() > MAX_MUTATIONS_PER_BATCH {
+        return Err(MutationError::TooMany(mutations.len()));
+    }
+    let mut plan = Plan::default();
+    let mut current: Option<(Shape, Vec<Row>, HashSet<String>)> = None;
+    for (index, mutation) in mutations.iter().enumerate() {
+        let row = validate(projection, index, mutation)?;
+        let fits = current.as_ref().is_some_and(|(shape, rows, keys)| {
+            *shape == row.shape
+                && rows.len() < MAX_ROWS_PER_STATEMENT
+                && !(shape.splits_on_repeated_key() && keys.contains(&row.key))
+        });
+        if !fits {
+            if let Some((shape, rows, _)) = current.take() {
+                plan.statements.push(statement(projection, &shape, rows));
+            }
+            current = Some((row.shape.clone(), Vec::new(), HashSet::new()));
+        }
+        if let Some((_, rows, keys)) = current.as_mut() {
+            keys.insert(row.key.clone());
+            rows.push(row);
+        }
+    }
+    if let Some((shape, rows, _)) = current {
+        plan.statements.push(statement(projection, &shape, rows));
+    }
+    Ok(plan)
+}
+
+fn statement(projection: &ProjectionSchema, shape: &Shape, rows: Vec<Row>) -> Statement {
+    let table = &projection.tables[shape.table()];
+    let params = shape.params(table);
+    let mut arrays: Vec<ColumnArray> = params
+        .iter()
+        .map(|&c| ColumnArray::new(table.columns[c].ty))
+        .collect();
+    let count = rows.len();
+    for row in rows {
+        for (array, value) in arrays.iter_mut().zip(row.values) {
+            array.push(value);
+        }
+    }
+    Statement {
+        sql: shape.sql(projection, table),
+        params: arrays,
+        rows: count,
+    }
+}
+
+/// Runs a plan on `conn` (inside the caller's transaction). Returns the rows affected.
+pub async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Error> {
+    let mut affected = 0;
+    for statement in &plan.statements {
+        let mut query = sqlx::query(&statement.sql);
+        for param in &statement.params {
+            query = match param {
+                ColumnArray::Bool(v) => query.bind(v.as_slice()),
+                ColumnArray::I64(v) => query.bind(v.as_slice()),
+                ColumnArray::F64(v) => query.bind(v.as_slice()),
+                ColumnArray::Text(v) => query.bind(v.as_slice()),
+                ColumnArray::Timestamp(v) => query.bind(v.as_slice()),
+                ColumnArray::Uuid(v) => query.bind(v.as_slice()),
+                ColumnArray::Bytes(v) => query.bind(v.as_slice()),
+            };
+        }
+        affected += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(affected)
+}
+
+fn op_name(mutation: &wit::Mutation) -> (&'static str, &str) {
+    match mutation {
+        wit::Mutation::Insert(op) => ("insert", &op.table),
+        wit::Mutation::Upsert(op) => ("upsert", &op.table),
+        wit::Mutation::Update(op) => ("update", &op.table),
+        wit::Mutation::Delete(op) => ("delete", &op.table),
+    }
+}
+
+fn validate(
+    projection: &ProjectionSchema,
+    index: usize,
+    mutation: &wit::Mutation,
+) -> Result<Row, MutationError> {
+    let (op, table_name) = op_name(mutation);
+    let fail = |problem: String| MutationError::Invalid {
+        index,
+        op,
+        table: table_name.to_owned(),
+        problem,
+    };
+    let table_index = projection
+        .tables
+        .iter()
+        .position(|t| t.name == table_name)
+        .ok_or_else(|| {
+            fail(format!(
+                "unknown table (declared: {})",
+                projection
+                    .tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let table = &projection.tables[table_index];
+    let check = |values: &[wit::ColumnValue]| -> Result<Vec<(usize, SqlValue)>, MutationError> {
+        let mut seen = HashSet::new();
+        let mut out: Vec<(usize, SqlValue)> = values
+            .iter()
+            .map(|cv| {
+                let c = table
+                    .column(&cv.column)
+                    .ok_or_else(|| fail(format!("unknown column {:?}", cv.column)))?;
+                if !seen.insert(c) {
+                    return Err(fail(format!("column {:?} given twice", cv.column)));
+                }
+                let column = &table.columns[c];
+                let value = validate_value(column.ty, &cv.value).map_err(|problem| {
+                    fail(format!("column {:?} ({}): {problem}", column.name, column.ty.name()))
+                })?;
+                if is_null(&value) && (!column.nullable || table.is_key(c)) {
+                    return Err(fail(format!("column {:?} is NOT NULL but got null", column.name)));
+                }
+                Ok((c, value))
+            })
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|(c, _)| *c);
+        Ok(out)
+    };
+    let key_of = |values: &[(usize, SqlValue)]| -> Result<String, MutationError> {
+        let mut key = String::new();
+        for &k in &table.primary_key {
+            let (_, value) = values.iter().find(|(c, _)| *c == k).ok_or_else(|| {
+                fail(format!(
+                    "missing primary key column {:?}",
+                    table.columns[k].name
+                ))
+            })?;
+            key.push_str(&format!("{value:?}\u{1f}"));
+        }
+        Ok(key)
+    };
+    let require_complete_row = |values: &[(usize, SqlValue)]| -> Result<(), MutationError> {
+        for (c, column) in table.columns.iter().enumerate() {
+            if !column.nullable && !values.iter().any(|(given, _)| *given == c) {
+                return Err(fail(format!("missing value for NOT NULL column {:?}", column.name)));
+            }
+        }
+        Ok(())
+    };
+    let resolve_names = |names: &[String], what: &str| -> Result<Vec<usize>, MutationError> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let c = table
+                .column(name)
+                .ok_or_else(|| fail(format!("{what} names unknown column {name:?}")))?;
+            if table.is_key(c) {
+                return Err(fail(format!("{what} names primary key column {name:?}")));
+            }
+            if out.contains(&c) {
+                return Err(fail(format!("{what} names column {name:?} twice")));
+            }
+            out.push(c);
+        }
+        Ok(out)
+    };
+    match mutation {
+        wit::Mutation::Insert(op) => {
+            let values = check(&op.values)?;
+            let key = key_of(&values)?;
+            require_complete_row(&values)?;
+            let (columns, values) = values.into_iter().unzip();
+            Ok(Row {
+                shape: Shape::Insert {
+                    table: table_index,
+                    columns,
+                },
+                values,
+                key,
+            })
+        }
+        wit::Mutation::Upsert(op) => {
+            let values = check(&op.values)?;
+            let key = key_of(&values)?;
+            require_complete_row(&values)?;
+            let mut accumulate = resolve_names(&op.accumulate, "accumulate")?;
+            let mut guard = resolve_names(&op.guard, "guard")?;
+            for &c in &accumulate {
+                let column = &table.columns[c];
+                if !column.ty.is_numeric() {
+                    return Err(fail(format!(
+                        "accumulate on non-numeric column {:?} ({})",
+                        column.name,
+                        column.ty.name()
+                    )));
+                }
+                if !values.iter().any(|(given, v)| *given == c && !is_null(v)) {
+                    return Err(fail(format!("accumulate column {:?} has no value", column.name)));
+                }
+            }
+            for &c in &guard {
+                let column = &table.columns[c];
+                if column.nullable || !values.iter().any(|(given, _)| *given == c) {
+                    return Err(fail(format!(
+                        "guard column {:?} must be NOT NULL and given",
+                        column.name
+                    )));
+                }
+                if accumulate.contains(&c) {
+                    return Err(fail(format!("guard column {:?} is also accumulated", column.name)));
+                }
+            }
+            accumulate.sort_unstable();
+            // The guard compares as a row: its order matters and is kept.
+            guard.shrink_to_fit();
+            let (columns, values) = values.into_iter().unzip();
+            Ok(Row {
+                shape: Shape::Upsert {
+                    table: table_index,
+                    columns,
+                    accumulate,
+                    guard,
+                },
+                values,
+                key,
+            })
+        }
+        wit::Mutation::Update(op) => {
+            let key_values = check(&op.key)?;
+            if key_values.len() != table.primary_key.len() {
+                return Err(fail(format!(
+                    "the key must give exactly the primary key columns ({})",
+                    table
+                        .primary_key
+                        .iter()
+                        .map(|&c| table.columns[c].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let key = key_of(&key_values)?;
+            if op.changes.is_empty() {
+                return Err(fail("no changes".to_owned()));
+            }
+            let mut sets = Vec::new();
+            let mut adds = Vec::new();
+            let mut seen = HashSet::new();
+            for change in &op.changes {
+                let (cv, is_add) = match change {
+                    wit::Change::Set(cv) => (cv, false),
+                    wit::Change::Add(cv) => (cv, true),
+                };
+                let [(c, value)]: [(usize, SqlValue); 1] = check(std::slice::from_ref(cv))?
+                    .try_into()
+                    .map_err(|_| fail("internal: one change, one value".to_owned()))?;
+                let column = &table.columns[c];
+                if table.is_key(c) {
+                    return Err(fail(format!("cannot change primary key column {:?}", column.name)));
+                }
+                if !seen.insert(c) {
+                    return Err(fail(format!("column {:?} changed twice", column.name)));
+                }
+                if is_add {
+                    if !column.ty.is_numeric() {
+                        return Err(fail(format!(
+                            "add on non-numeric column {:?} ({})",
+                            column.name,
+                            column.ty.name()
+                        )));
+                    }
+                    if is_null(&value) {
+                        return Err(fail(format!("add of null to column {:?}", column.name)));
+                    }
+                    adds.push((c, value));
+                } else {
+                    sets.push((c, value));
+                }
+            }
+            sets.sort_by_key(|(c, _)| *c);
+            adds.sort_by_key(|(c, _)| *c);
+            let mut values: Vec<SqlValue> = key_values.into_iter().map(|(_, v)| v).collect();
+            let (set, set_values): (Vec<usize>, Vec<SqlValue>) = sets.into_iter().unzip();
+            let (add, add_values): (Vec<usize>, Vec<SqlValue>) = adds.into_iter().unzip();
+            values.extend(set_values);
+            values.extend(add_values);
+            Ok(Row {
+                shape: Shape::Update {
+                    table: table_index,
+                    set,
+                    add,
+                },
+                values,
+                key,
+            })
+        }
+        wit::Mutation::Delete(op) => {
+            let key_values = check(&op.key)?;
+            if key_values.len() != table.primary_key.len() {
+                return Err(fail("the key must give exactly the primary key columns".to_owned()));
+            }
+            let key = key_of(&key_values)?;
+            Ok(Row {
+                shape: Shape::Delete { table: table_index },
+                values: key_values.into_iter().map(|(_, v)| v).collect(),
+                key,
+            })
+        }
+    }
+}
+
+fn is_null(value: &SqlValue) -> bool {
+    match value {
+        SqlValue::Bool(v) => v.is_none(),
+        SqlValue::I64(v) => v.is_none(),
+        SqlValue::F64(v) => v.is_none(),
+        SqlValue::Text(v) => v.is_none(),
+        SqlValue::Timestamp(v) => v.is_none(),
+        SqlValue::Uuid(v) => v.is_none(),
+        SqlValue::Bytes(v) => v.is_none(),
+    }
+}
+
+fn value_kind(value: &wit::Value) -> &'static str {
+    match value {
+        wit::Value::Null => "null",
+        wit::Value::Bool(_) => "bool",
+        wit::Value::S64(_) => "s64",
+        wit::Value::F64(_) => "f64",
+        wit::Value::Text(_) => "text",
+        wit::Value::Decimal(_) => "decimal",
+        wit::Value::Json(_) => "json",
+        wit::Value::Timestamp(_) => "timestamp",
+        wit::Value::Uuid(_) => "uuid",
+        wit::Value::Bytes(_) => "bytes",
+    }
+}
+
+/// Checks that `value` fits a column of type `ty` and converts it.
+fn validate_value(ty: ColumnType, value: &wit::Value) -> Result<SqlValue, String> {
+    use wit::Value as V;
+    let no_nul = |text: &str| {
+        if text.contains('\0') {
+            Err("text contains a NUL character".to_owned())
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match (ty, value) {
+        (ColumnType::Bool, V::Null) => SqlValue::Bool(None),
+        (ColumnType::S64, V::Null) => SqlValue::I64(None),
+        (ColumnType::F64, V::Null) => SqlValue::F64(None),
+        (ColumnType::Text | ColumnType::Decimal | ColumnType::Json, V::Null) => SqlValue::Text(None),
+        (ColumnType::Timestamp, V::Null) => SqlValue::Timestamp(None),
+        (ColumnType::Uuid, V::Null) => SqlValue::Uuid(None),
+        (ColumnType::Bytes, V::Null) => SqlValue::Bytes(None),
+        (ColumnType::Bool, V::Bool(b)) => SqlValue::Bool(Some(*b)),
+        (ColumnType::S64, V::S64(n)) => SqlValue::I64(Some(*n)),
+        (ColumnType::F64, V::F64(x)) => SqlValue::F64(Some(*x)),
+        (ColumnType::Text, V::Text(s)) => {
+            no_nul(s)?;
+            SqlValue::Text(Some(s.clone()))
+        }
+        (ColumnType::Decimal, V::Decimal(s)) => {
+            if !is_decimal(s) {
+                return Err(format!("{s:?} is not a decimal (-?digits[.digits])"));
+            }
+            SqlValue::Text(Some(s.clone()))
+        }
+        (ColumnType::Json, V::Json(s)) => {
+            no_nul(s)?;
+            serde_json::from_str::<serde::de::IgnoredAny>(s)
+                .map_err(|e| format!("invalid JSON: {e}"))?;
+            SqlValue::Text(Some(s.clone()))
+        }
+        (ColumnType::Timestamp, V::Timestamp(s)) => SqlValue::Timestamp(Some(
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp: {e}"))?
+                .with_timezone(&Utc),
+        )),
+        (ColumnType::Uuid, V::Uuid(s)) => SqlValue::Uuid(Some(
+            Uuid::parse_str(s).map_err(|e| format!("{s:?} is not a UUID: {e}"))?,
+        )),
+        (ColumnType::Bytes, V::Bytes(b)) => SqlValue::Bytes(Some(b.clone())),
+        (ty, value) => {
+            return Err(format!(
+                "wrong type: expected {}, got {}",
+                ty.name(),
+                value_kind(value)
+            ))
+        }
+    })
+}
+
+/// `-?digits(.digits)?`, bounded in length.
+fn is_decimal(text: &str) -> bool {
+    if text.is_empty() || text.len() > MAX_DECIMAL_LEN {
+        return false;
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (unsigned, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(int) && frac.is_none_or(digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> ProjectionSchema {
+        let col = |name: &str, type_, nullable| wit::Column {
+            name: name.into(),
+            type_,
+            nullable,
+        };
+        ProjectionSchema::from_info(&wit::ProjectionInfo {
+            name: "p".into(),
+            schema_version: 1,
+            subscribes_to: vec!["*".into()],
+            tables: vec![wit::Table {
+                name: "accounts".into(),
+                columns: vec![
+                    col("id", wit::ColumnType::Text, false),
+                    col("balance", wit::ColumnType::Decimal, false),
+                    col("version", wit::ColumnType::S64, false),
+                    col("note", wit::ColumnType::Text, true),
+                    col("opened", wit::ColumnType::Timestamp, true),
+                ],
+                primary_key: vec!["id".into()],
+                indexes: vec![],
+            }],
+        })
+        .unwrap()
+    }
+
+    fn cv(column: &str, value: wit::Value) -> wit::ColumnValue {
+        wit::ColumnValue {
+            column: column.into(),
+            value,
+        }
+    }
+
+    fn upsert(id: &str, balance: &str) -> wit::Mutation {
+        wit::Mutation::Upsert(wit::UpsertOp {
+            table: "accounts".into(),
+            values: vec![
+                cv("id", wit::Value::Text(id.into())),
+                cv("balance", wit::Value::Decimal(balance.into())),
+                cv("version", wit::Value::S64(1)),
+            ],
+            accumulate: vec!["balance".into()],
+            guard: vec!["version".into()],
+        })
+    }
+
+    fn problem(mutation: wit::Mutation) -> String {
+        match plan(&schema(), &[mutation]) {
+            Err(MutationError::Invalid { problem, .. }) => problem,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn groups_same_shape_and_splits_on_repeated_key() {
+        let plan = plan(
+            &schema(),
+            &[upsert("a", "1"), upsert("b", "2"), upsert("a", "3")],
+        )
+        .unwrap();
+        assert_eq!(plan.statements.len(), 2);
+        assert_eq!(plan.statements[0].rows, 2);
+        assert_eq!(
+            plan.statements[0].sql,
+            "INSERT INTO \"proj_p_v1\".\"accounts\" AS t (\"id\", \"balance\", \"version\") SELECT * FROM UNNEST($1::text[], $2::text[]::numeric[], $3::bigint[]) ON CONFLICT (\"id\") DO UPDATE SET \"balance\" = t.\"balance\" + EXCLUDED.\"balance\", \"version\" = EXCLUDED.\"version\" WHERE (t.\"version\") < (EXCLUDED.\"version\")"
+        );
+        assert_eq!(
+            plan.statements[0].params[0],
+            ColumnArray::Text(vec![Some("a".into()), Some("b".into())])
+        );
+    }
+
+    #[test]
+    fn update_and_delete_sql() {
+        let update = wit::Mutation::Update(wit::UpdateOp {
+            table: "accounts".into(),
+            key: vec![cv("id", wit::Value::Text("a".into()))],
+            changes: vec![
+                wit::Change::Add(cv("balance", wit::Value::Decimal("-1.5".into()))),
+                wit::Change::Set(cv("note", wit::Value::Null)),
+            ],
+        });
+        let delete = wit::Mutation::Delete(wit::DeleteOp {
+            table: "accounts".into(),
+            key: vec![cv("id", wit::Value::Text("a".into()))],
+        });
+        let plan = plan(&schema(), &[update, delete]).unwrap();
+        assert_eq!(
+            plan.statements[0].sql,
+            "UPDATE \"proj_p_v1\".\"accounts\" AS t SET \"note\" = v.p1, \"balance\" = t.\"balance\" + v.p2 FROM UNNEST($1::text[], $2::text[], $3::text[]::numeric[]) AS v(p0, p1, p2) WHERE t.\"id\" = v.p0"
+        );
+        assert_eq!(
+            plan.statements[1].sql,
+            "DELETE FROM \"proj_p_v1\".\"accounts\" AS t USING UNNEST($1::text[]) AS v(p0) WHERE t.\"id\" = v.p0"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_table() {
+        let m = wit::Mutation::Delete(wit::DeleteOp {
+            table: "other".into(),
+            key: vec![cv("id", wit::Value::Text("a".into()))],
+        });
+        assert_eq!(problem(m), "unknown table (declared: accounts)");
+    }
+
+    #[test]
+    fn rejects_unknown_column_wrong_type_and_missing_key() {
+        let mut m = upsert("a", "1");
+        if let wit::Mutation::Upsert(op) = &mut m {
+            op.values.push(cv("nope", wit::Value::Null));
+        }
+        assert_eq!(problem(m), "unknown column \"nope\"");
+
+        let mut m = upsert("a", "1");
+        if let wit::Mutation::Upsert(op) = &mut m {
+            op.values[2] = cv("version", wit::Value::Text("1".into()));
+        }
+        assert_eq!(
+            problem(m),
+            "column \"version\" (s64): wrong type: expected s64, got text"
+        );
+
+        let mut m = upsert("a", "1");
+        if let wit::Mutation::Upsert(op) = &mut m {
+            op.values.remove(0);
+        }
+        assert_eq!(problem(m), "missing primary key column \"id\"");
+
+        let mut m = upsert("a", "1");
+        if let wit::Mutation::Upsert(op) = &mut m {
+            op.values.remove(2);
+        }
+        assert_eq!(problem(m), "guard column \"version\" must be NOT NULL and given");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert_eq!(
+            problem(upsert("a", "1e5")),
+            "column \"balance\" (decimal): \"1e5\" is not a decimal (-?digits[.digits])"
+        );
+        assert_eq!(
+            problem(upsert("a\0", "1")),
+            "column \"id\" (text): text contains a NUL character"
+        );
+        let m = wit::Mutation::Insert(wit::InsertOp {
+            table: "accounts".into(),
+            values: vec![
+                cv("id", wit::Value::Text("a".into())),
+                cv("balance", wit::Value::Null),
+                cv("version", wit::Value::S64(1)),
+            ],
+        });
+        assert_eq!(problem(m), "column \"balance\" is NOT NULL but got null");
+        let m = wit::Mutation::Insert(wit::InsertOp {
+            table: "accounts".into(),
+            values: vec![
+                cv("id", wit::Value::Text("a".into())),
+                cv("version", wit::Value::S64(1)),
+                cv("opened", wit::Value::Timestamp("yesterday".into())),
+            ],
+        });
+        assert!(problem(m).starts_with("column \"opened\" (timestamp): \"yesterday\" is not an RFC 3339"));
+        let m = wit::Mutation::Update(wit::UpdateOp {
+            table: "accounts".into(),
+            key: vec![cv("id", wit::Value::Text("a".into()))],
+            changes: vec![wit::Change::Add(cv("note", wit::Value::Text("x".into())))],
+        });
+        assert_eq!(problem(m), "add on non-numeric column \"note\" (text)");
+    }
+
+    #[test]
+    fn decimals() {
+        for ok in ["0", "-1", "100.00", "12345678901234567890.5"] {
+            assert!(is_decimal(ok), "{ok}");
+        }
+        for bad in ["", "-", "1.", ".5", "1e3", "NaN", "1,5", "+1"] {
+            assert!(!is_decimal(bad), "{bad}");
+        }
+    }
+}

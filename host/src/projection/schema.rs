@@ -1,0 +1,466 @@
+//! What a projection declares, validated, and the DDL that creates it.
+//!
+//! Why it exists: a component only ever names tables and columns; this module decides whether the
+//! names are acceptable (`[a-z][a-z0-9_]{0,62}`, always quoted in SQL), places the tables in a
+//! schema that belongs to the projection alone (`proj_<name>_v<schema version>`), and creates
+//! them. Nothing outside that schema is ever written on a component's behalf.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{Connection, PgConnection};
+
+use super::engine::wit;
+
+/// Longest SQL identifier PostgreSQL keeps.
+pub const IDENTIFIER_MAX_LEN: usize = 63;
+/// Longest projection name (it becomes part of the schema name).
+pub const PROJECTION_NAME_MAX_LEN: usize = 41;
+pub const MAX_TABLES: usize = 32;
+pub const MAX_COLUMNS: usize = 128;
+pub const MAX_INDEXES_PER_TABLE: usize = 16;
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// Subscribes to every event type.
+pub const ALL_EVENT_TYPES: &str = "*";
+/// Serialises DDL of concurrently starting processes (a transaction-scoped advisory lock key).
+const DDL_LOCK_KEY: i64 = 0x7761_6c6c_6578_0001;
+
+/// A declaration the host refuses.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error("invalid projection name {0:?}: expected [a-z][a-z0-9_-]{{0,40}}")]
+    ProjectionName(String),
+    #[error("invalid identifier {0:?}: expected [a-z][a-z0-9_]{{0,62}}")]
+    Identifier(String),
+    #[error("{what} declared twice: {name}")]
+    Duplicate { what: &'static str, name: String },
+    #[error("table {table}: {message}")]
+    Table { table: String, message: String },
+    #[error("too many {what}: {count} > {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+}
+
+/// The host's column types (see `column-type` in the WIT contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Bool,
+    S64,
+    F64,
+    Text,
+    Decimal,
+    Json,
+    Timestamp,
+    Uuid,
+    Bytes,
+}
+
+impl ColumnType {
+    fn from_wit(t: wit::ColumnType) -> Self {
+        match t {
+            wit::ColumnType::Bool => Self::Bool,
+            wit::ColumnType::S64 => Self::S64,
+            wit::ColumnType::F64 => Self::F64,
+            wit::ColumnType::Text => Self::Text,
+            wit::ColumnType::Decimal => Self::Decimal,
+            wit::ColumnType::Json => Self::Json,
+            wit::ColumnType::Timestamp => Self::Timestamp,
+            wit::ColumnType::Uuid => Self::Uuid,
+            wit::ColumnType::Bytes => Self::Bytes,
+        }
+    }
+
+    /// The PostgreSQL column type.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Self::Bool => "BOOLEAN",
+            Self::S64 => "BIGINT",
+            Self::F64 => "DOUBLE PRECISION",
+            Self::Text => "TEXT",
+            Self::Decimal => "NUMERIC",
+            Self::Json => "JSONB",
+            Self::Timestamp => "TIMESTAMPTZ",
+            Self::Uuid => "UUID",
+            Self::Bytes => "BYTEA",
+        }
+    }
+
+    /// Whether `add` applies to it.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, Self::S64 | Self::F64 | Self::Decimal)
+    }
+
+    /// The WIT name, for error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bool => "bool",
+            Self::S64 => "s64",
+            Self::F64 => "f64",
+            Self::Text => "text",
+            Self::Decimal => "decimal",
+            Self::Json => "json",
+            Self::Timestamp => "timestamp",
+            Self::Uuid => "uuid",
+            Self::Bytes => "bytes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSchema {
+    pub name: String,
+    pub ty: ColumnType,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSchema {
+    pub name: String,
+    pub columns: Vec<usize>,
+    pub unique: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub name: String,
+    pub columns: Vec<ColumnSchema>,
+    /// Indexes into `columns`.
+    pub primary_key: Vec<usize>,
+    pub indexes: Vec<IndexSchema>,
+    by_name: HashMap<String, usize>,
+}
+
+impl TableSchema {
+    /// The column's index, if declared.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn is_key(&self, column: usize) -> bool {
+        self.primary_key.contains(&column)
+    }
+}
+
+/// Which event types a projection receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscriptions {
+    All,
+    Only(HashSet<String>),
+}
+
+impl Subscriptions {
+    pub fn includes(&self, event_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(types) => types.contains(event_type),
+        }
+    }
+}
+
+/// A validated declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionSchema {
+    pub name: String,
+    pub schema_version: u32,
+    /// The PostgreSQL schema holding the tables: `proj_<name>_v<version>`.
+    pub namespace: String,
+    pub subscriptions: Subscriptions,
+    pub subscribes_to: Vec<String>,
+    pub tables: Vec<TableSchema>,
+    by_name: HashMap<String, usize>,
+}
+
+impl ProjectionSchema {
+    pub fn table(&self, name: &str) -> Option<&TableSchema> {
+        self.by_name.get(name).map(|&i| &self.tables[i])
+    }
+
+    /// `"namespace"."table"`.
+    pub fn qualified(&self, table: &TableSchema) -> String {
+        format!("{}.{}", quote(&self.namespace), quote(&table.name))
+    }
+
+    /// Validates what `describe()` returned.
+    pub fn from_info(info: &wit::ProjectionInfo) -> Result<Self, SchemaError> {
+        if !is_projection_name(&info.name) {
+            return Err(SchemaError::ProjectionName(info.name.clone()));
+        }
+        let namespace = format!(
+            "proj_{}_v{}",
+            info.name.replace('-', "_"),
+            info.schema_version
+        );
+        check_identifier(&namespace)?;
+        too_many("tables", info.tables.len(), MAX_TABLES)?;
+        too_many(
+            "subscribed event types",
+            info.subscribes_to.len(),
+            MAX_SUBSCRIPTIONS,
+        )?;
+        let subscriptions = if info.subscribes_to.iter().any(|t| t == ALL_EVENT_TYPES) {
+            Subscriptions::All
+        } else {
+            Subscriptions::Only(info.subscribes_to.iter().cloned().collect())
+        };
+        let mut tables = Vec::with_capacity(info.tables.len());
+        let mut by_name = HashMap::new();
+        let mut index_names = HashSet::new();
+        for table in &info.tables {
+            let table = table_schema(table, &mut index_names)?;
+            if by_name.insert(table.name.clone(), tables.len()).is_some() {
+                return Err(SchemaError::Duplicate {
+                    what: "table",
+                    name: table.name,
+                });
+            }
+            tables.push(table);
+        }
+        Ok(Self {
+            name: info.name.clone(),
+            schema_version: info.schema_version,
+            namespace,
+            subscriptions,
+            subscribes_to: info.subscribes_to.clone(),
+            tables,
+            by_name,
+        })
+    }
+
+    /// `CREATE SCHEMA` / `CREATE TABLE` / `CREATE INDEX` statements, all idempotent.
+    pub fn ddl(&self) -> Vec<String> {
+        let mut statements = vec![format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote(&self.namespace)
+        )];
+        for table in &self.tables {
+            let mut columns: Vec<String> = table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let not_null = if !c.nullable || table.is_key(i) {
+                        " NOT NULL"
+                    } else {
+                        ""
+                    };
+                    format!("{} {}{not_null}", quote(&c.name), c.ty.sql())
+                })
+                .collect();
+            columns.push(format!(
+                "PRIMARY KEY ({})",
+                column_list(table, &table.primary_key)
+            ));
+            statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {} ({})",
+                self.qualified(table),
+                columns.join(", ")
+            ));
+            for index in &table.indexes {
+                statements.push(format!(
+                    "CREATE {}INDEX IF NOT EXISTS {} ON {} ({})",
+                    if index.unique { "UNIQUE " } else { "" },
+                    quote(&index.name),
+                    self.qualified(table),
+                    column_list(table, &index.columns)
+                ));
+            }
+        }
+        statements
+    }
+
+    /// Creates the namespace and tables if missing, serialised against other processes.
+    pub async fn create(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(DDL_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        for statement in self.ddl() {
+            sqlx::raw_sql(&statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+}
+
+fn table_schema(
+    table: &wit::Table,
+    index_names: &mut HashSet<String>,
+) -> Result<TableSchema, SchemaError> {
+    check_identifier(&table.name)?;
+    let fail = |message: String| SchemaError::Table {
+        table: table.name.clone(),
+        message,
+    };
+    too_many("columns", table.columns.len(), MAX_COLUMNS)?;
+    too_many("indexes", table.indexes.len(), MAX_INDEXES_PER_TABLE)?;
+    let mut columns = Vec::with_capacity(table.columns.len());
+    let mut by_name = HashMap::new();
+    for column in &table.columns {
+        check_identifier(&column.name)?;
+        if by_name.insert(column.name.clone(), columns.len()).is_some() {
+            return Err(fail(format!("column {} declared twice", column.name)));
+        }
+        columns.push(ColumnSchema {
+            name: column.name.clone(),
+            ty: ColumnType::from_wit(column.type_),
+            nullable: column.nullable,
+        });
+    }
+    let resolve = |names: &[String], what: &str| -> Result<Vec<usize>, SchemaError> {
+        if names.is_empty() {
+            return Err(fail(format!("{what} has no columns")));
+        }
+        let mut seen = HashSet::new();
+        names
+            .iter()
+            .map(|name| {
+                let index = by_name
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| fail(format!("{what} names unknown column {name}")))?;
+                if !seen.insert(index) {
+                    return Err(fail(format!("{what} names column {name} twice")));
+                }
+                Ok(index)
+            })
+            .collect()
+    };
+    let primary_key = resolve(&table.primary_key, "primary key")?;
+    let mut indexes = Vec::with_capacity(table.indexes.len());
+    for index in &table.indexes {
+        check_identifier(&index.name)?;
+        if !index_names.insert(index.name.clone()) {
+            return Err(SchemaError::Duplicate {
+                what: "index",
+                name: index.name.clone(),
+            });
+        }
+        indexes.push(IndexSchema {
+            name: index.name.clone(),
+            columns: resolve(&index.columns, &format!("index {}", index.name))?,
+            unique: index.unique,
+        });
+    }
+    Ok(TableSchema {
+        name: table.name.clone(),
+        columns,
+        primary_key,
+        indexes,
+        by_name,
+    })
+}
+
+fn too_many(what: &'static str, count: usize, max: usize) -> Result<(), SchemaError> {
+    if count > max {
+        return Err(SchemaError::TooMany { what, count, max });
+    }
+    Ok(())
+}
+
+fn column_list(table: &TableSchema, columns: &[usize]) -> String {
+    columns
+        .iter()
+        .map(|&i| quote(&table.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `[a-z][a-z0-9_]{0,62}`.
+pub fn is_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= IDENTIFIER_MAX_LEN
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// `[a-z][a-z0-9_-]{0,40}`.
+pub fn is_projection_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= PROJECTION_NAME_MAX_LEN
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+fn check_identifier(name: &str) -> Result<(), SchemaError> {
+    if is_identifier(name) {
+        Ok(())
+    } else {
+        Err(SchemaError::Identifier(name.to_owned()))
+    }
+}
+
+/// Quotes a validated identifier. Validation already excludes `"`, quoting keeps reserved words
+/// (`user`, `order`) usable.
+pub fn quote(identifier: &str) -> String {
+    format!("\"{identifier}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(table: wit::Table) -> wit::ProjectionInfo {
+        wit::ProjectionInfo {
+            name: "my-proj".into(),
+            schema_version: 2,
+            subscribes_to: vec!["A".into()],
+            tables: vec![table],
+        }
+    }
+
+    fn table(name: &str, pk: &[&str]) -> wit::Table {
+        wit::Table {
+            name: name.into(),
+            columns: vec![
+                wit::Column {
+                    name: "id".into(),
+                    type_: wit::ColumnType::Text,
+                    nullable: false,
+                },
+                wit::Column {
+                    name: "n".into(),
+                    type_: wit::ColumnType::S64,
+                    nullable: true,
+                },
+            ],
+            primary_key: pk.iter().map(|s| s.to_string()).collect(),
+            indexes: vec![],
+        }
+    }
+
+    #[test]
+    fn namespace_is_derived_from_name_and_version() {
+        let schema = ProjectionSchema::from_info(&info(table("t", &["id"]))).unwrap();
+        assert_eq!(schema.namespace, "proj_my_proj_v2");
+        assert_eq!(
+            schema.ddl()[1],
+            "CREATE TABLE IF NOT EXISTS \"proj_my_proj_v2\".\"t\" (\"id\" TEXT NOT NULL, \"n\" BIGINT, PRIMARY KEY (\"id\"))"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_identifiers_and_keys() {
+        for bad in ["T", "1t", "t;drop", "t\"x", ""] {
+            assert_eq!(
+                ProjectionSchema::from_info(&info(table(bad, &["id"]))),
+                Err(SchemaError::Identifier(bad.into()))
+            );
+        }
+        assert!(matches!(
+            ProjectionSchema::from_info(&info(table("t", &[]))),
+            Err(SchemaError::Table { .. })
+        ));
+        assert!(matches!(
+            ProjectionSchema::from_info(&info(table("t", &["nope"]))),
+            Err(SchemaError::Table { .. })
+        ));
+        let mut bad_name = info(table("t", &["id"]));
+        bad_name.name = "Bad Name".into();
+        assert!(matches!(
+            ProjectionSchema::from_info(&bad_name),
+            Err(SchemaError::ProjectionName(_))
+        ));
+    }
+}

@@ -1,0 +1,134 @@
+//! Test support for the projection tests: a throw-away database per test and a way to write
+//! events exactly as the write path does (event store + outbox in one transaction).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use wallex::eventstore::postgres::PgEventStore;
+use wallex::eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use wallex::outbox::{self, OutboxCursor};
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const POOL_SIZE: u32 = 8;
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A database created for one test; call [`TestDb::drop_db`] at the end.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("wallex_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(ADMIN_URL).await.expect("admin connection");
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let options: PgConnectOptions = url.parse().expect("url");
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(options.disable_statement_logging())
+            .await
+            .expect("pool");
+        sqlx::migrate!("../migrations/postgres")
+            .run(&pool)
+            .await
+            .expect("migrations");
+        TestDb { name, url, pool }
+    }
+
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(ADMIN_URL).await.expect("admin connection");
+        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut admin)
+            .await
+            .expect("drop database");
+    }
+}
+
+/// Appends a `WalletCreated` and enqueues it in the outbox in one transaction; returns its position.
+pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i64 {
+    let store = PgEventStore::new(pool.clone());
+    let mut tx = pool.begin().await.expect("begin");
+    let data = serde_json::json!({
+        "walletId": id,
+        "ownerId": format!("owner-{id}"),
+        "initialBalance": initial_balance,
+        "currency": "USD",
+        "createdAt": "2026-11-26T12:00:00.000Z",
+    });
+    let event = NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "WalletCreated".into(),
+        data,
+        metadata: EventMetadata {
+            correlation_id: format!("corr-{id}"),
+            causation_id: format!("cause-{id}"),
+            idempotency_key: None,
+        },
+    };
+    let recorded = store
+        .append(&mut tx, &format!("wallet-{id}"), ExpectedVersion::NoStream, &[event], Utc::now())
+        .await
+        .expect("append");
+    outbox::enqueue(&mut *tx, &recorded).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    recorded[0].global_position
+}
+
+/// The cursor of the last outbox row.
+pub async fn last_cursor(pool: &PgPool) -> OutboxCursor {
+    let (position,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(global_position), 0) FROM outbox")
+        .fetch_one(pool)
+        .await
+        .expect("max position");
+    let mut best = OutboxCursor::START;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT xact_id::text, global_position FROM outbox ORDER BY xact_id DESC, global_position DESC LIMIT 1")
+            .fetch_all(pool)
+            .await
+            .expect("last row");
+    if let Some((xact, pos)) = rows.into_iter().next() {
+        best = OutboxCursor { xact_id: xact.parse().expect("xid"), position: pos };
+    }
+    let _ = position;
+    best
+}
+
+/// Waits until every listed projection's checkpoint equals `target`.
+pub async fn wait_caught_up(pool: &PgPool, projections: &[&str], target: OutboxCursor) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let mut done = true;
+        for name in projections {
+            let checkpoint = wallex::projection::checkpoint::read(pool, name)
+                .await
+                .expect("checkpoint");
+            if checkpoint.map(|c| c.cursor) != Some(target) {
+                done = false;
+            }
+        }
+        if done {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "projections did not catch up to {target:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// All rows of a table as JSON, in primary-key order (for comparisons).
+pub async fn table_snapshot(pool: &PgPool, qualified: &str, order_by: &str) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {qualified} AS t ORDER BY {order_by}"))
+        .fetch_all(pool)
+        .await
+        .expect("snapshot")
+}

@@ -1,0 +1,287 @@
+//! The projection runtime against a real PostgreSQL, in process: the three bundled components
+//! project wallets, replays are idempotent, bad mutations are rejected whole, leases fail over,
+//! and reads wait for their own writes.
+
+mod projection_support;
+
+use std::time::Duration;
+
+use projection_support::{create_wallet, last_cursor, table_snapshot, wait_caught_up, TestDb};
+use rust_decimal::Decimal;
+use tokio::sync::watch;
+use wallex::projection::{bundled, checkpoint, ProjectionConfig, Projections};
+
+const BUNDLED_NAMES: [&str; 3] = ["read-model", "ledger", "audit"];
+
+fn fast_config() -> ProjectionConfig {
+    let mut config = ProjectionConfig::default();
+    config.defaults.poll_interval = Duration::from_millis(200);
+    config.defaults.error_backoff = Duration::from_millis(100);
+    config.defaults.lease_retry = Duration::from_millis(100);
+    config
+}
+
+async fn start(db: &TestDb, config: ProjectionConfig) -> (Projections, watch::Sender<bool>) {
+    let projections = Projections::load(db.pool.clone(), config).await.expect("load");
+    let (stop, shutdown) = watch::channel(false);
+    projections.start(shutdown);
+    (projections, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallets_reach_all_three_projections() {
+    let db = TestDb::new().await;
+    let (_projections, stop) = start(&db, fast_config()).await;
+    let mut last = 0;
+    for i in 0..25 {
+        let balance = if i % 5 == 0 { "0.00" } else { "100.25" };
+        last = create_wallet(&db.pool, &format!("w{i}"), balance).await;
+    }
+    let target = last_cursor(&db.pool).await;
+    assert_eq!(target.position, last);
+    wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
+
+    let wallets = table_snapshot(&db.pool, "proj_read_model_v1.wallets", "id").await;
+    assert_eq!(wallets.len(), 25);
+    let w1: (String, Decimal, String, i64) = sqlx::query_as(
+        "SELECT owner, balance, currency, version FROM proj_read_model_v1.wallets WHERE id = 'w1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(w1, ("owner-w1".into(), Decimal::new(10025, 2), "USD".into(), 1));
+
+    let audit: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT global_position, correlation_id, causation_id FROM proj_audit_v1.events ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 25);
+    assert!(audit.iter().all(|(_, c, k)| c.starts_with("corr-w") && k.starts_with("cause-w")));
+
+    // 20 non-zero wallets → 20 transactions of two postings each, every one summing to zero.
+    let sums: Vec<(uuid::Uuid, Decimal, i64)> = sqlx::query_as(
+        "SELECT transaction_id, SUM(amount), COUNT(*) FROM proj_ledger_v1.postings GROUP BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sums.len(), 20);
+    assert!(sums.iter().all(|(_, sum, n)| sum.is_zero() && *n == 2));
+    let funding: Decimal = sqlx::query_scalar(
+        "SELECT balance FROM proj_ledger_v1.balances WHERE account = 'external:funding:USD'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(funding, Decimal::new(-200500, 2));
+
+    let _ = stop.send(true);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_checkpoint_reset_is_idempotent() {
+    let db = TestDb::new().await;
+    let (_projections, stop) = start(&db, fast_config()).await;
+    for i in 0..30 {
+        create_wallet(&db.pool, &format!("r{i}"), "10.00").await;
+    }
+    let target = last_cursor(&db.pool).await;
+    wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
+    let tables = [
+        ("proj_read_model_v1.wallets", "id"),
+        ("proj_ledger_v1.postings", "transaction_id, account"),
+        ("proj_ledger_v1.balances", "account"),
+        ("proj_audit_v1.events", "global_position"),
+    ];
+    let mut before = Vec::new();
+    for (table, order) in tables {
+        before.push(table_snapshot(&db.pool, table, order).await);
+    }
+    for name in BUNDLED_NAMES {
+        checkpoint::reset(&db.pool, name).await.unwrap();
+    }
+    // Wake the workers (a new event) and wait for the full replay.
+    create_wallet(&db.pool, "after-reset", "0.00").await;
+    let target = last_cursor(&db.pool).await;
+    wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
+    sqlx::query("DELETE FROM proj_read_model_v1.wallets WHERE id = 'after-reset'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM proj_audit_v1.events WHERE stream_id = 'wallet-after-reset'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for ((table, order), before) in tables.into_iter().zip(before) {
+        assert_eq!(table_snapshot(&db.pool, table, order).await, before, "{table} changed on replay");
+    }
+    let funding: Decimal = sqlx::query_scalar(
+        "SELECT balance FROM proj_ledger_v1.balances WHERE account = 'external:funding:USD'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(funding, Decimal::new(-30000, 2), "balances doubled by the replay");
+    let _ = stop.send(true);
+    db.drop_db().await;
+}
+
+async fn bad_fixture_rejects(wallet: &str, expected_error: &str) {
+    let db = TestDb::new().await;
+    let bytes = std::fs::read(format!(
+        "{}/wallex_projection_bad_mutation.wasm",
+        bundled::WASM_DIR
+    ))
+    .expect("fixture built by build.rs");
+    let mut config = fast_config();
+    config.defaults.max_retries = 1;
+    let projections = Projections::load_sources(
+        db.pool.clone(),
+        config,
+        vec![("fixture:bad-mutation".into(), bytes)],
+    )
+    .await
+    .expect("load fixture");
+    let (stop, shutdown) = watch::channel(false);
+    let tasks = projections.start(shutdown);
+    create_wallet(&db.pool, "good-1", "1.00").await;
+    create_wallet(&db.pool, wallet, "1.00").await;
+    create_wallet(&db.pool, "good-2", "1.00").await;
+    // The worker gives up after max_retries + 1 attempts; wait for the `failed` status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = checkpoint::read(&db.pool, "bad-mutation").await.unwrap().unwrap();
+        if status.status == checkpoint::Status::Failed {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never failed: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains(expected_error), "{error}");
+    assert_eq!(status.cursor, wallex::outbox::OutboxCursor::START, "checkpoint moved");
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM proj_bad_mutation_v1.seen")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 0, "part of a rejected batch was applied");
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_on_undeclared_table_rejects_the_batch() {
+    bad_fixture_rejects(
+        "unknown-table-1",
+        "upsert on table \"not_declared\"): unknown table (declared: seen)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_with_wrong_type_rejects_the_batch() {
+    bad_fixture_rejects(
+        "wrong-type-1",
+        "column \"position\" (s64): wrong type: expected s64, got text",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lease_holder_and_failover() {
+    let db = TestDb::new().await;
+    let (first, stop_first) = start(&db, fast_config()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, stop_second) = start(&db, fast_config()).await;
+    for i in 0..10 {
+        create_wallet(&db.pool, &format!("l{i}"), "5.00").await;
+    }
+    let target = last_cursor(&db.pool).await;
+    wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
+    for name in BUNDLED_NAMES {
+        let held = [first.get(name).unwrap().lease_held(), second.get(name).unwrap().lease_held()];
+        assert_eq!(held, [true, false], "{name}: exactly the first process holds the lease");
+    }
+    // The holder goes away; the other takes every lease over and continues.
+    let _ = stop_first.send(true);
+    for i in 10..20 {
+        create_wallet(&db.pool, &format!("l{i}"), "5.00").await;
+    }
+    let target = last_cursor(&db.pool).await;
+    wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
+    for name in BUNDLED_NAMES {
+        assert!(second.get(name).unwrap().lease_held(), "{name} not taken over");
+    }
+    let funding: rust_decimal::Decimal = sqlx::query_scalar(
+        "SELECT balance FROM proj_ledger_v1.balances WHERE account = 'external:funding:USD'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(funding, Decimal::new(-10000, 2));
+    let _ = stop_second.send(true);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_write_waits_for_the_checkpoint() {
+    let db = TestDb::new().await;
+    let mut config = fast_config();
+    // Only notifications can make a read fast: polling alone would take 10 s.
+    config.defaults.poll_interval = Duration::from_secs(10);
+    let (projections, stop) = start(&db, config).await;
+    let app = wallex::projection::api::router::<()>(projections.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    // Let the workers take their leases and go idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        let id = format!("raw{i}");
+        let position = create_wallet(&db.pool, &id, "7.00").await;
+        let started = std::time::Instant::now();
+        let response = client
+            .get(format!("http://{addr}/projections/read-model/wallets/{id}?minPosition={position}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen: i64 = response.headers()["x-projection-position"].to_str().unwrap().parse().unwrap();
+        assert!(seen >= position);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["id"], id);
+        assert!(started.elapsed() < Duration::from_secs(2), "read waited for the poll interval");
+    }
+    // A position that never comes: bounded wait, then a problem.
+    let response = client
+        .get(format!("http://{addr}/projections/read-model/wallets/raw0?minPosition=999999&timeoutMs=300"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let missing = client
+        .get(format!("http://{addr}/projections/read-model/wallets/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let status: serde_json::Value = client
+        .get(format!("http://{addr}/projections"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["projections"].as_array().unwrap().len(), 3);
+    let _ = stop.send(true);
+    db.drop_db().await;
+}
