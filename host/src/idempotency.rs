@@ -70,7 +70,7 @@ pub fn parse_key_header<'a>(
         return Err(KeyError::Repeated);
     }
     let inner = match raw {
-        [b'"', inner @ .., b'"'] if !inner.is_empty() => inner,
+        [b'"', inner @ .., b'"'] => inner,
         _ => raw,
     };
     let printable = inner.iter().all(|b| (0x20..=0x7e).contains(b));
@@ -100,6 +100,9 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// A row of `idempotency_keys` as read back: fingerprint, status, headers, body.
+type StoredRow = (Vec<u8>, i16, sqlx::types::Json<Vec<StoredHeader>>, Vec<u8>);
+
 #[derive(Serialize, Deserialize)]
 struct StoredHeader {
     name: String,
@@ -111,7 +114,7 @@ pub async fn find_completed<'e>(
     executor: impl PgExecutor<'e>,
     key: &ScopedKey,
 ) -> Result<Option<StoredResponse>, sqlx::Error> {
-    let row: Option<(Vec<u8>, i16, sqlx::types::Json<Vec<StoredHeader>>, Vec<u8>)> = sqlx::query_as(
+    let row: Option<StoredRow> = sqlx::query_as(
         "SELECT fingerprint, status_code, response_headers, response_body
          FROM idempotency_keys
          WHERE scope = $1 AND idempotency_key = $2 AND expires_at > now()",
@@ -120,16 +123,18 @@ pub async fn find_completed<'e>(
     .bind(&key.key)
     .fetch_optional(executor)
     .await?;
-    Ok(row.map(|(fingerprint, status, headers, body)| StoredResponse {
-        fingerprint,
-        status: u16::try_from(status).unwrap_or(500),
-        headers: headers
-            .0
-            .into_iter()
-            .map(|header| (header.name, header.value))
-            .collect(),
-        body,
-    }))
+    Ok(
+        row.map(|(fingerprint, status, headers, body)| StoredResponse {
+            fingerprint,
+            status: u16::try_from(status).unwrap_or(500),
+            headers: headers
+                .0
+                .into_iter()
+                .map(|header| (header.name, header.value))
+                .collect(),
+            body,
+        }),
+    )
 }
 
 /// Tries to claim `key` for the caller's transaction. `false`: another request holds it.
@@ -246,6 +251,7 @@ mod tests {
         assert_eq!(parse(&[]), Ok(None));
         assert_eq!(parse(&[b"abc"]), Ok(Some("abc".into())));
         assert_eq!(parse(&[b"\"abc\""]), Ok(Some("abc".into())));
+        assert_eq!(parse(&[b"\"\""]), Err(KeyError::Malformed));
         assert_eq!(parse(&[b"a b"]), Ok(Some("a b".into())));
         assert_eq!(parse(&[&[b'k'; 255]]), Ok(Some("k".repeat(255))));
         assert_eq!(parse(&[&[b'k'; 256]]), Err(KeyError::Malformed));
@@ -258,7 +264,8 @@ mod tests {
     #[test]
     fn fingerprint_ignores_formatting_and_key_order() {
         let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":"x"}"#).expect("json");
-        let b: serde_json::Value = serde_json::from_str("{ \"b\": \"x\",\n \"a\": 1 }").expect("json");
+        let b: serde_json::Value =
+            serde_json::from_str("{ \"b\": \"x\",\n \"a\": 1 }").expect("json");
         let c: serde_json::Value = serde_json::from_str(r#"{"a":2,"b":"x"}"#).expect("json");
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));
@@ -270,8 +277,17 @@ mod tests {
             scope: scope.into(),
             key: key.into(),
         };
-        assert_ne!(key("POST /wallets", "k").lock_id(), key("POST /other", "k").lock_id());
-        assert_ne!(key("POST /wallets", "k").lock_id(), key("POST /wallets", "k2").lock_id());
-        assert_eq!(key("POST /wallets", "k").lock_id(), key("POST /wallets", "k").lock_id());
+        assert_ne!(
+            key("POST /wallets", "k").lock_id(),
+            key("POST /other", "k").lock_id()
+        );
+        assert_ne!(
+            key("POST /wallets", "k").lock_id(),
+            key("POST /wallets", "k2").lock_id()
+        );
+        assert_eq!(
+            key("POST /wallets", "k").lock_id(),
+            key("POST /wallets", "k").lock_id()
+        );
     }
 }

@@ -14,7 +14,13 @@ use wallex::{app, bench, db, telemetry};
 #[command(name = "wallex", version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "WALLEX_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "WALLEX_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]

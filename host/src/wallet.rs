@@ -97,7 +97,11 @@ impl CreateWallet {
     }
 }
 
-fn required_id(object: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+fn required_id(
+    object: &Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     match object.get(field) {
         None => errors.push(FieldError::new(field, "is required")),
         Some(Value::String(id)) => match validate_id(id) {
@@ -234,18 +238,30 @@ mod tests {
 
     #[test]
     fn max_amount_is_1e15() {
-        assert_eq!(MAX_AMOUNT, Decimal::from_str("1000000000000000").expect("literal"));
+        assert_eq!(
+            MAX_AMOUNT,
+            Decimal::from_str("1000000000000000").expect("literal")
+        );
     }
 
     #[test]
     fn amounts_keep_their_digits() {
         assert_eq!(amount("100.00").map(|d| d.to_string()), Ok("100.00".into()));
-        assert_eq!(amount("\"0.12345678\"").map(|d| d.to_string()), Ok("0.12345678".into()));
+        assert_eq!(
+            amount("\"0.12345678\"").map(|d| d.to_string()),
+            Ok("0.12345678".into())
+        );
         assert_eq!(amount("1e3").map(|d| d.to_string()), Ok("1000".into()));
         assert_eq!(amount("-0").map(|d| d.to_string()), Ok("0".into()));
-        assert_eq!(amount("1000000000000000").map(|d| d.to_string()), Ok("1000000000000000".into()));
+        assert_eq!(
+            amount("1000000000000000").map(|d| d.to_string()),
+            Ok("1000000000000000".into())
+        );
         // 0.1 + 0.2 style values stay exact.
-        assert_eq!(amount("0.30000000").map(|d| d.to_string()), Ok("0.30000000".into()));
+        assert_eq!(
+            amount("0.30000000").map(|d| d.to_string()),
+            Ok("0.30000000".into())
+        );
     }
 
     #[test]
@@ -276,8 +292,8 @@ mod tests {
 
     #[test]
     fn every_field_error_is_reported() {
-        let errors = CreateWallet::from_json(&json!({"walletId": 7, "extra": 1}))
-            .expect_err("invalid");
+        let errors =
+            CreateWallet::from_json(&json!({"walletId": 7, "extra": 1})).expect_err("invalid");
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["extra", "walletId", "ownerId", "initialBalance"]);
     }

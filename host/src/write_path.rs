@@ -189,7 +189,12 @@ impl WritePath {
         }
 
         let event_id = match &context.idempotency {
-            Some(request) => deterministic_event_id(&request.key.scope, &request.key.key, 0),
+            Some(request) => deterministic_event_id(
+                &request.key.scope,
+                &request.key.key,
+                &request.fingerprint,
+                0,
+            ),
             None => Uuid::new_v4(),
         };
         let event = NewEvent {
@@ -237,7 +242,10 @@ impl WritePath {
     }
 
     /// The wallet snapshot from the write model.
-    pub async fn find_wallet(&self, wallet_id: &str) -> Result<Option<WalletSnapshot>, sqlx::Error> {
+    pub async fn find_wallet(
+        &self,
+        wallet_id: &str,
+    ) -> Result<Option<WalletSnapshot>, sqlx::Error> {
         let row: Option<WalletRow> = sqlx::query_as(
             "SELECT id, owner_id, balance, currency, version, created_at, updated_at
              FROM wallets WHERE id = $1",

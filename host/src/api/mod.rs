@@ -70,7 +70,10 @@ async fn timeout_as_problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "request-timeout",
             "Request timed out",
-            format!("The request did not complete within {} ms.", limit.as_millis()),
+            format!(
+                "The request did not complete within {} ms.",
+                limit.as_millis()
+            ),
         )
         .with_retry_after(1)
         .into_response(),

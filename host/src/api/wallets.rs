@@ -14,7 +14,9 @@ use super::problem::{FieldError, Problem};
 use super::AppState;
 use crate::idempotency::{self, ScopedKey, StoredResponse, IN_FLIGHT_RETRY_AFTER_SECS};
 use crate::wallet::{validate_id, CreateWallet};
-use crate::write_path::{CreateResult, IdempotentRequest, RequestContext, WriteError, WriteOutcome};
+use crate::write_path::{
+    CreateResult, IdempotentRequest, RequestContext, WriteError, WriteOutcome,
+};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,7 +33,11 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 const JSON: &str = "application/json";
 
 /// `POST /wallets`.
-pub async fn create_wallet(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn create_wallet(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let correlation_id = match correlation_id(&headers) {
         Ok(id) => id,
         Err(problem) => return problem.into_response(),
@@ -53,10 +59,18 @@ async fn create(
     correlation_id: &str,
 ) -> Result<Response, Problem> {
     let key = idempotency::parse_key_header(
-        headers.get_all(&IDEMPOTENCY_KEY).iter().map(HeaderValue::as_bytes),
+        headers
+            .get_all(&IDEMPOTENCY_KEY)
+            .iter()
+            .map(HeaderValue::as_bytes),
     )
     .map_err(|error| {
-        Problem::new(StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key", error.to_string())
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            error.to_string(),
+        )
     })?;
     if key.is_none() && state.config.idempotency.idempotency_key_required {
         return Err(Problem::new(
@@ -69,7 +83,12 @@ async fn create(
     require_json_content_type(headers)?;
     let bytes = read_body(headers, body).await?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
-        Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", format!("The body is not valid JSON: {error}."))
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            format!("The body is not valid JSON: {error}."),
+        )
     })?;
     let command = CreateWallet::from_json(&json).map_err(|errors| {
         Problem::new(
@@ -118,17 +137,30 @@ async fn create(
 }
 
 /// `GET /wallets/{id}`: the snapshot from the write model (strongly consistent).
-pub async fn get_wallet(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+pub async fn get_wallet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     validate_id(&id).map_err(|detail| {
-        Problem::new(StatusCode::BAD_REQUEST, "invalid-wallet-id", "Invalid wallet id", format!("The wallet id {detail}."))
-            .with_errors(vec![FieldError::new("id", detail)])
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-wallet-id",
+            "Invalid wallet id",
+            format!("The wallet id {detail}."),
+        )
+        .with_errors(vec![FieldError::new("id", detail)])
     })?;
-    let wallet = state
-        .write_path
-        .find_wallet(&id)
-        .await?
-        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "wallet-not-found", "Wallet not found", format!("No wallet has id {id}.")))?;
-    let body = wallet.to_json_bytes().map_err(|error| Problem::internal(&error))?;
+    let wallet = state.write_path.find_wallet(&id).await?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "wallet-not-found",
+            "Wallet not found",
+            format!("No wallet has id {id}."),
+        )
+    })?;
+    let body = wallet
+        .to_json_bytes()
+        .map_err(|error| Problem::internal(&error))?;
     Ok(([(header::CONTENT_TYPE, JSON)], body).into_response())
 }
 
@@ -140,7 +172,10 @@ fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteEr
             status: StatusCode::CREATED.as_u16(),
             headers: vec![
                 (header::CONTENT_TYPE.to_string(), JSON.to_owned()),
-                (header::LOCATION.to_string(), format!("/wallets/{}", wallet.id)),
+                (
+                    header::LOCATION.to_string(),
+                    format!("/wallets/{}", wallet.id),
+                ),
                 (GLOBAL_POSITION.to_string(), position.to_string()),
             ],
             body: wallet.to_json_bytes()?,
@@ -155,7 +190,10 @@ fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteEr
             StoredResponse {
                 fingerprint: Vec::new(),
                 status: problem.status.as_u16(),
-                headers: vec![(header::CONTENT_TYPE.to_string(), super::problem::PROBLEM_CONTENT_TYPE.to_owned())],
+                headers: vec![(
+                    header::CONTENT_TYPE.to_string(),
+                    super::problem::PROBLEM_CONTENT_TYPE.to_owned(),
+                )],
                 body: problem.body_bytes(),
             }
         }
@@ -167,12 +205,18 @@ fn stored_response(stored: &StoredResponse, replayed: bool) -> Response {
     let mut response = (status, stored.body.clone()).into_response();
     let headers = response.headers_mut();
     for (name, value) in &stored.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
             headers.insert(name, value);
         }
     }
     if replayed {
-        headers.insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+        headers.insert(
+            IDEMPOTENT_REPLAYED.clone(),
+            HeaderValue::from_static("true"),
+        );
     }
     response
 }
@@ -192,8 +236,12 @@ fn write_error_problem(error: WriteError) -> Problem {
 /// The database error behind an event-store or outbox error, if any.
 fn source_sqlx(error: &WriteError) -> Option<&sqlx::Error> {
     match error {
-        WriteError::Database(db) | WriteError::Outbox(crate::outbox::OutboxError::Database(db)) => Some(db),
-        WriteError::EventStore(crate::eventstore::EventStoreError::Backend(source)) => source.downcast_ref(),
+        WriteError::Database(db) | WriteError::Outbox(crate::outbox::OutboxError::Database(db)) => {
+            Some(db)
+        }
+        WriteError::EventStore(crate::eventstore::EventStoreError::Backend(source)) => {
+            source.downcast_ref()
+        }
         _ => None,
     }
 }
@@ -219,7 +267,14 @@ fn require_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let essence = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
     match essence.as_deref() {
         Some(JSON) => Ok(()),
         Some(other) if other.starts_with("application/") && other.ends_with("+json") => Ok(()),

@@ -117,7 +117,10 @@ pub async fn run(args: CreateBenchArgs) -> Result<Vec<PhaseReport>, BenchError> 
         .get(format!("{base}/healthz"))
         .send()
         .await
-        .map_err(|source| BenchError::Unreachable { url: base.clone(), source })?;
+        .map_err(|source| BenchError::Unreachable {
+            url: base.clone(),
+            source,
+        })?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let duration = Duration::from_secs(args.duration);
@@ -140,7 +143,9 @@ pub async fn run(args: CreateBenchArgs) -> Result<Vec<PhaseReport>, BenchError> 
             while Instant::now() < deadline {
                 n += 1;
                 let id = format!("bench-{run_id}-{client_no}-{n}");
-                let body = format!(r#"{{"walletId":"{id}","ownerId":"owner-{client_no}","initialBalance":100.00}}"#);
+                let body = format!(
+                    r#"{{"walletId":"{id}","ownerId":"owner-{client_no}","initialBalance":100.00}}"#
+                );
                 let status = send(&client, &url, &id, &body, &mut report).await;
                 if status == Some(201) && completed.len() < MAX_REPLAYABLE_PER_CLIENT {
                     completed.push(Completed { key: id, body });
