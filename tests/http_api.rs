@@ -661,6 +661,39 @@ async fn a_key_in_flight_answers_409_with_retry_after_then_replays() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_key_completed_between_lookup_and_claim_is_replayed_not_redone() {
+    // Every request pauses after its first look-up: the second looks before the first commits,
+    // and claims after it.
+    let app = start(&[("WALLEX_FAILPOINTS", "before-claim=sleep(800)")]).await;
+    let client = client();
+    let body = wallet_body(&fresh_id("w"));
+    let send = |delay_ms: u64| {
+        let (client, url, body) = (client.clone(), app.server.url("/wallets"), body.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            read(
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", "race-key")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("send"),
+            )
+            .await
+        })
+    };
+    let (first, second) = (send(0), send(300));
+    let (first, second) = (first.await.expect("task"), second.await.expect("task"));
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(second.status, 201, "{}", second.text());
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(row_counts(&app.pool).await, (1, 1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_append_and_commit_leaves_nothing_and_the_key_retryable() {
     let db = TestDb::new().await;
     let pool = db.pool().await;

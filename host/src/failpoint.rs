@@ -6,7 +6,7 @@
 //! environment variable `WALLEX_FAILPOINTS` names actions per point, e.g.
 //! `after-append=abort,before-commit=sleep(2000)`. Without the feature, [`hit`] compiles to nothing.
 //!
-//! Points: `after-append` (event appended, outbox not yet written), `before-commit` (everything
+//! Points: `before-claim` (the key was looked up, not yet claimed), `after-append` (event appended, outbox not yet written), `before-commit` (everything
 //! written, transaction not committed).
 
 /// Runs the action configured for failpoint `name`, if any.

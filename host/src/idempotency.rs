@@ -150,13 +150,15 @@ pub async fn try_claim<'e>(
 }
 
 /// Records the completed response of `key` in the caller's transaction. An expired record of the
-/// same key is replaced: after expiry the key is new again.
+/// same key is replaced: after expiry the key is new again. `false`: a live record exists already
+/// (a request with the key completed between the caller's first look and its claim); the caller
+/// must roll back and answer from that record.
 pub async fn store<'e>(
     executor: impl PgExecutor<'e>,
     key: &ScopedKey,
     response: &StoredResponse,
     expires_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let headers: Vec<StoredHeader> = response
         .headers
         .iter()
@@ -187,13 +189,7 @@ pub async fn store<'e>(
     .bind(expires_at)
     .execute(executor)
     .await?;
-    if stored.rows_affected() != 1 {
-        // Cannot happen while the caller holds the key's claim; refuse rather than lose a record.
-        return Err(sqlx::Error::Protocol(
-            "idempotency key already completed while claimed".into(),
-        ));
-    }
-    Ok(())
+    Ok(stored.rows_affected() == 1)
 }
 
 /// Deletes expired keys in batches of at most `batch_size` until none are left. Returns how many.

@@ -114,15 +114,14 @@ impl WritePath {
             }
         }
 
+        failpoint::hit("before-claim").await;
         let mut tx = self.pool.begin().await?;
         if let Some(request) = &context.idempotency {
             if !idempotency::try_claim(&mut *tx, &request.key).await? {
                 return Ok(WriteOutcome::KeyInFlight);
             }
-            // It may have completed between the first look and the claim.
-            if let Some(stored) = idempotency::find_completed(&mut *tx, &request.key).await? {
-                return Ok(replay_or_reject(stored, &request.fingerprint));
-            }
+            // The key may have completed between the first look and the claim; storing the
+            // response below detects that, so the common path saves a round trip.
         }
 
         let now = Utc::now().trunc_subsecs(3);
@@ -141,8 +140,15 @@ impl WritePath {
             (_, Some(request)) => {
                 let mut stored = response.clone();
                 stored.fingerprint.clone_from(&request.fingerprint);
-                idempotency::store(&mut *tx, &request.key, &stored, now + self.idempotency_ttl)
-                    .await?;
+                let expires_at = now + self.idempotency_ttl;
+                if !idempotency::store(&mut *tx, &request.key, &stored, expires_at).await? {
+                    tx.rollback().await?;
+                    return match idempotency::find_completed(&self.pool, &request.key).await? {
+                        Some(stored) => Ok(replay_or_reject(stored, &request.fingerprint)),
+                        // Completed and expired within this request: it is simply in the way.
+                        None => Ok(WriteOutcome::KeyInFlight),
+                    };
+                }
             }
             (CreateResult::Created { .. }, None) => {}
         }
