@@ -1,1 +1,98 @@
-fn main() {}
+//! The `wallex` command line: `serve` (the default), `migrate`, `bench …`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use wallex::bench::create::CreateBenchArgs;
+use wallex::config::{DatabaseConfig, LogFormat, ServeConfig};
+use wallex::{app, bench, db, telemetry};
+
+/// Event-sourced wallets with WebAssembly projections.
+#[derive(Debug, Parser)]
+#[command(name = "wallex", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        env = "WALLEX_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (applies migrations first). The default command.
+    Serve(ServeConfig),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseConfig),
+    /// Measure a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Wallet-creation throughput and latency, then idempotent replays.
+    Create(CreateBenchArgs),
+}
+
+/// `wallex` with no subcommand: `serve` configured from the environment.
+#[derive(Debug, Parser)]
+struct DefaultServe {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+fn main() -> ExitCode {
+    // A missing .env is fine; a malformed one is reported.
+    if let Err(error) = dotenvy::dotenv() {
+        if !error.not_found() {
+            eprintln!("error: cannot read .env: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(DefaultServe::parse_from(["wallex"]).serve));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(config) => app::serve(config, CancellationToken::new()).await?,
+        Command::Migrate(config) => {
+            db::ensure_database(&config).await?;
+            let pool = db::pool(&config)?;
+            db::migrate(&pool).await?;
+            pool.close().await;
+            println!("migrations applied");
+        }
+        Command::Bench(BenchCommand::Create(args)) => {
+            bench::create::run(args).await?;
+        }
+    }
+    Ok(())
+}

@@ -19,11 +19,22 @@ use uuid::Uuid;
 /// Namespace of the UUIDv5 event ids derived from idempotency keys.
 pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a8f_0e5c_9b1d_4f3e_a2c7_5d40_91be_37f2);
 
-/// The id of the `index`-th event written by the request with this idempotency scope and key:
-/// the same request retried produces the same ids.
-pub fn deterministic_event_id(scope: &str, idempotency_key: &str, index: u32) -> Uuid {
-    let name = format!("{scope}\n{idempotency_key}\n{index}");
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+/// The id of the `index`-th event written by the request with this idempotency scope, key and
+/// body fingerprint: the same request retried produces the same ids, while a key reused for a
+/// different body after it expired produces new ones.
+pub fn deterministic_event_id(
+    scope: &str,
+    idempotency_key: &str,
+    fingerprint: &[u8],
+    index: u32,
+) -> Uuid {
+    let mut name = Vec::with_capacity(scope.len() + idempotency_key.len() + fingerprint.len() + 16);
+    for part in [scope.as_bytes(), idempotency_key.as_bytes(), fingerprint] {
+        name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        name.extend_from_slice(part);
+    }
+    name.extend_from_slice(&index.to_be_bytes());
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
 }
 
 /// Metadata every event carries.

@@ -1,0 +1,81 @@
+//! The HTTP API: router, shared state and the layers every request goes through.
+//!
+//! Why it exists: it maps HTTP onto the write path and the read side and nothing else; business
+//! rules live in `wallet`, `write_path` and `idempotency`.
+
+pub mod health;
+pub mod problem;
+pub mod wallets;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeConfig;
+use crate::write_path::WritePath;
+use problem::Problem;
+
+/// Handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub write_path: WritePath,
+    pub config: Arc<ServeConfig>,
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> Router {
+    let request_timeout = state.config.request_timeout();
+    Router::new()
+        .route("/wallets", post(wallets::create_wallet))
+        .route("/wallets/{id}", get(wallets::get_wallet))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            timeout_as_problem(request, next, request_timeout)
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("No resource at this path.")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "This resource does not support the request's method.",
+    )
+}
+
+/// Bounds every request; one that takes longer gets a 503 problem.
+async fn timeout_as_problem(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: std::time::Duration,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request-timeout",
+            "Request timed out",
+            format!(
+                "The request did not complete within {} ms.",
+                limit.as_millis()
+            ),
+        )
+        .with_retry_after(1)
+        .into_response(),
+    }
+}

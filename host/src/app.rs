@@ -1,0 +1,120 @@
+//! Running the service: start-up, background tasks and graceful shutdown.
+//!
+//! Why it exists: `serve` wires configuration, the pool, migrations, the HTTP server and the
+//! background tasks together, and owns their lifecycle. On SIGTERM/SIGINT it stops accepting
+//! connections, lets in-flight requests finish (bounded by the grace period), stops the background
+//! tasks and closes the pool.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::ServeConfig;
+use crate::write_path::WritePath;
+use crate::{db, idempotency};
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Runs the server until `shutdown` is cancelled (or a signal arrives).
+pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    db::ensure_database(&config.database).await?;
+    let pool = db::pool(&config.database)?;
+    db::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(ServeError::Http)?;
+
+    let tasks = TaskTracker::new();
+    let background = shutdown.child_token();
+    tasks.spawn(idempotency::run_cleanup(
+        pool.clone(),
+        Duration::from_secs(config.idempotency.idempotency_cleanup_interval_secs),
+        config.idempotency.idempotency_cleanup_batch_size,
+        background.clone(),
+    ));
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let state = AppState {
+        write_path: WritePath::new(pool.clone(), config.idempotency.ttl()),
+        pool: pool.clone(),
+        config: Arc::new(config),
+    };
+    let app = api::router(state);
+
+    tracing::info!("listening on http://{local_addr}");
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+        signal_token.cancel();
+    });
+    let stop_accepting = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+        .into_future();
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping unfinished requests");
+            Ok(())
+        }
+    };
+
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
+    pool.close().await;
+    tracing::info!("stopped");
+    result.map_err(ServeError::Http)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

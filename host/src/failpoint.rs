@@ -1,0 +1,54 @@
+//! Test-only crash injection.
+//!
+//! Why it exists: the claims "a crash between the append and the commit leaves nothing behind" and
+//! "a key in flight answers 409" need a way to stop the process, or hold a request, at an exact step.
+//! With the `failpoints` cargo feature (enabled only for the test build, never in release), the
+//! environment variable `WALLEX_FAILPOINTS` names actions per point, e.g.
+//! `after-append=abort,before-commit=sleep(2000)`. Without the feature, [`hit`] compiles to nothing.
+//!
+//! Points: `before-claim` (the key was looked up, not yet claimed), `after-append` (event appended, outbox not yet written), `before-commit` (everything
+//! written, transaction not committed).
+
+/// Runs the action configured for failpoint `name`, if any.
+#[allow(clippy::unused_async)]
+pub async fn hit(name: &'static str) {
+    #[cfg(feature = "failpoints")]
+    imp::hit(name).await;
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+#[cfg(feature = "failpoints")]
+mod imp {
+    use std::time::Duration;
+
+    /// Environment variable that configures the failpoints.
+    const FAILPOINTS_ENV: &str = "WALLEX_FAILPOINTS";
+
+    pub async fn hit(name: &'static str) {
+        let Ok(spec) = std::env::var(FAILPOINTS_ENV) else {
+            return;
+        };
+        for entry in spec.split(',') {
+            let Some((point, action)) = entry.split_once('=') else {
+                continue;
+            };
+            if point.trim() != name {
+                continue;
+            }
+            let action = action.trim();
+            if action == "abort" {
+                tracing::error!(failpoint = name, "failpoint: aborting the process");
+                std::process::abort();
+            }
+            if let Some(ms) = action
+                .strip_prefix("sleep(")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                tracing::warn!(failpoint = name, ms, "failpoint: sleeping");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Test harness shared by the black-box tests: a fresh PostgreSQL database per test, and the real
+//! `wallex` binary spawned against it on a random port.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// Server URL of the test cluster's maintenance database; override with WALLEX_TEST_ADMIN_URL.
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// How long a spawned server may take to start listening.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Environment variables of wallex that a test's caller might have set; removed from children.
+const WALLEX_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_POOL_SIZE",
+    "DATABASE_ACQUIRE_TIMEOUT_MS",
+    "DATABASE_STATEMENT_TIMEOUT_MS",
+    "WALLEX_LISTEN",
+    "WALLEX_REQUEST_TIMEOUT_MS",
+    "WALLEX_SHUTDOWN_GRACE_SECS",
+    "WALLEX_LOG_FORMAT",
+    "WALLEX_FAILPOINTS",
+    "IDEMPOTENCY_TTL_HOURS",
+    "IDEMPOTENCY_KEY_REQUIRED",
+    "IDEMPOTENCY_CLEANUP_INTERVAL_SECS",
+    "IDEMPOTENCY_CLEANUP_BATCH_SIZE",
+];
+
+fn admin_url() -> String {
+    std::env::var("WALLEX_TEST_ADMIN_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// A database of its own for one test, dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("wallex_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = admin_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL (see README: Tests)");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// A database with the schema applied.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        wallex::db::MIGRATOR.run(&pool).await.expect("migrate");
+        pool.close().await;
+        db
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_url();
+        // Drop runs inside a tokio runtime; use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running `wallex serve` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub base: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Spawns `wallex serve` against `database_url` with extra environment and waits until it listens.
+    pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wallex"));
+        for name in WALLEX_ENV {
+            command.env_remove(name);
+        }
+        command
+            .arg("serve")
+            .current_dir(std::env::temp_dir())
+            .env("DATABASE_URL", database_url)
+            .env("WALLEX_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("WALLEX_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn wallex");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for (stream, addr_tx) in [
+            (
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+                Some(addr_tx),
+            ),
+            (Box::new(stderr), None),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(addr_tx) = &addr_tx {
+                        if let Some((_, addr)) = line.split_once("listening on http://") {
+                            let _ = addr_tx.send(addr.trim().to_owned());
+                        }
+                    }
+                    logs.lock().expect("logs").push(line);
+                }
+            });
+        }
+        let addr: SocketAddr = match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "wallex did not start listening; its output:\n{}",
+                    logs.lock().expect("logs").join("\n")
+                );
+            }
+        };
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// kill -TERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client for tests (no connection reuse surprises: a fresh pool per test).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A response, fully read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts an RFC 9457 problem response of this status and type slug.
+    pub fn assert_problem(&self, status: u16, slug: &str) -> serde_json::Value {
+        assert_eq!(self.status, status, "status; body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let problem = self.json();
+        assert_eq!(
+            problem["type"],
+            format!("/problems/{slug}"),
+            "problem: {problem}"
+        );
+        assert_eq!(problem["status"], status);
+        assert!(
+            problem["title"].is_string() && problem["detail"].is_string(),
+            "{problem}"
+        );
+        problem
+    }
+}
+
+/// POSTs `body` to `/wallets` with `Content-Type: application/json` and the given headers.
+pub async fn post_wallet(
+    client: &reqwest::Client,
+    server: &Server,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request = client
+        .post(server.url("/wallets"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    read(request.send().await.expect("send")).await
+}
+
+pub async fn read(response: reqwest::Response) -> Reply {
+    Reply {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("body").to_vec(),
+    }
+}
+
+pub async fn get(client: &reqwest::Client, server: &Server, path: &str) -> Reply {
+    read(client.get(server.url(path)).send().await.expect("send")).await
+}
+
+/// `SELECT count(*) …`.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.expect(sql);
+    n
+}
+
+/// Counts of (wallets, events, outbox rows, idempotency keys).
+pub async fn row_counts(pool: &PgPool) -> (i64, i64, i64, i64) {
+    (
+        count(pool, "SELECT count(*) FROM wallets").await,
+        count(pool, "SELECT count(*) FROM events").await,
+        count(pool, "SELECT count(*) FROM outbox").await,
+        count(pool, "SELECT count(*) FROM idempotency_keys").await,
+    )
+}
+
+/// A valid create body.
+pub fn wallet_body(wallet_id: &str) -> String {
+    format!(r#"{{"walletId":"{wallet_id}","ownerId":"user-001","initialBalance":100.00}}"#)
+}
+
+/// A fresh id usable as wallet id and idempotency key.
+pub fn fresh_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
