@@ -27,18 +27,38 @@ const CLEARED_ENV: &[&str] = &[
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest_dir
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf();
     let guests = root.join("projections");
     let target_dir = root.join("target").join("wasm-guests");
-    for watched in ["wit", "projections/Cargo.toml", "projections/Cargo.lock", "projections/read-model", "projections/ledger", "projections/audit", "projections/fixtures"] {
+    for watched in [
+        "wit",
+        "projections/Cargo.toml",
+        "projections/Cargo.lock",
+        "projections/read-model",
+        "projections/ledger",
+        "projections/audit",
+        "projections/fixtures",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(&guests)
-        .args(["build", "--release", "--locked", "--target", GUEST_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            GUEST_TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for name in CLEARED_ENV {
         command.env_remove(name);
@@ -54,7 +74,10 @@ fn main() {
     let status = command
         .status()
         .expect("could not run cargo to build the projection components");
-    assert!(status.success(), "building the projection components for {GUEST_TARGET} failed");
+    assert!(
+        status.success(),
+        "building the projection components for {GUEST_TARGET} failed"
+    );
     let wasm_dir = target_dir.join(GUEST_TARGET).join("release");
     println!("cargo:rustc-env=WALLEX_WASM_DIR={}", wasm_dir.display());
 }

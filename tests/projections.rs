@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use projection_support::{create_wallet, last_cursor, table_snapshot, wait_caught_up, TestDb};
 use rust_decimal::Decimal;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use wallex::projection::{bundled, checkpoint, ProjectionConfig, Projections};
 
 const BUNDLED_NAMES: [&str; 3] = ["read-model", "ledger", "audit"];
@@ -21,10 +21,12 @@ fn fast_config() -> ProjectionConfig {
     config
 }
 
-async fn start(db: &TestDb, config: ProjectionConfig) -> (Projections, watch::Sender<bool>) {
-    let projections = Projections::load(db.pool.clone(), config).await.expect("load");
-    let (stop, shutdown) = watch::channel(false);
-    projections.start(shutdown);
+async fn start(db: &TestDb, config: ProjectionConfig) -> (Projections, CancellationToken) {
+    let projections = Projections::load(db.pool.clone(), config)
+        .await
+        .expect("load");
+    let stop = CancellationToken::new();
+    projections.start(stop.clone());
     (projections, stop)
 }
 
@@ -49,7 +51,10 @@ async fn wallets_reach_all_three_projections() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(w1, ("owner-w1".into(), Decimal::new(10025, 2), "USD".into(), 1));
+    assert_eq!(
+        w1,
+        ("owner-w1".into(), Decimal::new(10025, 2), "USD".into(), 1)
+    );
 
     let audit: Vec<(i64, String, String)> = sqlx::query_as(
         "SELECT global_position, correlation_id, causation_id FROM proj_audit_v1.events ORDER BY 1",
@@ -58,7 +63,9 @@ async fn wallets_reach_all_three_projections() {
     .await
     .unwrap();
     assert_eq!(audit.len(), 25);
-    assert!(audit.iter().all(|(_, c, k)| c.starts_with("corr-w") && k.starts_with("cause-w")));
+    assert!(audit
+        .iter()
+        .all(|(_, c, k)| c.starts_with("corr-w") && k.starts_with("cause-w")));
 
     // 20 non-zero wallets → 20 transactions of two postings each, every one summing to zero.
     let sums: Vec<(uuid::Uuid, Decimal, i64)> = sqlx::query_as(
@@ -77,7 +84,7 @@ async fn wallets_reach_all_three_projections() {
     .unwrap();
     assert_eq!(funding, Decimal::new(-200500, 2));
 
-    let _ = stop.send(true);
+    stop.cancel();
     db.drop_db().await;
 }
 
@@ -116,7 +123,11 @@ async fn replay_after_checkpoint_reset_is_idempotent() {
         .await
         .unwrap();
     for ((table, order), before) in tables.into_iter().zip(before) {
-        assert_eq!(table_snapshot(&db.pool, table, order).await, before, "{table} changed on replay");
+        assert_eq!(
+            table_snapshot(&db.pool, table, order).await,
+            before,
+            "{table} changed on replay"
+        );
     }
     let funding: Decimal = sqlx::query_scalar(
         "SELECT balance FROM proj_ledger_v1.balances WHERE account = 'external:funding:USD'",
@@ -124,8 +135,12 @@ async fn replay_after_checkpoint_reset_is_idempotent() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(funding, Decimal::new(-30000, 2), "balances doubled by the replay");
-    let _ = stop.send(true);
+    assert_eq!(
+        funding,
+        Decimal::new(-30000, 2),
+        "balances doubled by the replay"
+    );
+    stop.cancel();
     db.drop_db().await;
 }
 
@@ -145,30 +160,40 @@ async fn bad_fixture_rejects(wallet: &str, expected_error: &str) {
     )
     .await
     .expect("load fixture");
-    let (stop, shutdown) = watch::channel(false);
-    let tasks = projections.start(shutdown);
+    let stop = CancellationToken::new();
+    let tasks = projections.start(stop.clone());
     create_wallet(&db.pool, "good-1", "1.00").await;
     create_wallet(&db.pool, wallet, "1.00").await;
     create_wallet(&db.pool, "good-2", "1.00").await;
     // The worker gives up after max_retries + 1 attempts; wait for the `failed` status.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        let status = checkpoint::read(&db.pool, "bad-mutation").await.unwrap().unwrap();
+        let status = checkpoint::read(&db.pool, "bad-mutation")
+            .await
+            .unwrap()
+            .unwrap();
         if status.status == checkpoint::Status::Failed {
             break status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never failed: {status:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never failed: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let error = status.last_error.unwrap_or_default();
     assert!(error.contains(expected_error), "{error}");
-    assert_eq!(status.cursor, wallex::outbox::OutboxCursor::START, "checkpoint moved");
+    assert_eq!(
+        status.cursor,
+        wallex::outbox::OutboxCursor::START,
+        "checkpoint moved"
+    );
     let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM proj_bad_mutation_v1.seen")
         .fetch_one(&db.pool)
         .await
         .unwrap();
     assert_eq!(applied, 0, "part of a rejected batch was applied");
-    let _ = stop.send(true);
+    stop.cancel();
     for task in tasks {
         let _ = task.await;
     }
@@ -205,18 +230,28 @@ async fn one_lease_holder_and_failover() {
     let target = last_cursor(&db.pool).await;
     wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
     for name in BUNDLED_NAMES {
-        let held = [first.get(name).unwrap().lease_held(), second.get(name).unwrap().lease_held()];
-        assert_eq!(held, [true, false], "{name}: exactly the first process holds the lease");
+        let held = [
+            first.get(name).unwrap().lease_held(),
+            second.get(name).unwrap().lease_held(),
+        ];
+        assert_eq!(
+            held,
+            [true, false],
+            "{name}: exactly the first process holds the lease"
+        );
     }
     // The holder goes away; the other takes every lease over and continues.
-    let _ = stop_first.send(true);
+    stop_first.cancel();
     for i in 10..20 {
         create_wallet(&db.pool, &format!("l{i}"), "5.00").await;
     }
     let target = last_cursor(&db.pool).await;
     wait_caught_up(&db.pool, &BUNDLED_NAMES, target).await;
     for name in BUNDLED_NAMES {
-        assert!(second.get(name).unwrap().lease_held(), "{name} not taken over");
+        assert!(
+            second.get(name).unwrap().lease_held(),
+            "{name} not taken over"
+        );
     }
     let funding: rust_decimal::Decimal = sqlx::query_scalar(
         "SELECT balance FROM proj_ledger_v1.balances WHERE account = 'external:funding:USD'",
@@ -225,7 +260,7 @@ async fn one_lease_holder_and_failover() {
     .await
     .unwrap();
     assert_eq!(funding, Decimal::new(-10000, 2));
-    let _ = stop_second.send(true);
+    stop_second.cancel();
     db.drop_db().await;
 }
 
@@ -248,25 +283,39 @@ async fn read_after_write_waits_for_the_checkpoint() {
         let position = create_wallet(&db.pool, &id, "7.00").await;
         let started = std::time::Instant::now();
         let response = client
-            .get(format!("http://{addr}/projections/read-model/wallets/{id}?minPosition={position}"))
+            .get(format!(
+                "http://{addr}/projections/read-model/wallets/{id}?minPosition={position}"
+            ))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        let seen: i64 = response.headers()["x-projection-position"].to_str().unwrap().parse().unwrap();
+        let seen: i64 = response.headers()["x-projection-position"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(seen >= position);
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["id"], id);
-        assert!(started.elapsed() < Duration::from_secs(2), "read waited for the poll interval");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "read waited for the poll interval"
+        );
     }
     // A position that never comes: bounded wait, then a problem.
     let response = client
-        .get(format!("http://{addr}/projections/read-model/wallets/raw0?minPosition=999999&timeoutMs=300"))
+        .get(format!(
+            "http://{addr}/projections/read-model/wallets/raw0?minPosition=999999&timeoutMs=300"
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let missing = client
         .get(format!("http://{addr}/projections/read-model/wallets/nope"))
         .send()
@@ -282,6 +331,6 @@ async fn read_after_write_waits_for_the_checkpoint() {
         .await
         .unwrap();
     assert_eq!(status["projections"].as_array().unwrap().len(), 3);
-    let _ = stop.send(true);
+    stop.cancel();
     db.drop_db().await;
 }

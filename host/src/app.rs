@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::write_path::WritePath;
-use crate::{db, idempotency};
+use crate::{db, idempotency, projection};
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,10 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    ProjectionConfig(#[from] projection::config::ConfigError),
+    #[error("cannot load the projections: {0}")]
+    Projections(#[from] projection::LoadError),
 }
 
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
@@ -56,8 +60,23 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(
         background.clone(),
     ));
 
+    let projections =
+        projection::Projections::load(pool.clone(), config.projections.resolve()?).await?;
+    if projections.config().auto_start {
+        for worker in projections.start(background.clone()) {
+            tasks.spawn(async move {
+                if let Err(error) = worker.await {
+                    tracing::error!(%error, "projection task panicked");
+                }
+            });
+        }
+    } else {
+        tracing::info!("PROJECTORS_AUTO_START=false: projection workers not started");
+    }
+
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let state = AppState {
+        projections,
         write_path: WritePath::new(pool.clone(), config.idempotency.ttl()),
         pool: pool.clone(),
         config: Arc::new(config),

@@ -92,6 +92,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub idempotency: IdempotencyConfig,
+
+    #[command(flatten)]
+    pub projections: crate::projection::ProjectionArgs,
 }
 
 impl ServeConfig {

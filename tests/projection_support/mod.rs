@@ -26,7 +26,9 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let name = format!("wallex_t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(ADMIN_URL).await.expect("admin connection");
+        let mut admin = PgConnection::connect(ADMIN_URL)
+            .await
+            .expect("admin connection");
         sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
@@ -47,11 +49,16 @@ impl TestDb {
 
     pub async fn drop_db(self) {
         self.pool.close().await;
-        let mut admin = PgConnection::connect(ADMIN_URL).await.expect("admin connection");
-        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
+        let mut admin = PgConnection::connect(ADMIN_URL)
             .await
-            .expect("drop database");
+            .expect("admin connection");
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("drop database");
     }
 }
 
@@ -77,7 +84,13 @@ pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i6
         },
     };
     let recorded = store
-        .append(&mut tx, &format!("wallet-{id}"), ExpectedVersion::NoStream, &[event], Utc::now())
+        .append(
+            &mut tx,
+            &format!("wallet-{id}"),
+            ExpectedVersion::NoStream,
+            &[event],
+            Utc::now(),
+        )
         .await
         .expect("append");
     outbox::enqueue(&mut *tx, &recorded).await.expect("enqueue");
@@ -87,10 +100,11 @@ pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i6
 
 /// The cursor of the last outbox row.
 pub async fn last_cursor(pool: &PgPool) -> OutboxCursor {
-    let (position,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(global_position), 0) FROM outbox")
-        .fetch_one(pool)
-        .await
-        .expect("max position");
+    let (position,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(global_position), 0) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .expect("max position");
     let mut best = OutboxCursor::START;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT xact_id::text, global_position FROM outbox ORDER BY xact_id DESC, global_position DESC LIMIT 1")
@@ -98,7 +112,10 @@ pub async fn last_cursor(pool: &PgPool) -> OutboxCursor {
             .await
             .expect("last row");
     if let Some((xact, pos)) = rows.into_iter().next() {
-        best = OutboxCursor { xact_id: xact.parse().expect("xid"), position: pos };
+        best = OutboxCursor {
+            xact_id: xact.parse().expect("xid"),
+            position: pos,
+        };
     }
     let _ = position;
     best
@@ -120,15 +137,24 @@ pub async fn wait_caught_up(pool: &PgPool, projections: &[&str], target: OutboxC
         if done {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "projections did not catch up to {target:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projections did not catch up to {target:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// All rows of a table as JSON, in primary-key order (for comparisons).
-pub async fn table_snapshot(pool: &PgPool, qualified: &str, order_by: &str) -> Vec<serde_json::Value> {
-    sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {qualified} AS t ORDER BY {order_by}"))
-        .fetch_all(pool)
-        .await
-        .expect("snapshot")
+pub async fn table_snapshot(
+    pool: &PgPool,
+    qualified: &str,
+    order_by: &str,
+) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(&format!(
+        "SELECT to_jsonb(t) FROM {qualified} AS t ORDER BY {order_by}"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("snapshot")
 }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub write_path: WritePath,
     pub config: Arc<ServeConfig>,
+    /// The loaded projections (their workers may run in this process or another).
+    pub projections: crate::projection::Projections,
 }
 
 /// The service's routes.
@@ -36,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/wallets/{id}", get(wallets::get_wallet))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(crate::projection::api::router(state.projections.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

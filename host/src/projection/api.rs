@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -30,6 +30,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::schema::{quote, ColumnType};
 use super::worker::Projector;
 use super::Projections;
+use crate::api::problem::Problem;
 use crate::outbox;
 
 /// How often a waiting read re-reads the checkpoint (another process may hold the lease).
@@ -38,8 +39,6 @@ pub const READ_AFTER_WRITE_POLL: Duration = Duration::from_millis(20);
 pub const MIN_POSITION_HEADER: &str = "x-min-position";
 /// Response header: the checkpoint position the row was read at.
 pub const PROJECTION_POSITION_HEADER: &str = "x-projection-position";
-/// Base of the problem `type` URIs.
-pub const PROBLEM_BASE: &str = "https://wallex.dev/problems/";
 
 /// The projection routes, mergeable into any router.
 pub fn router<S: Clone + Send + Sync + 'static>(projections: Projections) -> Router<S> {
@@ -48,63 +47,6 @@ pub fn router<S: Clone + Send + Sync + 'static>(projections: Projections) -> Rou
         .route("/projections/{projection}", get(status))
         .route("/projections/{projection}/{table}/{key}", get(read_row))
         .with_state(projections)
-}
-
-/// An RFC 9457 problem response.
-#[derive(Debug)]
-pub struct Problem {
-    status: StatusCode,
-    kind: &'static str,
-    title: &'static str,
-    detail: String,
-    retry_after: Option<u64>,
-}
-
-impl Problem {
-    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Self {
-        Self {
-            status,
-            kind,
-            title,
-            detail,
-            retry_after: None,
-        }
-    }
-
-    fn internal(error: impl std::fmt::Display) -> Self {
-        tracing::error!(%error, "projection read failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-            "the projection could not be read".to_owned(),
-        )
-    }
-
-    fn not_found(detail: String) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("{PROBLEM_BASE}{}", self.kind),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        let mut response = (self.status, Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
 }
 
 fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_json::Value {
@@ -132,16 +74,11 @@ fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_
 async fn list(State(projections): State<Projections>) -> Result<Json<serde_json::Value>, Problem> {
     let checkpoints = checkpoint::read_all(projections.pool())
         .await
-        .map_err(Problem::internal)?;
+        .map_err(|e| Problem::internal(&e))?;
     let items: Vec<_> = projections
         .all()
         .iter()
-        .map(|p| {
-            status_json(
-                p,
-                checkpoints.iter().find(|c| c.projection == p.name()),
-            )
-        })
+        .map(|p| status_json(p, checkpoints.iter().find(|c| c.projection == p.name())))
         .collect();
     Ok(Json(json!({ "projections": items })))
 }
@@ -155,7 +92,7 @@ async fn status(
         .ok_or_else(|| Problem::not_found(format!("no projection named {name}")))?;
     let checkpoint = checkpoint::read(projections.pool(), &name)
         .await
-        .map_err(Problem::internal)?;
+        .map_err(|e| Problem::internal(&e))?;
     Ok(Json(status_json(projector, checkpoint.as_ref())))
 }
 
@@ -176,11 +113,16 @@ async fn read_row(
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no projection named {name}")))?;
     let schema = &projector.schema;
-    let table = schema
-        .table(&table_name)
-        .ok_or_else(|| Problem::not_found(format!("projection {name} has no table {table_name}")))?;
+    let table = schema.table(&table_name).ok_or_else(|| {
+        Problem::not_found(format!("projection {name} has no table {table_name}"))
+    })?;
     let bad_request = |detail: String| {
-        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            detail,
+        )
     };
     let [key_column] = table.primary_key.as_slice() else {
         return Err(bad_request(format!(
@@ -205,13 +147,15 @@ async fn read_row(
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(config.read_after_write_timeout)
-        .min(Duration::from_millis(super::config::MAX_READ_AFTER_WRITE_TIMEOUT_MS));
+        .min(Duration::from_millis(
+            super::config::MAX_READ_AFTER_WRITE_TIMEOUT_MS,
+        ));
     let position = match min_position {
         Some(p) if p < 0 => return Err(bad_request("minPosition must be >= 0".to_owned())),
         Some(p) => wait_for(&projections, projector, p, timeout).await?,
         None => checkpoint::read(projections.pool(), &name)
             .await
-            .map_err(Problem::internal)?
+            .map_err(|e| Problem::internal(&e))?
             .map(|c| c.cursor.position)
             .unwrap_or(0),
     };
@@ -241,7 +185,7 @@ async fn read_row(
     let row = sql_query
         .fetch_optional(projections.pool())
         .await
-        .map_err(Problem::internal)?
+        .map_err(|e| Problem::internal(&e))?
         .ok_or_else(|| Problem::not_found(format!("no row {key} in {name}/{table_name}")))?;
     let mut response = Json(row).into_response();
     response.headers_mut().insert(
@@ -267,19 +211,19 @@ async fn wait_for(
         if target.is_none() {
             target = outbox::cursor_of(pool, min_position)
                 .await
-                .map_err(Problem::internal)?;
+                .map_err(|e| Problem::internal(&e))?;
         }
         if let Some(target) = target {
             let checkpoint = checkpoint::read(pool, projector.name())
                 .await
-                .map_err(Problem::internal)?;
+                .map_err(|e| Problem::internal(&e))?;
             if let Some(checkpoint) = checkpoint.filter(|c| c.cursor >= target) {
                 return Ok(checkpoint.cursor.position);
             }
         }
         let now = Instant::now();
         if now >= deadline {
-            let mut problem = Problem::new(
+            return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "projection-behind",
                 "Projection has not caught up",
@@ -288,9 +232,8 @@ async fn wait_for(
                     projector.name(),
                     timeout.as_millis()
                 ),
-            );
-            problem.retry_after = Some(1);
-            return Err(problem);
+            )
+            .with_retry_after(1));
         }
         let nap = READ_AFTER_WRITE_POLL.min(deadline - now);
         tokio::select! {

@@ -8,15 +8,24 @@
 pub const BUNDLED: &[(&str, &[u8])] = &[
     (
         "bundled:read-model",
-        include_bytes!(concat!(env!("WALLEX_WASM_DIR"), "/wallex_projection_read_model.wasm")),
+        include_bytes!(concat!(
+            env!("WALLEX_WASM_DIR"),
+            "/wallex_projection_read_model.wasm"
+        )),
     ),
     (
         "bundled:ledger",
-        include_bytes!(concat!(env!("WALLEX_WASM_DIR"), "/wallex_projection_ledger.wasm")),
+        include_bytes!(concat!(
+            env!("WALLEX_WASM_DIR"),
+            "/wallex_projection_ledger.wasm"
+        )),
     ),
     (
         "bundled:audit",
-        include_bytes!(concat!(env!("WALLEX_WASM_DIR"), "/wallex_projection_audit.wasm")),
+        include_bytes!(concat!(
+            env!("WALLEX_WASM_DIR"),
+            "/wallex_projection_audit.wasm"
+        )),
     ),
 ];
 

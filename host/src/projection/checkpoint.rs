@@ -133,7 +133,9 @@ pub async fn read<'e>(
 }
 
 /// Reads all checkpoints, by name.
-pub async fn read_all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Checkpoint>, CheckpointError> {
+pub async fn read_all<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<Checkpoint>, CheckpointError> {
     let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} ORDER BY projection"))
         .fetch_all(executor)
         .await?;
@@ -141,7 +143,10 @@ pub async fn read_all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Checkpoin
 }
 
 /// Locks the checkpoint row for the caller's transaction and returns its cursor.
-pub async fn lock(conn: &mut PgConnection, projection: &str) -> Result<OutboxCursor, CheckpointError> {
+pub async fn lock(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<OutboxCursor, CheckpointError> {
     let row: Option<(String, i64)> = sqlx::query_as(
         "SELECT last_xact_id::text, last_position FROM projector_checkpoints
          WHERE projection = $1 FOR UPDATE",
@@ -200,7 +205,10 @@ pub async fn record_failure<'e>(
 
 /// Sets a checkpoint back to the start of the outbox (replay). The tables are kept: projections
 /// must be idempotent.
-pub async fn reset<'e>(executor: impl PgExecutor<'e>, projection: &str) -> Result<(), CheckpointError> {
+pub async fn reset<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+) -> Result<(), CheckpointError> {
     sqlx::query(
         "UPDATE projector_checkpoints SET last_xact_id = '0', last_position = 0, updated_at = now()
          WHERE projection = $1",

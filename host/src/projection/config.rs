@@ -96,7 +96,12 @@ impl Default for ProjectionConfig {
 impl ProjectionArgs {
     pub fn resolve(&self) -> Result<ProjectionConfig, ConfigError> {
         let mut overrides: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-        for entry in self.projector_overrides.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in self
+            .projector_overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let bad = || ConfigError::Override(entry.to_owned());
             let (target, value) = entry.split_once('=').ok_or_else(bad)?;
             let (projection, key) = target.rsplit_once('.').ok_or_else(bad)?;
@@ -184,9 +189,15 @@ mod tests {
         let config = cli.args.resolve().unwrap();
         assert_eq!(config.worker("read-model"), WorkerConfig::default());
         assert_eq!(config.worker("ledger").batch_size, 500);
-        assert_eq!(config.worker("audit").poll_interval, Duration::from_millis(20));
+        assert_eq!(
+            config.worker("audit").poll_interval,
+            Duration::from_millis(20)
+        );
         assert!(config.auto_start);
         let bad = Cli::parse_from(["x", "--projector-overrides", "ledger.nope=1"]);
-        assert_eq!(bad.args.resolve().unwrap_err(), ConfigError::UnknownKey("nope".into()));
+        assert_eq!(
+            bad.args.resolve().unwrap_err(),
+            ConfigError::UnknownKey("nope".into())
+        );
     }
 }

@@ -173,7 +173,9 @@ impl LoadedComponent {
 
     /// Calls `describe` again (cheap; used by load and tests).
     pub fn describe(&self) -> Result<wit::ProjectionInfo, ComponentError> {
-        self.call("describe", |projection, store| projection.call_describe(store))
+        self.call("describe", |projection, store| {
+            projection.call_describe(store)
+        })
     }
 
     /// Calls `handle` with a batch in a fresh store.
@@ -284,11 +286,21 @@ impl bindings::wallex::projection::host::Host for GuestState {
         let projection = self.projection.as_str();
         let target = "wallex::projection::guest";
         match level {
-            wit::LogLevel::Trace => tracing::trace!(target: "wallex::projection::guest", projection, "{message}"),
-            wit::LogLevel::Debug => tracing::debug!(target: "wallex::projection::guest", projection, "{message}"),
-            wit::LogLevel::Info => tracing::info!(target: "wallex::projection::guest", projection, "{message}"),
-            wit::LogLevel::Warn => tracing::warn!(target: "wallex::projection::guest", projection, "{message}"),
-            wit::LogLevel::Error => tracing::error!(target: "wallex::projection::guest", projection, "{message}"),
+            wit::LogLevel::Trace => {
+                tracing::trace!(target: "wallex::projection::guest", projection, "{message}")
+            }
+            wit::LogLevel::Debug => {
+                tracing::debug!(target: "wallex::projection::guest", projection, "{message}")
+            }
+            wit::LogLevel::Info => {
+                tracing::info!(target: "wallex::projection::guest", projection, "{message}")
+            }
+            wit::LogLevel::Warn => {
+                tracing::warn!(target: "wallex::projection::guest", projection, "{message}")
+            }
+            wit::LogLevel::Error => {
+                tracing::error!(target: "wallex::projection::guest", projection, "{message}")
+            }
         }
         let _ = target;
     }

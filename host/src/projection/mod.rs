@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{ProjectionArgs, ProjectionConfig};
 use engine::{ComponentError, ProjectionRuntime};
@@ -104,10 +104,11 @@ impl Projections {
                     .await
                     .map_err(|e| ComponentError::Join(e.to_string()))??;
             let info = component.describe()?;
-            let schema = ProjectionSchema::from_info(&info).map_err(|source| LoadError::Schema {
-                origin: origin.clone(),
-                source,
-            })?;
+            let schema =
+                ProjectionSchema::from_info(&info).map_err(|source| LoadError::Schema {
+                    origin: origin.clone(),
+                    source,
+                })?;
             if !names.insert(schema.name.clone()) {
                 return Err(LoadError::DuplicateName(schema.name));
             }
@@ -156,9 +157,9 @@ impl Projections {
         self.projectors.iter().find(|p| p.name() == name)
     }
 
-    /// Starts the outbox listener and one worker per projection; they stop when `shutdown`
-    /// becomes true.
-    pub fn start(&self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    /// Starts the outbox listener and one worker per projection; they stop when `shutdown` is
+    /// cancelled.
+    pub fn start(&self, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         let (wake, listener) = worker::spawn_listener(self.pool.clone(), shutdown.clone());
         let connect = (*self.pool.connect_options()).clone();
         let mut tasks = vec![listener];

@@ -197,7 +197,10 @@ impl Shape {
             .join(", ");
         match self {
             Self::Insert { columns, .. } => {
-                format!("INSERT INTO {target} ({}) SELECT * FROM UNNEST({unnest})", names(columns))
+                format!(
+                    "INSERT INTO {target} ({}) SELECT * FROM UNNEST({unnest})",
+                    names(columns)
+                )
             }
             Self::Upsert {
                 columns,
@@ -248,7 +251,11 @@ impl Shape {
                     assignments.push(format!("{} = v.p{}", name(c), keys + i));
                 }
                 for (i, &c) in add.iter().enumerate() {
-                    assignments.push(format!("{0} = t.{0} + v.p{1}", name(c), keys + set.len() + i));
+                    assignments.push(format!(
+                        "{0} = t.{0} + v.p{1}",
+                        name(c),
+                        keys + set.len() + i
+                    ));
                 }
                 format!(
                     "UPDATE {target} AS t SET {} FROM UNNEST({unnest}) AS v({aliases}) WHERE {}",
@@ -396,10 +403,17 @@ fn validate(
                 }
                 let column = &table.columns[c];
                 let value = validate_value(column.ty, &cv.value).map_err(|problem| {
-                    fail(format!("column {:?} ({}): {problem}", column.name, column.ty.name()))
+                    fail(format!(
+                        "column {:?} ({}): {problem}",
+                        column.name,
+                        column.ty.name()
+                    ))
                 })?;
                 if is_null(&value) && (!column.nullable || table.is_key(c)) {
-                    return Err(fail(format!("column {:?} is NOT NULL but got null", column.name)));
+                    return Err(fail(format!(
+                        "column {:?} is NOT NULL but got null",
+                        column.name
+                    )));
                 }
                 Ok((c, value))
             })
@@ -423,7 +437,10 @@ fn validate(
     let require_complete_row = |values: &[(usize, SqlValue)]| -> Result<(), MutationError> {
         for (c, column) in table.columns.iter().enumerate() {
             if !column.nullable && !values.iter().any(|(given, _)| *given == c) {
-                return Err(fail(format!("missing value for NOT NULL column {:?}", column.name)));
+                return Err(fail(format!(
+                    "missing value for NOT NULL column {:?}",
+                    column.name
+                )));
             }
         }
         Ok(())
@@ -475,7 +492,10 @@ fn validate(
                     )));
                 }
                 if !values.iter().any(|(given, v)| *given == c && !is_null(v)) {
-                    return Err(fail(format!("accumulate column {:?} has no value", column.name)));
+                    return Err(fail(format!(
+                        "accumulate column {:?} has no value",
+                        column.name
+                    )));
                 }
             }
             for &c in &guard {
@@ -487,7 +507,10 @@ fn validate(
                     )));
                 }
                 if accumulate.contains(&c) {
-                    return Err(fail(format!("guard column {:?} is also accumulated", column.name)));
+                    return Err(fail(format!(
+                        "guard column {:?} is also accumulated",
+                        column.name
+                    )));
                 }
             }
             accumulate.sort_unstable();
@@ -535,7 +558,10 @@ fn validate(
                     .map_err(|_| fail("internal: one change, one value".to_owned()))?;
                 let column = &table.columns[c];
                 if table.is_key(c) {
-                    return Err(fail(format!("cannot change primary key column {:?}", column.name)));
+                    return Err(fail(format!(
+                        "cannot change primary key column {:?}",
+                        column.name
+                    )));
                 }
                 if !seen.insert(c) {
                     return Err(fail(format!("column {:?} changed twice", column.name)));
@@ -576,7 +602,9 @@ fn validate(
         wit::Mutation::Delete(op) => {
             let key_values = check(&op.key)?;
             if key_values.len() != table.primary_key.len() {
-                return Err(fail("the key must give exactly the primary key columns".to_owned()));
+                return Err(fail(
+                    "the key must give exactly the primary key columns".to_owned(),
+                ));
             }
             let key = key_of(&key_values)?;
             Ok(Row {
@@ -629,7 +657,9 @@ fn validate_value(ty: ColumnType, value: &wit::Value) -> Result<SqlValue, String
         (ColumnType::Bool, V::Null) => SqlValue::Bool(None),
         (ColumnType::S64, V::Null) => SqlValue::I64(None),
         (ColumnType::F64, V::Null) => SqlValue::F64(None),
-        (ColumnType::Text | ColumnType::Decimal | ColumnType::Json, V::Null) => SqlValue::Text(None),
+        (ColumnType::Text | ColumnType::Decimal | ColumnType::Json, V::Null) => {
+            SqlValue::Text(None)
+        }
         (ColumnType::Timestamp, V::Null) => SqlValue::Timestamp(None),
         (ColumnType::Uuid, V::Null) => SqlValue::Uuid(None),
         (ColumnType::Bytes, V::Null) => SqlValue::Bytes(None),
@@ -822,7 +852,10 @@ mod tests {
         if let wit::Mutation::Upsert(op) = &mut m {
             op.values.remove(2);
         }
-        assert_eq!(problem(m), "guard column \"version\" must be NOT NULL and given");
+        assert_eq!(
+            problem(m),
+            "guard column \"version\" must be NOT NULL and given"
+        );
     }
 
     #[test]
@@ -852,7 +885,8 @@ mod tests {
                 cv("opened", wit::Value::Timestamp("yesterday".into())),
             ],
         });
-        assert!(problem(m).starts_with("column \"opened\" (timestamp): \"yesterday\" is not an RFC 3339"));
+        assert!(problem(m)
+            .starts_with("column \"opened\" (timestamp): \"yesterday\" is not an RFC 3339"));
         let m = wit::Mutation::Update(wit::UpdateOp {
             table: "accounts".into(),
             key: vec![cv("id", wit::Value::Text("a".into()))],

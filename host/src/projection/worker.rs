@@ -18,6 +18,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::checkpoint::{self, CheckpointError, Status};
@@ -116,11 +117,7 @@ impl std::fmt::Debug for Projector {
 }
 
 impl Projector {
-    pub fn new(
-        schema: ProjectionSchema,
-        component: LoadedComponent,
-        config: WorkerConfig,
-    ) -> Self {
+    pub fn new(schema: ProjectionSchema, component: LoadedComponent, config: WorkerConfig) -> Self {
         Self {
             schema: Arc::new(schema),
             component: Arc::new(component),
@@ -190,7 +187,7 @@ pub type Wake = watch::Receiver<u64>;
 /// every reconnect, since notifications may have been missed). Ends at shutdown.
 pub fn spawn_listener(
     pool: PgPool,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> (Wake, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(0_u64);
     let task = tokio::spawn(
@@ -202,7 +199,7 @@ pub fn spawn_listener(
                         tracing::warn!(%error, "outbox listener cannot connect");
                         tokio::select! {
                             _ = tokio::time::sleep(LISTENER_RETRY) => continue,
-                            _ = shutdown.changed() => return,
+                            _ = shutdown.cancelled() => return,
                         }
                     }
                 };
@@ -223,7 +220,7 @@ pub fn spawn_listener(
                                 break;
                             }
                         },
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.cancelled() => return,
                     }
                 }
             }
@@ -239,21 +236,21 @@ pub async fn run(
     connect: PgConnectOptions,
     pool: PgPool,
     mut wake: Wake,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("projection_worker", projection = projector.name());
     async move {
         let config = projector.config;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
-            let Some(mut conn) = acquire_lease(&projector, &connect, &mut shutdown).await else {
+            let Some(mut conn) = acquire_lease(&projector, &connect, &shutdown).await else {
                 return;
             };
             projector.lease_held.store(true, Ordering::Relaxed);
             tracing::info!("lease acquired");
-            let outcome = process(&projector, &mut conn, &pool, &mut wake, &mut shutdown).await;
+            let outcome = process(&projector, &mut conn, &pool, &mut wake, &shutdown).await;
             projector.lease_held.store(false, Ordering::Relaxed);
             // Closing the connection releases the advisory lock.
             let _ = conn.close().await;
@@ -285,7 +282,7 @@ enum Outcome {
 async fn acquire_lease(
     projector: &Projector,
     connect: &PgConnectOptions,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> Option<PgConnection> {
     let lease = format!("{LEASE_PREFIX}{}", projector.name());
     loop {
@@ -305,7 +302,7 @@ async fn acquire_lease(
         }
         tokio::select! {
             _ = tokio::time::sleep(projector.config.lease_retry) => {}
-            _ = shutdown.changed() => return None,
+            _ = shutdown.cancelled() => return None,
         }
     }
 }
@@ -315,12 +312,12 @@ async fn process(
     conn: &mut PgConnection,
     pool: &PgPool,
     wake: &mut Wake,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> Outcome {
     let config = projector.config;
     let mut failures = 0_u32;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return Outcome::Shutdown;
         }
         // Mark notifications up to here as seen: any later commit wakes the next wait.
@@ -342,7 +339,7 @@ async fn process(
                 tokio::select! {
                     _ = wake.changed() => {}
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return Outcome::Shutdown,
+                    _ = shutdown.cancelled() => return Outcome::Shutdown,
                 }
             }
             Err(error) if error.is_connection_lost() => {
@@ -352,7 +349,11 @@ async fn process(
             Err(error) => {
                 failures += 1;
                 let gave_up = failures > config.max_retries;
-                let status = if gave_up { Status::Failed } else { Status::Failing };
+                let status = if gave_up {
+                    Status::Failed
+                } else {
+                    Status::Failing
+                };
                 let message = error.to_string();
                 tracing::error!(error = %message, attempt = failures, ?status, "batch failed; nothing applied");
                 // On the lease connection: it first rolls back the failed transaction, which
@@ -368,7 +369,7 @@ async fn process(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(config.error_backoff) => {}
-                    _ = shutdown.changed() => return Outcome::Shutdown,
+                    _ = shutdown.cancelled() => return Outcome::Shutdown,
                 }
             }
         }
