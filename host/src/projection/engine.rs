@@ -35,6 +35,9 @@ pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of stdout and of stderr kept per call; a guest writing more traps.
 pub const STDIO_CAPACITY_BYTES: usize = 64 << 10;
+/// Core module instances a component may create per call (a Rust component has a handful: its
+/// own module plus the WASI adapter's).
+pub const MAX_CORE_INSTANCES: usize = 32;
 /// Host `log` calls honoured per call; the rest are counted and dropped.
 pub const LOG_CALLS_PER_CALL: u32 = 1_000;
 /// Longest message accepted by the host `log` import (longer ones are truncated).
@@ -213,7 +216,7 @@ impl LoadedComponent {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
-                .instances(1)
+                .instances(MAX_CORE_INSTANCES)
                 .build(),
             projection: self.name.clone(),
             log_calls: 0,

@@ -852,10 +852,7 @@ mod tests {
         if let wit::Mutation::Upsert(op) = &mut m {
             op.values.remove(2);
         }
-        assert_eq!(
-            problem(m),
-            "guard column \"version\" must be NOT NULL and given"
-        );
+        assert_eq!(problem(m), "missing value for NOT NULL column \"version\"");
     }
 
     #[test]
