@@ -67,6 +67,7 @@ fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_
         "errorCount": checkpoint.map(|c| c.error_count),
         "updatedAt": checkpoint.map(|c| c.updated_at),
         "leaseHeldHere": projector.lease_held(),
+        "eventsAppliedHere": projector.events_applied(),
         "batchSize": projector.config.batch_size,
     })
 }

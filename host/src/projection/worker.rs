@@ -11,7 +11,7 @@
 //! 3. sleeps until PostgreSQL notifies a new outbox row (LISTEN/NOTIFY) or the poll interval
 //!    elapses, whichever comes first.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ pub struct Projector {
     /// The last cursor this process committed for the projection (read-after-write wake-ups).
     progress: watch::Sender<OutboxCursor>,
     lease_held: AtomicBool,
+    /// Outbox rows this process has committed for the projection since it started.
+    events_applied: AtomicU64,
 }
 
 impl std::fmt::Debug for Projector {
@@ -124,6 +126,7 @@ impl Projector {
             config,
             progress: watch::Sender::new(OutboxCursor::START),
             lease_held: AtomicBool::new(false),
+            events_applied: AtomicU64::new(0),
         }
     }
 
@@ -134,6 +137,11 @@ impl Projector {
     /// Whether this process's worker currently holds the lease.
     pub fn lease_held(&self) -> bool {
         self.lease_held.load(Ordering::Relaxed)
+    }
+
+    /// Outbox rows (subscribed or skipped) this process has committed for the projection.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied.load(Ordering::Relaxed)
     }
 
     /// Wakes whenever this process commits a batch of the projection.
@@ -174,6 +182,8 @@ impl Projector {
         }
         checkpoint::advance(&mut tx, name, last).await?;
         tx.commit().await?;
+        self.events_applied
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.progress.send_replace(last);
         tracing::debug!(projection = name, events = events.len(), rows, to = ?last, "batch applied");
         Ok(events.len())
