@@ -538,17 +538,7 @@ async fn fifty_concurrent_requests_with_one_key_create_exactly_one_wallet() {
         );
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            read(
-                client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", key)
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("send"),
-            )
-            .await
+            post_owned(client, url, body, Some(key)).await
         }));
     }
     let mut replies = Vec::new();
@@ -589,14 +579,8 @@ async fn concurrent_creates_of_one_wallet_id_with_different_keys_yield_one_201()
         );
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let mut request = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body);
-            if n % 2 == 0 {
-                request = request.header("idempotency-key", format!("key-{n}"));
-            }
-            read(request.send().await.expect("send")).await
+            let key = (n % 2 == 0).then(|| format!("key-{n}"));
+            post_owned(client, url, body, key).await
         }));
     }
     let mut created = 0;
@@ -621,19 +605,9 @@ async fn a_key_in_flight_answers_409_with_retry_after_then_replays() {
     let body = wallet_body(&fresh_id("w"));
     let first = {
         let (client, url, body) = (client.clone(), app.server.url("/wallets"), body.clone());
-        tokio::spawn(async move {
-            read(
-                client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", "slow-key")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("send"),
-            )
-            .await
-        })
+        tokio::spawn(
+            async move { post_owned(client, url, body, Some("slow-key".to_string())).await },
+        )
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = post_wallet(
@@ -671,17 +645,7 @@ async fn a_key_completed_between_lookup_and_claim_is_replayed_not_redone() {
         let (client, url, body) = (client.clone(), app.server.url("/wallets"), body.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            read(
-                client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", "race-key")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("send"),
-            )
-            .await
+            post_owned(client, url, body, Some("race-key".to_string())).await
         })
     };
     let (first, second) = (send(0), send(300));
@@ -896,18 +860,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     let client = client();
     let in_flight = {
         let (client, url) = (client.clone(), server.url("/wallets"));
-        tokio::spawn(async move {
-            read(
-                client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(wallet_body("w-term"))
-                    .send()
-                    .await
-                    .expect("send"),
-            )
-            .await
-        })
+        tokio::spawn(async move { post_owned(client, url, wallet_body("w-term"), None).await })
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.terminate();

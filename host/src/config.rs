@@ -19,8 +19,9 @@ pub struct DatabaseConfig {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// Maximum connections in the pool.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 32,
+    /// Maximum connections in the pool. Few connections commit faster than many on a small
+    /// machine (README: Performance); raise it with the database's cores.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
 

@@ -293,6 +293,24 @@ pub async fn post_wallet(
     read(request.send().await.expect("send")).await
 }
 
+/// POSTs a JSON body to `url`, with an idempotency key if given. Owns its arguments, so it can
+/// run in a spawned task.
+pub async fn post_owned(
+    client: reqwest::Client,
+    url: String,
+    body: String,
+    key: Option<String>,
+) -> Reply {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    read(request.send().await.expect("send")).await
+}
+
 pub async fn read(response: reqwest::Response) -> Reply {
     Reply {
         status: response.status().as_u16(),
