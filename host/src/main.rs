@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use wallex::bench::create::CreateBenchArgs;
+use wallex::bench::projections::ProjectionBenchArgs;
 use wallex::config::{DatabaseConfig, LogFormat, ServeConfig};
 use wallex::{app, bench, db, telemetry};
 
@@ -42,6 +43,8 @@ enum Command {
 enum BenchCommand {
     /// Wallet-creation throughput and latency, then idempotent replays.
     Create(CreateBenchArgs),
+    /// Projection throughput (WASM and native baseline), or read-model lag with `--lag-url`.
+    Projections(ProjectionBenchArgs),
 }
 
 /// `wallex` with no subcommand: `serve` configured from the environment.
@@ -92,6 +95,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Create(args)) => {
             bench::create::run(args).await?;
+        }
+        Command::Bench(BenchCommand::Projections(args)) => {
+            bench::projections::run(args).await?;
         }
     }
     Ok(())

@@ -55,7 +55,7 @@ fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_
         "name": schema.name,
         "schemaVersion": schema.schema_version,
         "namespace": schema.namespace,
-        "origin": projector.component.origin(),
+        "origin": projector.handler.origin(),
         "subscribesTo": schema.subscribes_to,
         "tables": schema.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         "checkpoint": checkpoint.map(|c| json!({

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ProjectionArgs, ProjectionConfig};
 use engine::{ComponentError, ProjectionRuntime};
 use schema::{ProjectionSchema, SchemaError};
-use worker::Projector;
+use worker::{BatchHandler, Projector};
 
 /// Extension of component files in `WALLEX_PROJECTIONS_DIR`.
 pub const COMPONENT_EXTENSION: &str = "wasm";
@@ -93,8 +93,7 @@ impl Projections {
         sources: Vec<(String, Vec<u8>)>,
     ) -> Result<Self, LoadError> {
         let runtime = ProjectionRuntime::new(config.limits)?;
-        let mut projectors = Vec::with_capacity(sources.len());
-        let mut names = HashSet::new();
+        let mut handlers: Vec<(ProjectionSchema, Arc<dyn BatchHandler>)> = Vec::new();
         for (origin, bytes) in sources {
             let runtime = runtime.clone();
             let origin_for_load = origin.clone();
@@ -109,30 +108,40 @@ impl Projections {
                     origin: origin.clone(),
                     source,
                 })?;
+            handlers.push((schema, Arc::new(component)));
+        }
+        Self::with_handlers(pool, config, handlers).await
+    }
+
+    /// Registers already-built handlers with their validated declarations: creates their tables
+    /// and checkpoints. (The benchmark's native baseline comes in this way.)
+    pub async fn with_handlers(
+        pool: PgPool,
+        config: ProjectionConfig,
+        handlers: Vec<(ProjectionSchema, Arc<dyn BatchHandler>)>,
+    ) -> Result<Self, LoadError> {
+        let mut projectors = Vec::with_capacity(handlers.len());
+        let mut names = HashSet::new();
+        for (schema, handler) in handlers {
             if !names.insert(schema.name.clone()) {
                 return Err(LoadError::DuplicateName(schema.name));
             }
-            let mut conn = pool.acquire().await.map_err(|source| LoadError::Database {
+            let database = |source| LoadError::Database {
                 projection: schema.name.clone(),
                 source,
-            })?;
-            schema
-                .create(&mut conn)
-                .await
-                .map_err(|source| LoadError::Database {
-                    projection: schema.name.clone(),
-                    source,
-                })?;
+            };
+            let mut conn = pool.acquire().await.map_err(database)?;
+            schema.create(&mut conn).await.map_err(database)?;
             checkpoint::ensure(&mut conn, &schema.name, schema.schema_version).await?;
             tracing::info!(
                 projection = %schema.name,
-                %origin,
+                origin = handler.origin(),
                 namespace = %schema.namespace,
                 subscribes_to = ?schema.subscribes_to,
                 "projection loaded"
             );
             let worker_config = config.worker(&schema.name);
-            projectors.push(Arc::new(Projector::new(schema, component, worker_config)));
+            projectors.push(Arc::new(Projector::new(schema, handler, worker_config)));
         }
         Ok(Self {
             pool,

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::checkpoint::{self, CheckpointError, Status};
-use super::engine::{to_guest_event, ComponentError, LoadedComponent};
+use super::engine::{to_guest_event, wit, ComponentError, LoadedComponent};
 use super::mutation::{self, MutationError};
 use super::schema::ProjectionSchema;
 use crate::outbox::{self, OutboxCursor, OutboxError};
@@ -97,10 +97,29 @@ impl BatchError {
     }
 }
 
+/// What turns a batch of events into mutations: a WebAssembly component in production; the
+/// benchmark's native baseline implements it too, so both run through the same worker.
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Where the handler came from (file name, `bundled:<name>`, `native:<name>`).
+    fn origin(&self) -> &str;
+    /// Handles one batch of subscribed events.
+    fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError>;
+}
+
+impl BatchHandler for LoadedComponent {
+    fn origin(&self) -> &str {
+        LoadedComponent::origin(self)
+    }
+
+    fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError> {
+        LoadedComponent::handle(self, batch)
+    }
+}
+
 /// A loaded projection and its worker's shared state.
 pub struct Projector {
     pub schema: Arc<ProjectionSchema>,
-    pub component: Arc<LoadedComponent>,
+    pub handler: Arc<dyn BatchHandler>,
     pub config: WorkerConfig,
     /// The last cursor this process committed for the projection (read-after-write wake-ups).
     progress: watch::Sender<OutboxCursor>,
@@ -119,10 +138,14 @@ impl std::fmt::Debug for Projector {
 }
 
 impl Projector {
-    pub fn new(schema: ProjectionSchema, component: LoadedComponent, config: WorkerConfig) -> Self {
+    pub fn new(
+        schema: ProjectionSchema,
+        handler: Arc<dyn BatchHandler>,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             schema: Arc::new(schema),
-            component: Arc::new(component),
+            handler,
             config,
             progress: watch::Sender::new(OutboxCursor::START),
             lease_held: AtomicBool::new(false),
@@ -173,8 +196,8 @@ impl Projector {
             .collect();
         let mut rows = 0;
         if !batch.is_empty() {
-            let component = Arc::clone(&self.component);
-            let mutations = tokio::task::spawn_blocking(move || component.handle(&batch))
+            let handler = Arc::clone(&self.handler);
+            let mutations = tokio::task::spawn_blocking(move || handler.handle(&batch))
                 .await
                 .map_err(|e| ComponentError::Join(e.to_string()))??;
             let plan = mutation::plan(&self.schema, &mutations)?;
