@@ -329,3 +329,93 @@ pub fn to_guest_event(event: &OutboxEvent) -> wit::Event {
             .to_rfc3339_opts(SecondsFormat::Micros, true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(limits: RuntimeLimits) -> LoadedComponent {
+        let bytes = std::fs::read(format!(
+            "{}/wallex_projection_bad_mutation.wasm",
+            super::super::bundled::WASM_DIR
+        ))
+        .expect("fixture built by build.rs");
+        ProjectionRuntime::new(limits)
+            .expect("runtime")
+            .load("fixture", &bytes)
+            .expect("load")
+    }
+
+    fn event(wallet: &str) -> wit::Event {
+        wit::Event {
+            global_position: 1,
+            order: wit::LogOrder {
+                xact_id: 1,
+                position: 1,
+            },
+            event_id: "00000000-0000-0000-0000-000000000001".into(),
+            stream_id: format!("wallet-{wallet}"),
+            stream_version: 1,
+            event_type: "WalletCreated".into(),
+            data: "{}".into(),
+            metadata: "{}".into(),
+            recorded_at: "2026-11-26T12:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn bundled_components_describe_themselves() {
+        let runtime = ProjectionRuntime::new(RuntimeLimits::default()).expect("runtime");
+        let names: Vec<String> = super::super::bundled::BUNDLED
+            .iter()
+            .map(|(origin, bytes)| runtime.load(origin, bytes).expect("load").name)
+            .collect();
+        assert_eq!(names, ["read-model", "ledger", "audit"]);
+    }
+
+    #[test]
+    fn guest_sees_no_environment_arguments_or_files() {
+        let component = fixture(RuntimeLimits::default());
+        match component.handle(&[event("probe")]) {
+            Err(ComponentError::Rejected { message, .. }) => {
+                assert_eq!(message, "env=0 args=0 fs=false")
+            }
+            other => panic!("expected the probe's report, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_guest_that_never_returns_is_interrupted() {
+        let component = fixture(RuntimeLimits {
+            call_timeout: Duration::from_millis(200),
+            ..RuntimeLimits::default()
+        });
+        let started = std::time::Instant::now();
+        let result = component.handle(&[event("spin")]);
+        assert!(
+            matches!(result, Err(ComponentError::Trap { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The next batch gets a fresh instance and works.
+        assert_eq!(
+            component.handle(&[event("ok")]).expect("fresh store").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn memory_and_output_are_bounded() {
+        let component = fixture(RuntimeLimits {
+            memory_bytes: 64 << 20,
+            ..RuntimeLimits::default()
+        });
+        let hog = component.handle(&[event("hog")]);
+        assert!(matches!(hog, Err(ComponentError::Trap { .. })), "{hog:?}");
+        let shout = component.handle(&[event("shout")]);
+        assert!(
+            matches!(shout, Err(ComponentError::Trap { .. })),
+            "{shout:?}"
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! column) fails the whole batch with a precise error. Consecutive mutations of the same shape are
 //! applied as one `UNNEST` statement, so a batch costs a few round trips, not one per row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -276,9 +276,18 @@ struct Row {
     shape: Shape,
     values: Vec<SqlValue>,
     key: String,
+    /// The guard's values when it is made of `s64` columns only (rows may then combine).
+    guard: Option<Vec<i64>>,
 }
 
 /// Validates a batch's mutations and groups them into statements.
+///
+/// A statement never touches a row twice, with one exception that keeps accumulating projections
+/// (ledger balances) fast: guarded accumulating upserts whose guard columns are all `s64` may
+/// repeat a key within one statement as long as each repetition's guard is higher than the
+/// previous one. Applying them one by one would add every increment above the stored guard and
+/// set the other columns from the last of them; the combined statement does exactly that (see
+/// [`combined_upsert_sql`]).
 pub fn plan(
     projection: &ProjectionSchema,
     mutations: &[wit::Mutation],
@@ -287,29 +296,167 @@ pub fn plan(
         return Err(MutationError::TooMany(mutations.len()));
     }
     let mut plan = Plan::default();
-    let mut current: Option<(Shape, Vec<Row>, HashSet<String>)> = None;
+    let mut current: Option<Group> = None;
     for (index, mutation) in mutations.iter().enumerate() {
         let row = validate(projection, index, mutation)?;
-        let fits = current.as_ref().is_some_and(|(shape, rows, keys)| {
-            *shape == row.shape
-                && rows.len() < MAX_ROWS_PER_STATEMENT
-                && !(shape.splits_on_repeated_key() && keys.contains(&row.key))
-        });
+        let fits = current.as_ref().is_some_and(|group| group.accepts(&row));
         if !fits {
-            if let Some((shape, rows, _)) = current.take() {
-                plan.statements.push(statement(projection, &shape, rows));
+            if let Some(group) = current.take() {
+                plan.statements.push(group.into_statement(projection));
             }
-            current = Some((row.shape.clone(), Vec::new(), HashSet::new()));
+            current = Some(Group {
+                shape: row.shape.clone(),
+                rows: Vec::new(),
+                last_guard: HashMap::new(),
+                combined: false,
+            });
         }
-        if let Some((_, rows, keys)) = current.as_mut() {
-            keys.insert(row.key.clone());
-            rows.push(row);
+        if let Some(group) = current.as_mut() {
+            group.push(row);
         }
     }
-    if let Some((shape, rows, _)) = current {
-        plan.statements.push(statement(projection, &shape, rows));
+    if let Some(group) = current {
+        plan.statements.push(group.into_statement(projection));
     }
     Ok(plan)
+}
+
+/// Consecutive rows of one shape on their way to becoming one statement.
+struct Group {
+    shape: Shape,
+    rows: Vec<Row>,
+    /// Per key: the guard of its last row (empty when the shape cannot combine).
+    last_guard: HashMap<String, Option<Vec<i64>>>,
+    /// Whether a key repeats (needs the combining SQL).
+    combined: bool,
+}
+
+impl Group {
+    fn accepts(&self, row: &Row) -> bool {
+        if self.shape != row.shape || self.rows.len() >= MAX_ROWS_PER_STATEMENT {
+            return false;
+        }
+        if !self.shape.splits_on_repeated_key() {
+            return true;
+        }
+        match (self.last_guard.get(&row.key), &row.guard) {
+            (None, _) => true,
+            (Some(Some(previous)), Some(guard)) => guard > previous,
+            _ => false,
+        }
+    }
+
+    fn push(&mut self, row: Row) {
+        if self
+            .last_guard
+            .insert(row.key.clone(), row.guard.clone())
+            .is_some()
+        {
+            self.combined = true;
+        }
+        self.rows.push(row);
+    }
+
+    fn into_statement(self, projection: &ProjectionSchema) -> Statement {
+        let mut planned = statement(projection, &self.shape, self.rows);
+        if self.combined {
+            let table = &projection.tables[self.shape.table()];
+            planned.sql = combined_upsert_sql(projection, table, &self.shape);
+        }
+        planned
+    }
+}
+
+/// SQL of a guarded accumulating upsert whose rows may repeat a key with increasing guards: per
+/// key, the rows above the stored guard (a suffix, since guards increase) are folded — increments
+/// summed, other columns and the guard from the last — and then upserted as usual.
+fn combined_upsert_sql(
+    projection: &ProjectionSchema,
+    table: &TableSchema,
+    shape: &Shape,
+) -> String {
+    let Shape::Upsert {
+        columns,
+        accumulate,
+        guard,
+        ..
+    } = shape
+    else {
+        return shape.sql(projection, table);
+    };
+    let target = projection.qualified(table);
+    let name = |c: usize| quote(&table.columns[c].name);
+    let param = |c: usize| {
+        columns
+            .iter()
+            .position(|&x| x == c)
+            .map(|i| format!("v.p{i}"))
+            .unwrap_or_default()
+    };
+    let unnest = columns
+        .iter()
+        .enumerate()
+        .map(|(n, &c)| format!("${}::{}", n + 1, param_cast(table.columns[c].ty)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let aliases = (0..columns.len())
+        .map(|i| format!("p{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys: Vec<String> = table.primary_key.iter().map(|&c| param(c)).collect();
+    let folded = columns
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            if table.is_key(c) {
+                format!("v.p{i} AS p{i}")
+            } else if accumulate.contains(&c) {
+                format!("sum(v.p{i}) AS p{i}")
+            } else {
+                format!("(array_agg(v.p{i} ORDER BY v.ord DESC))[1] AS p{i}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let join = table
+        .primary_key
+        .iter()
+        .map(|&c| format!("t.{} = {}", name(c), param(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let stored_guard = guard
+        .iter()
+        .map(|&c| format!("t.{}", name(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let new_guard = guard
+        .iter()
+        .map(|&c| param(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first_key = table
+        .primary_key
+        .first()
+        .map(|&c| format!("t.{}", name(c)))
+        .unwrap_or_default();
+    let upsert = shape.sql(projection, table);
+    let conflict = upsert
+        .split_once(" ON CONFLICT ")
+        .map(|(_, conflict)| conflict)
+        .unwrap_or_default();
+    format!(
+        "WITH v AS (SELECT * FROM UNNEST({unnest}) WITH ORDINALITY AS v({aliases}, ord)), \
+         f AS (SELECT {folded} FROM v LEFT JOIN {target} AS t ON {join} \
+               WHERE {first_key} IS NULL OR ({stored_guard}) < ({new_guard}) \
+               GROUP BY {}) \
+         INSERT INTO {target} AS t ({}) SELECT {aliases} FROM f ON CONFLICT {conflict}",
+        keys.join(", "),
+        columns
+            .iter()
+            .map(|&c| name(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 fn statement(projection: &ProjectionSchema, shape: &Shape, rows: Vec<Row>) -> Statement {
@@ -474,6 +621,7 @@ fn validate(
                 },
                 values,
                 key,
+                guard: None,
             })
         }
         wit::Mutation::Upsert(op) => {
@@ -516,6 +664,17 @@ fn validate(
             accumulate.sort_unstable();
             // The guard compares as a row: its order matters and is kept.
             guard.shrink_to_fit();
+            let guard_values = if guard.is_empty() || accumulate.is_empty() {
+                None
+            } else {
+                guard
+                    .iter()
+                    .map(|&g| match values.iter().find(|(c, _)| *c == g) {
+                        Some((_, SqlValue::I64(Some(n)))) => Some(*n),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<i64>>>()
+            };
             let (columns, values) = values.into_iter().unzip();
             Ok(Row {
                 shape: Shape::Upsert {
@@ -526,6 +685,7 @@ fn validate(
                 },
                 values,
                 key,
+                guard: guard_values,
             })
         }
         wit::Mutation::Update(op) => {
@@ -597,6 +757,7 @@ fn validate(
                 },
                 values,
                 key,
+                guard: None,
             })
         }
         wit::Mutation::Delete(op) => {
@@ -611,6 +772,7 @@ fn validate(
                 shape: Shape::Delete { table: table_index },
                 values: key_values.into_iter().map(|(_, v)| v).collect(),
                 key,
+                guard: None,
             })
         }
     }
@@ -789,6 +951,41 @@ mod tests {
             plan.statements[0].params[0],
             ColumnArray::Text(vec![Some("a".into()), Some("b".into())])
         );
+    }
+
+    fn upsert_at(id: &str, balance: &str, version: i64) -> wit::Mutation {
+        let mut m = upsert(id, balance);
+        if let wit::Mutation::Upsert(op) = &mut m {
+            op.values[2] = cv("version", wit::Value::S64(version));
+        }
+        m
+    }
+
+    #[test]
+    fn guarded_accumulating_upserts_combine_with_increasing_guards() {
+        let plan = plan(
+            &schema(),
+            &[
+                upsert_at("a", "1", 1),
+                upsert_at("b", "2", 1),
+                upsert_at("a", "3", 2),
+                upsert_at("a", "4", 2),
+            ],
+        )
+        .unwrap();
+        // "a" at version 2 twice cannot combine (the guard does not increase): two statements.
+        assert_eq!(plan.statements.len(), 2);
+        assert_eq!(plan.statements[0].rows, 3);
+        assert_eq!(
+            plan.statements[0].sql,
+            "WITH v AS (SELECT * FROM UNNEST($1::text[], $2::text[]::numeric[], $3::bigint[]) WITH ORDINALITY AS v(p0, p1, p2, ord)), \
+             f AS (SELECT v.p0 AS p0, sum(v.p1) AS p1, (array_agg(v.p2 ORDER BY v.ord DESC))[1] AS p2 FROM v LEFT JOIN \"proj_p_v1\".\"accounts\" AS t ON t.\"id\" = v.p0 \
+             WHERE t.\"id\" IS NULL OR (t.\"version\") < (v.p2) \
+             GROUP BY v.p0) \
+             INSERT INTO \"proj_p_v1\".\"accounts\" AS t (\"id\", \"balance\", \"version\") SELECT p0, p1, p2 FROM f ON CONFLICT (\"id\") DO UPDATE SET \"balance\" = t.\"balance\" + EXCLUDED.\"balance\", \"version\" = EXCLUDED.\"version\" WHERE (t.\"version\") < (EXCLUDED.\"version\")"
+        );
+        assert_eq!(plan.statements[1].rows, 1);
+        assert!(plan.statements[1].sql.starts_with("INSERT INTO"));
     }
 
     #[test]

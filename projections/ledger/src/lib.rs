@@ -65,15 +65,23 @@ impl Guest for Ledger {
     }
 
     fn handle(batch: Vec<Event>) -> Result<Vec<Mutation>, ProjectionError> {
-        let mut mutations = Vec::new();
+        // Postings first, then balances, each in event order: the host turns consecutive
+        // mutations of one shape into one statement.
+        let mut postings = Vec::new();
+        let mut balances = Vec::new();
         for event in &batch {
-            wallet_created(event, &mut mutations)?;
+            for (account, amount, currency) in wallet_created(event)? {
+                postings.push(posting(event, &account, &amount, &currency));
+                balances.push(balance(event, &account, &amount, &currency));
+            }
         }
-        Ok(mutations)
+        postings.extend(balances);
+        Ok(postings)
     }
 }
 
-fn wallet_created(event: &Event, out: &mut Vec<Mutation>) -> Result<(), ProjectionError> {
+/// The (account, amount, currency) legs of a `WalletCreated`: none for a zero initial balance.
+fn wallet_created(event: &Event) -> Result<Vec<(String, String, String)>, ProjectionError> {
     let data: Json = serde_json::from_str(&event.data).map_err(|e| error(event, e))?;
     let text = |field: &str| {
         data[field]
@@ -82,19 +90,22 @@ fn wallet_created(event: &Event, out: &mut Vec<Mutation>) -> Result<(), Projecti
     };
     let amount = text("initialBalance")?;
     if !is_non_zero(amount) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let currency = text("currency")?;
-    let credit = (
-        format!("{WALLET_ACCOUNT}{}", text("walletId")?),
-        amount.to_owned(),
-    );
-    let debit = (format!("{FUNDING_ACCOUNT}{currency}"), negate(amount));
-    for (account, amount) in [debit, credit] {
-        out.push(posting(event, &account, &amount, currency));
-        out.push(balance(event, &account, &amount, currency));
-    }
-    Ok(())
+    let wallet = text("walletId")?;
+    Ok(vec![
+        (
+            format!("{FUNDING_ACCOUNT}{currency}"),
+            negate(amount),
+            currency.to_owned(),
+        ),
+        (
+            format!("{WALLET_ACCOUNT}{wallet}"),
+            amount.to_owned(),
+            currency.to_owned(),
+        ),
+    ])
 }
 
 fn posting(event: &Event, account: &str, amount: &str, currency: &str) -> Mutation {
