@@ -127,13 +127,15 @@ pub async fn read_batch<'e>(
     after: OutboxCursor,
     limit: u32,
 ) -> Result<Vec<OutboxEvent>, OutboxError> {
+    // ORDER BY names the table's columns: the bare `xact_id` would be the `xact_id::text` output
+    // alias, sorting transaction ids as text ("1000" < "999", skipping rows) and without the index.
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT global_position, event_id, stream_id, stream_version, event_type, data, metadata,
                 recorded_at, xact_id::text AS xact_id
          FROM outbox
          WHERE (xact_id, global_position) > ($1::text::xid8, $2)
            AND xact_id < pg_snapshot_xmin(pg_current_snapshot())
-         ORDER BY xact_id, global_position
+         ORDER BY outbox.xact_id, outbox.global_position
          LIMIT $3",
     )
     .bind(after.xact_id.to_string())

@@ -176,9 +176,11 @@ impl Projector {
     /// outbox rows consumed (0 when caught up).
     pub async fn apply_batch(&self, conn: &mut PgConnection) -> Result<usize, BatchError> {
         let name = self.name();
+        let started = std::time::Instant::now();
         let mut tx = conn.begin().await?;
         let cursor = checkpoint::lock(&mut tx, name).await?;
         let events = outbox::read_batch(&mut *tx, cursor, self.config.batch_size).await?;
+        let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor()) else {
             tx.rollback().await?;
             // Another process may have moved the checkpoint while it held the lease.
@@ -195,20 +197,34 @@ impl Projector {
             .map(to_guest_event)
             .collect();
         let mut rows = 0;
+        let (mut handled, mut applied) = (read, read);
         if !batch.is_empty() {
             let handler = Arc::clone(&self.handler);
             let mutations = tokio::task::spawn_blocking(move || handler.handle(&batch))
                 .await
                 .map_err(|e| ComponentError::Join(e.to_string()))??;
+            handled = started.elapsed();
             let plan = mutation::plan(&self.schema, &mutations)?;
             rows = mutation::apply(&mut tx, &plan).await?;
+            applied = started.elapsed();
         }
         checkpoint::advance(&mut tx, name, last).await?;
         tx.commit().await?;
+        let committed = started.elapsed();
         self.events_applied
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.progress.send_replace(last);
-        tracing::debug!(projection = name, events = events.len(), rows, to = ?last, "batch applied");
+        tracing::debug!(
+            projection = name,
+            events = events.len(),
+            rows,
+            to = ?last,
+            read_us = read.as_micros(),
+            handled_us = handled.as_micros(),
+            applied_us = applied.as_micros(),
+            committed_us = committed.as_micros(),
+            "batch applied"
+        );
         Ok(events.len())
     }
 }
