@@ -333,3 +333,32 @@ async fn read_after_write_waits_for_the_checkpoint() {
     stop.cancel();
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_is_read_in_numeric_transaction_id_order() {
+    // Transaction ids 999 and 1000 sort the other way round as text: a reader ordering by the
+    // text form would deliver 1000 first and then never see 999 (it is below its cursor).
+    let db = TestDb::new().await;
+    for (position, xact) in [(1_i64, "1000"), (2, "999")] {
+        sqlx::query(
+            "INSERT INTO outbox (global_position, event_id, stream_id, stream_version, event_type,
+                                 data, metadata, recorded_at, xact_id)
+             VALUES ($1, gen_random_uuid(), 's', $1, 'T', '{}', '{}', now(), $2::text::xid8)",
+        )
+        .bind(position)
+        .bind(xact)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let first = wallex::outbox::read_batch(&db.pool, wallex::outbox::OutboxCursor::START, 1)
+        .await
+        .unwrap();
+    assert_eq!(first[0].xact_id, 999);
+    let rest = wallex::outbox::read_batch(&db.pool, first[0].cursor(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].xact_id, 1000);
+    db.drop_db().await;
+}

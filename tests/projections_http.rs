@@ -346,3 +346,31 @@ async fn bad_component_batch_is_rejected_and_reported() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_start_false_serves_without_workers() {
+    let db = TestDb::migrated().await;
+    let server = Server::spawn(&db.url, &[("PROJECTORS_AUTO_START", "false")]);
+    let client = client();
+    let id = fresh_id("idle");
+    let created = post_wallet(&client, &server, &wallet_body(&id), &[]).await;
+    assert_eq!(created.status, 201);
+    let position = created
+        .header("x-global-position")
+        .expect("position")
+        .to_owned();
+    let read = get(
+        &client,
+        &server,
+        &format!("/projections/read-model/wallets/{id}?minPosition={position}&timeoutMs=300"),
+    )
+    .await;
+    read.assert_problem(503, "projection-behind");
+    let status = status(&server).await;
+    for name in PROJECTIONS {
+        let p = projection(&status, name);
+        assert_eq!(p["leaseHeldHere"], false, "{p}");
+        assert_eq!(p["checkpoint"]["position"], 0, "{p}");
+    }
+    assert!(server.logs().contains("PROJECTORS_AUTO_START=false"));
+}
