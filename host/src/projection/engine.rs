@@ -35,6 +35,8 @@ pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of stdout and of stderr kept per call; a guest writing more traps.
 pub const STDIO_CAPACITY_BYTES: usize = 64 << 10;
+/// `tracing` target of everything a guest logs or prints.
+pub const GUEST_LOG_TARGET: &str = "wallex::projection::guest";
 /// Core module instances a component may create per call (a Rust component has a handful: its
 /// own module plus the WASI adapter's).
 pub const MAX_CORE_INSTANCES: usize = 32;
@@ -248,7 +250,7 @@ fn forward_stdio(projection: &str, stream: &'static str, pipe: &MemoryOutputPipe
         return;
     }
     for line in String::from_utf8_lossy(&bytes).lines() {
-        tracing::info!(target: "wallex::projection::guest", projection, stream, "{line}");
+        tracing::info!(target: GUEST_LOG_TARGET, projection, stream, "{line}");
     }
 }
 
@@ -287,25 +289,23 @@ impl bindings::wallex::projection::host::Host for GuestState {
             message.truncate(end);
         }
         let projection = self.projection.as_str();
-        let target = "wallex::projection::guest";
         match level {
             wit::LogLevel::Trace => {
-                tracing::trace!(target: "wallex::projection::guest", projection, "{message}")
+                tracing::trace!(target: GUEST_LOG_TARGET, projection, "{message}")
             }
             wit::LogLevel::Debug => {
-                tracing::debug!(target: "wallex::projection::guest", projection, "{message}")
+                tracing::debug!(target: GUEST_LOG_TARGET, projection, "{message}")
             }
             wit::LogLevel::Info => {
-                tracing::info!(target: "wallex::projection::guest", projection, "{message}")
+                tracing::info!(target: GUEST_LOG_TARGET, projection, "{message}")
             }
             wit::LogLevel::Warn => {
-                tracing::warn!(target: "wallex::projection::guest", projection, "{message}")
+                tracing::warn!(target: GUEST_LOG_TARGET, projection, "{message}")
             }
             wit::LogLevel::Error => {
-                tracing::error!(target: "wallex::projection::guest", projection, "{message}")
+                tracing::error!(target: GUEST_LOG_TARGET, projection, "{message}")
             }
         }
-        let _ = target;
     }
 }
 
