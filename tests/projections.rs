@@ -362,3 +362,26 @@ async fn outbox_is_read_in_numeric_transaction_id_order() {
     assert_eq!(rest[0].xact_id, 1000);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_schema_version_restarts_its_checkpoint() {
+    let db = TestDb::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let moved = wallex::outbox::OutboxCursor {
+        xact_id: 42,
+        position: 7,
+    };
+    checkpoint::ensure(&mut conn, "p", 1).await.unwrap();
+    checkpoint::advance(&mut conn, "p", moved).await.unwrap();
+    // Same version again (a restart): the checkpoint stays.
+    checkpoint::ensure(&mut conn, "p", 1).await.unwrap();
+    let same = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
+    assert_eq!(same.cursor, moved);
+    // New version: new, empty tables, so the checkpoint goes back to the start.
+    checkpoint::ensure(&mut conn, "p", 2).await.unwrap();
+    let bumped = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
+    assert_eq!(bumped.cursor, wallex::outbox::OutboxCursor::START);
+    assert_eq!(bumped.schema_version, 2);
+    drop(conn);
+    db.drop_db().await;
+}
