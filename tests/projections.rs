@@ -382,6 +382,15 @@ async fn a_new_schema_version_restarts_its_checkpoint() {
     let bumped = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
     assert_eq!(bumped.cursor, wallex::outbox::OutboxCursor::START);
     assert_eq!(bumped.schema_version, 2);
+    // A batch that started from an older cursor cannot move the checkpoint.
+    let stale = checkpoint::advance_from(&mut conn, "p", moved, moved).await;
+    assert!(
+        matches!(stale, Err(checkpoint::CheckpointError::Moved(_))),
+        "{stale:?}"
+    );
+    checkpoint::advance_from(&mut conn, "p", wallex::outbox::OutboxCursor::START, moved)
+        .await
+        .unwrap();
     drop(conn);
     db.drop_db().await;
 }

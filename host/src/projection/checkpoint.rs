@@ -61,6 +61,10 @@ pub enum CheckpointError {
     Missing(String),
     #[error("checkpoint transaction id {0} is out of range")]
     XactIdOutOfRange(String),
+    #[error(
+        "checkpoint of {0} moved during the batch (reset or another worker); the batch is retried"
+    )]
+    Moved(String),
 }
 
 #[derive(sqlx::FromRow)]
@@ -142,14 +146,15 @@ pub async fn read_all<'e>(
     rows.into_iter().map(Row::into_checkpoint).collect()
 }
 
-/// Locks the checkpoint row for the caller's transaction and returns its cursor.
-pub async fn lock(
+/// The checkpoint's cursor, without locking it (the batch's [`advance_from`] checks it did not
+/// move). Not locking keeps the batch transaction without a transaction id while it reads the
+/// outbox, so it does not hold back the other projections' gap-safe horizon.
+pub async fn cursor(
     conn: &mut PgConnection,
     projection: &str,
 ) -> Result<OutboxCursor, CheckpointError> {
     let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT last_xact_id::text, last_position FROM projector_checkpoints
-         WHERE projection = $1 FOR UPDATE",
+        "SELECT last_xact_id::text, last_position FROM projector_checkpoints WHERE projection = $1",
     )
     .bind(projection)
     .fetch_optional(conn)
@@ -161,6 +166,35 @@ pub async fn lock(
             .map_err(|_| CheckpointError::XactIdOutOfRange(xact.clone()))?,
         position,
     })
+}
+
+/// Moves the checkpoint from `from` to `to` (in the caller's transaction) and marks the
+/// projection healthy; fails with [`CheckpointError::Moved`] if it is no longer at `from`.
+pub async fn advance_from(
+    conn: &mut PgConnection,
+    projection: &str,
+    from: OutboxCursor,
+    to: OutboxCursor,
+) -> Result<(), CheckpointError> {
+    let updated = sqlx::query(
+        "UPDATE projector_checkpoints
+         SET last_xact_id = $4::text::xid8, last_position = $5, status = 'running',
+             last_error = NULL, error_count = 0, updated_at = now()
+         WHERE projection = $1 AND last_xact_id = $2::text::xid8 AND last_position = $3",
+    )
+    .bind(projection)
+    .bind(from.xact_id.to_string())
+    .bind(from.position)
+    .bind(to.xact_id.to_string())
+    .bind(to.position)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        Ok(())
+    } else {
+        Err(CheckpointError::Moved(projection.to_owned()))
+    }
 }
 
 /// Moves the checkpoint (in the caller's transaction) and marks the projection healthy.

@@ -178,7 +178,7 @@ impl Projector {
         let name = self.name();
         let started = std::time::Instant::now();
         let mut tx = conn.begin().await?;
-        let cursor = checkpoint::lock(&mut tx, name).await?;
+        let cursor = checkpoint::cursor(&mut tx, name).await?;
         let events = outbox::read_batch(&mut *tx, cursor, self.config.batch_size).await?;
         let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor()) else {
@@ -208,7 +208,7 @@ impl Projector {
             rows = mutation::apply(&mut tx, &plan).await?;
             applied = started.elapsed();
         }
-        checkpoint::advance(&mut tx, name, last).await?;
+        checkpoint::advance_from(&mut tx, name, cursor, last).await?;
         tx.commit().await?;
         let committed = started.elapsed();
         self.events_applied
@@ -390,6 +390,11 @@ async fn process(
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Outcome::Shutdown,
                 }
+            }
+            Err(BatchError::Checkpoint(CheckpointError::Moved(_))) => {
+                // Reset by an operator (or applied elsewhere) while this batch ran: not a
+                // failure of the projection, start again from the new checkpoint.
+                tracing::info!("checkpoint moved during the batch; retrying from it");
             }
             Err(error) if error.is_connection_lost() => {
                 tracing::warn!(%error, "batch failed on a lost connection");
