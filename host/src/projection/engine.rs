@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use chrono::SecondsFormat;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -35,6 +38,15 @@ pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of stdout and of stderr kept per call; a guest writing more traps.
 pub const STDIO_CAPACITY_BYTES: usize = 64 << 10;
+/// Component instances that can exist at once in a process (one per running call: a worker's
+/// batch, a load's `describe`). Instances come from a pre-allocated pool, which makes the fresh
+/// instance of every batch cheap.
+pub const POOL_COMPONENT_INSTANCES: u32 = 32;
+/// Linear memories (and tables) of one component: a Rust component has one of each in its main
+/// module; the rest is headroom.
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+/// Linear memory each pool slot keeps mapped between instances (fewer page faults per batch).
+pub const POOL_KEEP_RESIDENT_BYTES: usize = 8 << 20;
 /// `tracing` target of everything a guest logs or prints.
 pub const GUEST_LOG_TARGET: &str = "wallex::projection::guest";
 /// Core module instances a component may create per call (a Rust component has a handful: its
@@ -103,8 +115,22 @@ impl std::fmt::Debug for ProjectionRuntime {
 impl ProjectionRuntime {
     /// Creates the engine and starts its epoch ticker (a thread that ends with the engine).
     pub fn new(limits: RuntimeLimits) -> Result<Self, ComponentError> {
+        let mut pooling = PoolingAllocationConfig::new();
+        let core_instances = POOL_COMPONENT_INSTANCES * MAX_CORE_INSTANCES as u32;
+        pooling
+            .total_component_instances(POOL_COMPONENT_INSTANCES)
+            .total_core_instances(core_instances)
+            .total_memories(POOL_COMPONENT_INSTANCES * MAX_MEMORIES_PER_COMPONENT)
+            .total_tables(POOL_COMPONENT_INSTANCES * MAX_MEMORIES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
+            .max_memory_size(limits.memory_bytes)
+            .linear_memory_keep_resident(POOL_KEEP_RESIDENT_BYTES);
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(ComponentError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(ComponentError::Engine)?;
