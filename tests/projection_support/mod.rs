@@ -16,7 +16,8 @@ pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const POOL_SIZE: u32 = 8;
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A database created for one test; call [`TestDb::drop_db`] at the end.
+/// A database created for one test, dropped by [`TestDb::drop_db`] or, if the test panics
+/// before, when the value is dropped.
 pub struct TestDb {
     pub name: String,
     pub url: String,
