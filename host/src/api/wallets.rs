@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::problem::{FieldError, Problem};
 use super::AppState;
@@ -20,6 +20,8 @@ use crate::write_path::{
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How much of a too-large body is read and discarded before answering 413.
+pub const MAX_DRAINED_BYTES: usize = 1024 * 1024;
 /// Longest accepted `X-Correlation-Id`.
 pub const MAX_CORRELATION_ID_LEN: usize = 128;
 /// Idempotency scope of wallet creation (method + path).
@@ -301,17 +303,41 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Prob
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        drain(&mut body).await;
         return Err(body_too_large());
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(body_too_large()),
-        Err(error) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "unreadable-body",
-            "Unreadable body",
-            format!("The request body could not be read: {error}."),
-        )),
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable body",
+                format!("The request body could not be read: {error}."),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > MAX_BODY_BYTES {
+                drain(&mut body).await;
+                return Err(body_too_large());
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and discards what is left of a rejected body, up to [`MAX_DRAINED_BYTES`], so that a
+/// client still sending it can read the 413 instead of seeing the connection reset. A larger body
+/// is cut off (the connection is closed).
+async fn drain(body: &mut Body) {
+    let mut drained = 0_usize;
+    while drained <= MAX_DRAINED_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, bytes::Bytes::len),
+            Some(Err(_)) | None => return,
+        }
     }
 }
