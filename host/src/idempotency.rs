@@ -94,7 +94,6 @@ pub fn fingerprint(body: &serde_json::Value) -> Vec<u8> {
 /// A stored response, replayed for later requests with the same key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
-    pub fingerprint: Vec<u8>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -109,11 +108,18 @@ struct StoredHeader {
     value: String,
 }
 
+/// A completed request of a key: the fingerprint of its body and its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedRequest {
+    pub fingerprint: Vec<u8>,
+    pub response: StoredResponse,
+}
+
 /// The outcome recorded for a key, if it completed and has not expired.
 pub async fn find_completed<'e>(
     executor: impl PgExecutor<'e>,
     key: &ScopedKey,
-) -> Result<Option<StoredResponse>, sqlx::Error> {
+) -> Result<Option<CompletedRequest>, sqlx::Error> {
     let row: Option<StoredRow> = sqlx::query_as(
         "SELECT fingerprint, status_code, response_headers, response_body
          FROM idempotency_keys
@@ -124,15 +130,17 @@ pub async fn find_completed<'e>(
     .fetch_optional(executor)
     .await?;
     Ok(
-        row.map(|(fingerprint, status, headers, body)| StoredResponse {
+        row.map(|(fingerprint, status, headers, body)| CompletedRequest {
             fingerprint,
-            status: u16::try_from(status).unwrap_or(500),
-            headers: headers
-                .0
-                .into_iter()
-                .map(|header| (header.name, header.value))
-                .collect(),
-            body,
+            response: StoredResponse {
+                status: u16::try_from(status).unwrap_or(500),
+                headers: headers
+                    .0
+                    .into_iter()
+                    .map(|header| (header.name, header.value))
+                    .collect(),
+                body,
+            },
         }),
     )
 }
@@ -156,6 +164,7 @@ pub async fn try_claim<'e>(
 pub async fn store<'e>(
     executor: impl PgExecutor<'e>,
     key: &ScopedKey,
+    fingerprint: &[u8],
     response: &StoredResponse,
     expires_at: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
@@ -182,7 +191,7 @@ pub async fn store<'e>(
     )
     .bind(&key.scope)
     .bind(&key.key)
-    .bind(&response.fingerprint)
+    .bind(fingerprint)
     .bind(i16::try_from(response.status).unwrap_or(i16::MAX))
     .bind(sqlx::types::Json(headers))
     .bind(&response.body)

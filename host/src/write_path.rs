@@ -16,7 +16,7 @@ use crate::eventstore::{
     deterministic_event_id, EventMetadata, EventStore, EventStoreError, ExpectedVersion, NewEvent,
 };
 use crate::failpoint;
-use crate::idempotency::{self, ScopedKey, StoredResponse};
+use crate::idempotency::{self, CompletedRequest, ScopedKey, StoredResponse};
 use crate::outbox::{self, OutboxError};
 use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
 
@@ -138,10 +138,9 @@ impl WritePath {
                 return Ok(WriteOutcome::Completed(response));
             }
             (_, Some(request)) => {
-                let mut stored = response.clone();
-                stored.fingerprint.clone_from(&request.fingerprint);
                 let expires_at = now + self.idempotency_ttl;
-                if !idempotency::store(&mut *tx, &request.key, &stored, expires_at).await? {
+                let (key, fingerprint) = (&request.key, &request.fingerprint);
+                if !idempotency::store(&mut *tx, key, fingerprint, &response, expires_at).await? {
                     tx.rollback().await?;
                     return match idempotency::find_completed(&self.pool, &request.key).await? {
                         Some(stored) => Ok(replay_or_reject(stored, &request.fingerprint)),
@@ -271,9 +270,9 @@ impl WritePath {
     }
 }
 
-fn replay_or_reject(stored: StoredResponse, fingerprint: &[u8]) -> WriteOutcome {
+fn replay_or_reject(stored: CompletedRequest, fingerprint: &[u8]) -> WriteOutcome {
     if stored.fingerprint == fingerprint {
-        WriteOutcome::Replayed(stored)
+        WriteOutcome::Replayed(stored.response)
     } else {
         WriteOutcome::KeyReused
     }

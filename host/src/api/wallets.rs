@@ -170,7 +170,6 @@ pub async fn get_wallet(
 fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteError> {
     Ok(match result {
         CreateResult::Created { wallet, position } => StoredResponse {
-            fingerprint: Vec::new(),
             status: StatusCode::CREATED.as_u16(),
             headers: vec![
                 (header::CONTENT_TYPE.to_string(), JSON.to_owned()),
@@ -190,7 +189,6 @@ fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteEr
                 format!("A wallet with id {wallet_id} exists already."),
             );
             StoredResponse {
-                fingerprint: Vec::new(),
                 status: problem.status.as_u16(),
                 headers: vec![(
                     header::CONTENT_TYPE.to_string(),
