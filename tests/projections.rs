@@ -364,33 +364,43 @@ async fn outbox_is_read_in_numeric_transaction_id_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_schema_version_restarts_its_checkpoint() {
+async fn a_checkpoint_for_new_tables_restarts_and_stale_batches_cannot_commit() {
     let db = TestDb::new().await;
     let mut conn = db.pool.acquire().await.unwrap();
     let moved = wallex::outbox::OutboxCursor {
         xact_id: 42,
         position: 7,
     };
-    checkpoint::ensure(&mut conn, "p", 1).await.unwrap();
+    checkpoint::ensure(&mut conn, "p", 1, "proj_p_v1").await.unwrap();
     checkpoint::advance(&mut conn, "p", moved).await.unwrap();
-    // Same version again (a restart): the checkpoint stays.
-    checkpoint::ensure(&mut conn, "p", 1).await.unwrap();
+    // Same namespace again (a restart): the checkpoint stays.
+    checkpoint::ensure(&mut conn, "p", 1, "proj_p_v1").await.unwrap();
     let same = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
     assert_eq!(same.cursor, moved);
-    // New version: new, empty tables, so the checkpoint goes back to the start.
-    checkpoint::ensure(&mut conn, "p", 2).await.unwrap();
+    // Another namespace: new, empty tables, so the checkpoint goes back to the start.
+    checkpoint::ensure(&mut conn, "p", 2, "proj_p_v2").await.unwrap();
     let bumped = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
     assert_eq!(bumped.cursor, wallex::outbox::OutboxCursor::START);
     assert_eq!(bumped.schema_version, 2);
-    // A batch that started from an older cursor cannot move the checkpoint.
-    let stale = checkpoint::advance_from(&mut conn, "p", moved, moved).await;
+    assert_eq!(bumped.namespace, "proj_p_v2");
+    // A batch that started from an older cursor cannot move the checkpoint...
+    let stale = checkpoint::advance_from(&mut conn, "p", "proj_p_v2", moved, moved, 1).await;
     assert!(
         matches!(stale, Err(checkpoint::CheckpointError::Moved(_))),
         "{stale:?}"
     );
-    checkpoint::advance_from(&mut conn, "p", wallex::outbox::OutboxCursor::START, moved)
+    // ...nor can one that wrote into the old tables.
+    let start = wallex::outbox::OutboxCursor::START;
+    let old_tables = checkpoint::advance_from(&mut conn, "p", "proj_p_v1", start, moved, 1).await;
+    assert!(
+        matches!(old_tables, Err(checkpoint::CheckpointError::Moved(_))),
+        "{old_tables:?}"
+    );
+    checkpoint::advance_from(&mut conn, "p", "proj_p_v2", start, moved, 3)
         .await
         .unwrap();
+    let advanced = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
+    assert_eq!(advanced.events_applied, 3);
     drop(conn);
     db.drop_db().await;
 }

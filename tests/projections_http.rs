@@ -193,7 +193,8 @@ async fn kill_9_during_writes_then_projections_equal_a_replay_from_scratch() {
     // From scratch: drop every projection's tables and checkpoint, rebuild, compare.
     sqlx::raw_sql(
         "DROP SCHEMA proj_read_model_v1, proj_ledger_v1, proj_audit_v1 CASCADE;
-         DELETE FROM projector_checkpoints;",
+         DELETE FROM projector_checkpoints;
+         DELETE FROM projection_deployments;",
     )
     .execute(&pool)
     .await

@@ -34,10 +34,16 @@ pub enum ServeError {
     ProjectionConfig(#[from] projection::config::ConfigError),
     #[error("cannot load the projections: {0}")]
     Projections(#[from] projection::LoadError),
+    #[error("WALLEX_ADMIN_TOKEN must be at least {} characters", crate::admin::MIN_TOKEN_LEN)]
+    WeakAdminToken,
 }
 
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let admin_token = config.admin_token.as_deref().filter(|t| !t.is_empty());
+    if admin_token.is_some_and(|t| t.len() < crate::admin::MIN_TOKEN_LEN) {
+        return Err(ServeError::WeakAdminToken);
+    }
     db::ensure_database(&config.database).await?;
     let pool = db::pool(&config.database)?;
     db::migrate(&pool).await?;
@@ -75,7 +81,12 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(
     }
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    if admin_token.is_none() {
+        tracing::info!("WALLEX_ADMIN_TOKEN not set: the admin API is off");
+    }
+    let admin = crate::admin::AdminState::new(projections.clone(), admin_token);
     let state = AppState {
+        admin,
         projections,
         write_path: WritePath::new(pool.clone(), config.idempotency.ttl()),
         pool: pool.clone(),

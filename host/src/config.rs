@@ -88,6 +88,11 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
 
+    /// Bearer token of the admin API (`/admin/...`); without it the admin API is off. At least
+    /// 16 characters.
+    #[arg(long, env = "WALLEX_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     #[command(flatten)]
     pub database: DatabaseConfig,
 

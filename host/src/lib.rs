@@ -2,9 +2,11 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; ARCHITECTURE.md has the map.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod currency;
 pub mod db;

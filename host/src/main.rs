@@ -34,6 +34,8 @@ enum Command {
     Serve(ServeConfig),
     /// Apply database migrations and exit.
     Migrate(DatabaseConfig),
+    /// Operate projections on a running server (deploy, reload, rebuild, pause, ...).
+    Projections(wallex::cli::ProjectionsCli),
     /// Measure a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -93,6 +95,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             pool.close().await;
             println!("migrations applied");
         }
+        Command::Projections(cli) => wallex::cli::run(cli).await?,
         Command::Bench(BenchCommand::Create(args)) => {
             bench::create::run(args).await?;
         }

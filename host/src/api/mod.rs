@@ -28,6 +28,7 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// The loaded projections (their workers may run in this process or another).
     pub projections: crate::projection::Projections,
+    pub admin: crate::admin::AdminState,
 }
 
 /// The service's routes.
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(crate::projection::api::router(state.projections.clone()))
+        .merge(crate::admin::router(state.admin.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

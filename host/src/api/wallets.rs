@@ -297,14 +297,25 @@ fn body_too_large() -> Problem {
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Problem> {
+    read_body_within(headers, body, MAX_BODY_BYTES, body_too_large).await
+}
+
+/// Reads a request body of at most `limit` bytes; a larger one (declared or sent) is answered
+/// with `too_large()` after draining a bounded amount of it (see [`drain`]).
+pub async fn read_body_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    too_large: impl Fn() -> Problem,
+) -> Result<bytes::Bytes, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let mut body = body;
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|length| length > limit as u64) {
         drain(&mut body).await;
-        return Err(body_too_large());
+        return Err(too_large());
     }
     let mut collected = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -317,9 +328,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Prob
             )
         })?;
         if let Ok(data) = frame.into_data() {
-            if collected.len() + data.len() > MAX_BODY_BYTES {
+            if collected.len() + data.len() > limit {
                 drain(&mut body).await;
-                return Err(body_too_large());
+                return Err(too_large());
             }
             collected.extend_from_slice(&data);
         }

@@ -132,7 +132,9 @@ pub async fn run(args: ProjectionBenchArgs) -> Result<(), ProjectionBenchError> 
     Ok(())
 }
 
-async fn preload(pool: &PgPool, events: i64) -> Result<(), sqlx::Error> {
+/// Fills the event store and outbox with `events` `WalletCreated` events (one wallet each), in
+/// chunks, unless exactly that many are already there.
+pub async fn preload(pool: &PgPool, events: i64) -> Result<(), sqlx::Error> {
     let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await?;

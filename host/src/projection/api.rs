@@ -50,12 +50,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(projections: Projections) -> Rou
 }
 
 fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_json::Value {
-    let schema = &projector.schema;
+    let active = projector.active();
+    let schema = &active.schema;
     json!({
         "name": schema.name,
         "schemaVersion": schema.schema_version,
         "namespace": schema.namespace,
-        "origin": projector.handler.origin(),
+        "stableNamespace": schema.stable_namespace(),
+        "sha256": active.sha256,
+        "origin": active.source,
         "subscribesTo": schema.subscribes_to,
         "tables": schema.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         "checkpoint": checkpoint.map(|c| json!({
@@ -94,7 +97,7 @@ async fn status(
     let checkpoint = checkpoint::read(projections.pool(), &name)
         .await
         .map_err(|e| Problem::internal(&e))?;
-    Ok(Json(status_json(projector, checkpoint.as_ref())))
+    Ok(Json(status_json(&projector, checkpoint.as_ref())))
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +116,8 @@ async fn read_row(
     let projector = projections
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no projection named {name}")))?;
-    let schema = &projector.schema;
+    let active = projector.active();
+    let schema = &active.schema;
     let table = schema.table(&table_name).ok_or_else(|| {
         Problem::not_found(format!("projection {name} has no table {table_name}"))
     })?;
@@ -153,7 +157,7 @@ async fn read_row(
         ));
     let position = match min_position {
         Some(p) if p < 0 => return Err(bad_request("minPosition must be >= 0".to_owned())),
-        Some(p) => wait_for(&projections, projector, p, timeout).await?,
+        Some(p) => wait_for(&projections, &projector, p, timeout).await?,
         None => checkpoint::read(projections.pool(), &name)
             .await
             .map_err(|e| Problem::internal(&e))?
@@ -162,7 +166,7 @@ async fn read_row(
     };
     let sql = format!(
         "SELECT to_jsonb(t) FROM {} AS t WHERE {} = $1",
-        schema.qualified(table),
+        schema.stable_qualified(table),
         quote(&key_column.name)
     );
     let sql_query = sqlx::query_scalar::<_, serde_json::Value>(&sql);

@@ -46,7 +46,11 @@ impl Status {
 pub struct Checkpoint {
     pub projection: String,
     pub schema_version: i64,
+    /// The PostgreSQL schema whose tables this checkpoint describes.
+    pub namespace: String,
     pub cursor: OutboxCursor,
+    /// Outbox rows applied under this checkpoint since it last started from the beginning.
+    pub events_applied: i64,
     pub status: Status,
     pub last_error: Option<String>,
     pub error_count: i32,
@@ -71,6 +75,8 @@ pub enum CheckpointError {
 struct Row {
     projection: String,
     schema_version: i64,
+    namespace: String,
+    events_applied: i64,
     last_xact_id: String,
     last_position: i64,
     status: String,
@@ -91,6 +97,8 @@ impl Row {
             },
             projection: self.projection,
             schema_version: self.schema_version,
+            namespace: self.namespace,
+            events_applied: self.events_applied,
             status: Status::parse(&self.status),
             last_error: self.last_error,
             error_count: self.error_count,
@@ -99,29 +107,53 @@ impl Row {
     }
 }
 
-const SELECT: &str = "SELECT projection, schema_version, last_xact_id::text AS last_xact_id,
-        last_position, status, last_error, error_count, updated_at
+const SELECT: &str = "SELECT projection, schema_version, namespace, events_applied,
+        last_xact_id::text AS last_xact_id, last_position, status, last_error, error_count, updated_at
     FROM projector_checkpoints";
 
-/// Creates the checkpoint at the start of the outbox if missing. A new schema version means new,
-/// empty tables: its checkpoint restarts from the beginning.
+/// Suffix of the checkpoint key of a projection's blue/green rebuild (`#` is not allowed in
+/// projection names, so the keys cannot collide).
+pub const REBUILD_SUFFIX: &str = "#rebuild";
+
+/// The checkpoint key of `projection`'s rebuild.
+pub fn rebuild_key(projection: &str) -> String {
+    format!("{projection}{REBUILD_SUFFIX}")
+}
+
+/// Creates the checkpoint at the start of the outbox if missing. A checkpoint describing another
+/// namespace (new tables) restarts from the beginning; one for the same namespace is kept.
 pub async fn ensure(
     conn: &mut PgConnection,
-    projection: &str,
+    key: &str,
     schema_version: u32,
+    namespace: &str,
 ) -> Result<(), CheckpointError> {
     sqlx::query(
-        "INSERT INTO projector_checkpoints (projection, schema_version) VALUES ($1, $2)
+        "INSERT INTO projector_checkpoints (projection, schema_version, namespace) VALUES ($1, $2, $3)
          ON CONFLICT (projection) DO UPDATE
-            SET schema_version = EXCLUDED.schema_version, last_xact_id = '0', last_position = 0,
+            SET schema_version = EXCLUDED.schema_version, namespace = EXCLUDED.namespace,
+                last_xact_id = '0', last_position = 0, events_applied = 0,
                 status = 'running', last_error = NULL, error_count = 0, updated_at = now()
-            WHERE projector_checkpoints.schema_version <> EXCLUDED.schema_version",
+            WHERE projector_checkpoints.namespace <> EXCLUDED.namespace",
     )
-    .bind(projection)
+    .bind(key)
     .bind(i64::from(schema_version))
+    .bind(namespace)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Reads a checkpoint on a connection (inside the caller's transaction).
+pub async fn read_in(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE projection = $1"))
+        .bind(projection)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Row::into_checkpoint).transpose()
 }
 
 /// Reads a checkpoint.
@@ -140,7 +172,9 @@ pub async fn read<'e>(
 pub async fn read_all<'e>(
     executor: impl PgExecutor<'e>,
 ) -> Result<Vec<Checkpoint>, CheckpointError> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} ORDER BY projection"))
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "{SELECT} WHERE projection NOT LIKE '%{REBUILD_SUFFIX}' ORDER BY projection"
+    ))
         .fetch_all(executor)
         .await?;
     rows.into_iter().map(Row::into_checkpoint).collect()
@@ -168,32 +202,39 @@ pub async fn cursor(
     })
 }
 
-/// Moves the checkpoint from `from` to `to` (in the caller's transaction) and marks the
-/// projection healthy; fails with [`CheckpointError::Moved`] if it is no longer at `from`.
+/// Moves the checkpoint from `from` to `to` (in the caller's transaction), adds `events` to its
+/// count and marks the projection healthy; fails with [`CheckpointError::Moved`] if it is no
+/// longer at `from` or no longer describes `namespace` (a cut-over or a reset happened meanwhile).
 pub async fn advance_from(
     conn: &mut PgConnection,
-    projection: &str,
+    key: &str,
+    namespace: &str,
     from: OutboxCursor,
     to: OutboxCursor,
+    events: i64,
 ) -> Result<(), CheckpointError> {
     let updated = sqlx::query(
         "UPDATE projector_checkpoints
          SET last_xact_id = $4::text::xid8, last_position = $5, status = 'running',
-             last_error = NULL, error_count = 0, updated_at = now()
-         WHERE projection = $1 AND last_xact_id = $2::text::xid8 AND last_position = $3",
+             last_error = NULL, error_count = 0, updated_at = now(),
+             events_applied = events_applied + $7
+         WHERE projection = $1 AND last_xact_id = $2::text::xid8 AND last_position = $3
+           AND namespace = $6",
     )
-    .bind(projection)
+    .bind(key)
     .bind(from.xact_id.to_string())
     .bind(from.position)
     .bind(to.xact_id.to_string())
     .bind(to.position)
+    .bind(namespace)
+    .bind(events)
     .execute(conn)
     .await?
     .rows_affected();
     if updated == 1 {
         Ok(())
     } else {
-        Err(CheckpointError::Moved(projection.to_owned()))
+        Err(CheckpointError::Moved(key.to_owned()))
     }
 }
 
@@ -244,11 +285,28 @@ pub async fn reset<'e>(
     projection: &str,
 ) -> Result<(), CheckpointError> {
     sqlx::query(
-        "UPDATE projector_checkpoints SET last_xact_id = '0', last_position = 0, updated_at = now()
+        "UPDATE projector_checkpoints
+         SET last_xact_id = '0', last_position = 0, events_applied = 0, updated_at = now()
          WHERE projection = $1",
     )
     .bind(projection)
     .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Marks a projection as running again after an operator's reload or resume (the next failure,
+/// if any, is recorded afresh).
+pub async fn clear_failure(
+    conn: &mut PgConnection,
+    key: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints SET status = 'running', error_count = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(key)
+    .execute(conn)
     .await?;
     Ok(())
 }

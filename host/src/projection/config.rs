@@ -20,6 +20,16 @@ pub const DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// Upper bound of the read-after-write wait, whatever is configured or requested.
 pub const MAX_READ_AFTER_WRITE_TIMEOUT_MS: u64 = 30_000;
 pub const MAX_BATCH_SIZE: u32 = 10_000;
+/// Events per batch while rebuilding (bigger batches: a rebuild is throughput-bound).
+pub const DEFAULT_REBUILD_BATCH_SIZE: u32 = 2_000;
+/// Largest component accepted from an upload or the projections directory.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 32 << 20;
+/// Longest a component may take to compile before its deploy is refused.
+pub const DEFAULT_COMPILE_TIMEOUT_MS: u64 = 10_000;
+/// How often the projections directory is scanned for new or changed files (0: not watched).
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 250;
+/// How often every instance re-reads the registry even without a notification.
+pub const DEFAULT_REGISTRY_RESYNC_MS: u64 = 5_000;
 
 /// Command-line / environment settings of the projection runtime.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +63,22 @@ pub struct ProjectionArgs {
     /// Default wait of a read with `minPosition` (capped at 30 s).
     #[arg(long, env = "READ_AFTER_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS)]
     pub read_after_write_timeout_ms: u64,
+    /// Events per batch of a blue/green rebuild.
+    #[arg(long, env = "PROJECTOR_REBUILD_BATCH_SIZE", default_value_t = DEFAULT_REBUILD_BATCH_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE as i64))]
+    pub projector_rebuild_batch_size: u32,
+    /// Largest component accepted (upload or directory), in bytes.
+    #[arg(long, env = "WALLEX_MAX_COMPONENT_BYTES", default_value_t = DEFAULT_MAX_COMPONENT_BYTES)]
+    pub max_component_bytes: usize,
+    /// Compile-time limit of a deployed component.
+    #[arg(long, env = "WALLEX_COMPILE_TIMEOUT_MS", default_value_t = DEFAULT_COMPILE_TIMEOUT_MS)]
+    pub compile_timeout_ms: u64,
+    /// Scan interval of `WALLEX_PROJECTIONS_DIR` for new or changed components (0: no watch).
+    #[arg(long, env = "WALLEX_PROJECTIONS_WATCH_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
+    pub projections_watch_ms: u64,
+    /// Re-read the registry this often even without a notification.
+    #[arg(long, env = "REGISTRY_RESYNC_MS", default_value_t = DEFAULT_REGISTRY_RESYNC_MS)]
+    pub registry_resync_ms: u64,
     /// Linear-memory cap of a component call, in MiB.
     #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB", default_value_t = 256)]
     pub projector_memory_limit_mib: usize,
@@ -78,6 +104,12 @@ pub struct ProjectionConfig {
     pub overrides: HashMap<String, Vec<(String, u64)>>,
     pub read_after_write_timeout: Duration,
     pub limits: RuntimeLimits,
+    pub rebuild_batch_size: u32,
+    pub max_component_bytes: usize,
+    pub compile_timeout: Duration,
+    /// `None`: the directory is read at start-up only.
+    pub watch_interval: Option<Duration>,
+    pub registry_resync: Duration,
 }
 
 impl Default for ProjectionConfig {
@@ -89,6 +121,11 @@ impl Default for ProjectionConfig {
             overrides: HashMap::new(),
             read_after_write_timeout: Duration::from_millis(DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS),
             limits: RuntimeLimits::default(),
+            rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            compile_timeout: Duration::from_millis(DEFAULT_COMPILE_TIMEOUT_MS),
+            watch_interval: Some(Duration::from_millis(DEFAULT_WATCH_INTERVAL_MS)),
+            registry_resync: Duration::from_millis(DEFAULT_REGISTRY_RESYNC_MS),
         }
     }
 }
@@ -133,6 +170,12 @@ impl ProjectionArgs {
                 memory_bytes: self.projector_memory_limit_mib.saturating_mul(1 << 20),
                 call_timeout: Duration::from_millis(self.projector_call_timeout_ms),
             },
+            rebuild_batch_size: self.projector_rebuild_batch_size,
+            max_component_bytes: self.max_component_bytes,
+            compile_timeout: Duration::from_millis(self.compile_timeout_ms),
+            watch_interval: (self.projections_watch_ms > 0)
+                .then(|| Duration::from_millis(self.projections_watch_ms)),
+            registry_resync: Duration::from_millis(self.registry_resync_ms.max(100)),
         })
     }
 }

@@ -78,8 +78,10 @@ impl Default for RuntimeLimits {
 pub enum ComponentError {
     #[error("could not set up the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
-    #[error("{0} is not a valid projection component: {1:#}")]
+    #[error("{0} is not a valid WebAssembly component: {1:#}")]
     Invalid(String, wasmtime::Error),
+    #[error("{0} does not implement the wallex:projection world: {1:#}")]
+    World(String, wasmtime::Error),
     #[error("projection {projection} trapped in {function}: {error:#}")]
     Trap {
         projection: String,
@@ -159,20 +161,42 @@ impl ProjectionRuntime {
     pub fn load(&self, origin: &str, wasm: &[u8]) -> Result<LoadedComponent, ComponentError> {
         let invalid = |e| ComponentError::Invalid(origin.to_owned(), e);
         let component = Component::new(&self.engine, wasm).map_err(invalid)?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = ProjectionPre::new(instance_pre).map_err(invalid)?;
+        let world = |e| ComponentError::World(origin.to_owned(), e);
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
+        let pre = ProjectionPre::new(instance_pre).map_err(world)?;
         let mut loaded = LoadedComponent {
             origin: origin.to_owned(),
             name: origin.to_owned(),
             pre,
             engine: self.engine.clone(),
             limits: self.limits,
+            info: None,
         };
         let info = loaded.call("describe", |projection, store| {
             projection.call_describe(store)
         })?;
         loaded.name = info.name.clone();
-        Ok(loaded.with_info(info))
+        tracing::debug!(origin = %loaded.origin, projection = %info.name, "component described");
+        loaded.info = Some(info);
+        Ok(loaded)
+    }
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryKind {
+    Component,
+    CoreModule,
+    NotWasm,
+}
+
+/// Looks at the preamble: `\0asm`, then version 1 layer 0 (a core module) or layer 1 (a
+/// component). Cheap, and gives uploads a precise reason before anything is compiled.
+pub fn binary_kind(bytes: &[u8]) -> BinaryKind {
+    match bytes {
+        [0x00, 0x61, 0x73, 0x6d, _, _, 0x01, 0x00, ..] => BinaryKind::Component,
+        [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, ..] => BinaryKind::CoreModule,
+        _ => BinaryKind::NotWasm,
     }
 }
 
@@ -183,18 +207,14 @@ pub struct LoadedComponent {
     pre: ProjectionPre<GuestState>,
     engine: Engine,
     limits: RuntimeLimits,
-}
-
-/// A loaded component together with what it declared.
-pub struct DescribedComponent {
-    pub component: LoadedComponent,
-    pub info: wit::ProjectionInfo,
+    /// What `describe` returned when the component was loaded.
+    info: Option<wit::ProjectionInfo>,
 }
 
 impl LoadedComponent {
-    fn with_info(self, info: wit::ProjectionInfo) -> LoadedComponent {
-        tracing::debug!(origin = %self.origin, projection = %info.name, "component described");
-        self
+    /// What the component declared when it was loaded.
+    pub fn info(&self) -> Option<&wit::ProjectionInfo> {
+        self.info.as_ref()
     }
 
     /// Where the component came from (file name or `bundled:<name>`).

@@ -182,17 +182,56 @@ impl ProjectionSchema {
         format!("{}.{}", quote(&self.namespace), quote(&table.name))
     }
 
+    /// The same declaration with its tables in another PostgreSQL schema (a rebuild's fresh copy,
+    /// or the namespace the registry records as live).
+    pub fn with_namespace(mut self, namespace: String) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// Whether `other` declares the same tables (names, columns, types, keys, indexes): the
+    /// condition for swapping versions in place without a rebuild.
+    pub fn same_tables(&self, other: &ProjectionSchema) -> bool {
+        self.tables == other.tables
+    }
+
+    /// The stable schema readers use: one view per table onto the live namespace.
+    pub fn stable_namespace(&self) -> String {
+        stable_namespace(&self.name)
+    }
+
+    /// `"projection_<name>"."table"`: what readers query.
+    pub fn stable_qualified(&self, table: &TableSchema) -> String {
+        format!("{}.{}", quote(&self.stable_namespace()), quote(&table.name))
+    }
+
+    /// Statements that (re)point the stable schema's views at this declaration's namespace.
+    /// Run in one transaction, readers see either the old or the new set of tables, never a mix.
+    pub fn view_ddl(&self) -> Vec<String> {
+        let stable = quote(&self.stable_namespace());
+        let mut statements = vec![
+            format!("DROP SCHEMA IF EXISTS {stable} CASCADE"),
+            format!("CREATE SCHEMA {stable}"),
+        ];
+        for table in &self.tables {
+            statements.push(format!(
+                "CREATE VIEW {} AS SELECT * FROM {}",
+                self.stable_qualified(table),
+                self.qualified(table)
+            ));
+        }
+        statements
+    }
+
     /// Validates what `describe()` returned.
     pub fn from_info(info: &wit::ProjectionInfo) -> Result<Self, SchemaError> {
         if !is_projection_name(&info.name) {
             return Err(SchemaError::ProjectionName(info.name.clone()));
         }
-        let namespace = format!(
-            "proj_{}_v{}",
-            info.name.replace('-', "_"),
-            info.schema_version
-        );
+        let namespace = namespace_base(&info.name, info.schema_version);
         check_identifier(&namespace)?;
+        check_identifier(&build_namespace(&namespace, MAX_BUILD_NUMBER))?;
+        check_identifier(&stable_namespace(&info.name))?;
         too_many("tables", info.tables.len(), MAX_TABLES)?;
         too_many(
             "subscribed event types",
@@ -365,6 +404,26 @@ fn column_list(table: &TableSchema, columns: &[usize]) -> String {
         .map(|&i| quote(&table.columns[i].name))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The first namespace of a projection's version: `proj_<name>_v<version>` (`-` becomes `_`).
+/// Rebuilds use `<base>_b<n>`. Both end in `_v<digits>` or `_b<digits>`, and the stable schema
+/// starts with `projection_`, so no two of them can be equal.
+pub fn namespace_base(name: &str, schema_version: u32) -> String {
+    format!("proj_{}_v{schema_version}", name.replace('-', "_"))
+}
+
+/// Highest rebuild number of a projection version; its namespace must still be an identifier.
+pub const MAX_BUILD_NUMBER: i64 = 999_999;
+
+/// The namespace of rebuild `build` of a version whose first namespace is `base`.
+pub fn build_namespace(base: &str, build: i64) -> String {
+    format!("{base}_b{build}")
+}
+
+/// The stable schema of a projection: `projection_<name>` (`-` becomes `_`).
+pub fn stable_namespace(name: &str) -> String {
+    format!("projection_{}", name.replace('-', "_"))
 }
 
 /// `[a-z][a-z0-9_]{0,62}`.

@@ -24,7 +24,9 @@ use tracing::Instrument;
 use super::checkpoint::{self, CheckpointError, Status};
 use super::engine::{to_guest_event, wit, ComponentError, LoadedComponent};
 use super::mutation::{self, MutationError};
+use super::registry::REGISTRY_CHANNEL;
 use super::schema::ProjectionSchema;
+use super::Projections;
 use crate::outbox::{self, OutboxCursor, OutboxError};
 
 /// The channel PostgreSQL notifies on when outbox rows commit (see the projections migration).
@@ -116,45 +118,141 @@ impl BatchHandler for LoadedComponent {
     }
 }
 
-/// A loaded projection and its worker's shared state.
-pub struct Projector {
+/// One version of a projection as this process runs it: the declaration (with the namespace its
+/// tables live in) and the code that handles batches.
+#[derive(Clone)]
+pub struct Active {
     pub schema: Arc<ProjectionSchema>,
     pub handler: Arc<dyn BatchHandler>,
+    /// SHA-256 of the component's bytes (`native:<name>` for native handlers).
+    pub sha256: String,
+    /// Where the registry says the bytes came from.
+    pub source: String,
+}
+
+/// A blue/green rebuild as this process knows it.
+#[derive(Clone)]
+pub struct RebuildTarget {
+    pub active: Active,
+    /// A failed rebuild is left alone (the live version keeps running) until it is replaced or
+    /// cancelled.
+    pub failed: bool,
+}
+
+/// What the registry says a projection should run; swapped by reconciliation, read by the worker
+/// at every batch boundary.
+#[derive(Clone)]
+pub struct Desired {
+    pub active: Active,
+    pub rebuild: Option<RebuildTarget>,
+    pub paused: bool,
+    /// The registry generation this reflects (0 for projections outside the registry).
+    pub generation: i64,
+}
+
+/// Which checkpoint and tables a batch works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// The live tables, under the projection's checkpoint.
+    Live,
+    /// A rebuild's fresh tables, under `<name>#rebuild`.
+    Rebuild,
+}
+
+/// A projection and its worker's shared state.
+pub struct Projector {
+    name: String,
     pub config: WorkerConfig,
+    desired: std::sync::RwLock<Desired>,
+    /// Bumped whenever `desired` changes: wakes the worker and clears a given-up state.
+    control: watch::Sender<u64>,
+    /// Cancelled when the projection is deleted (its worker ends).
+    stopped: CancellationToken,
     /// The last cursor this process committed for the projection (read-after-write wake-ups).
     progress: watch::Sender<OutboxCursor>,
     lease_held: AtomicBool,
     /// Outbox rows this process has committed for the projection since it started.
     events_applied: AtomicU64,
+    /// Why the last attempt to deploy this projection from the directory failed, if it did.
+    last_deploy_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Projector")
-            .field("name", &self.schema.name)
+            .field("name", &self.name)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Projector {
-    pub fn new(
-        schema: ProjectionSchema,
-        handler: Arc<dyn BatchHandler>,
-        config: WorkerConfig,
-    ) -> Self {
+    pub fn new(desired: Desired, config: WorkerConfig) -> Self {
         Self {
-            schema: Arc::new(schema),
-            handler,
+            name: desired.active.schema.name.clone(),
             config,
+            desired: std::sync::RwLock::new(desired),
+            control: watch::Sender::new(0),
+            stopped: CancellationToken::new(),
             progress: watch::Sender::new(OutboxCursor::START),
             lease_held: AtomicBool::new(false),
             events_applied: AtomicU64::new(0),
+            last_deploy_error: std::sync::Mutex::new(None),
         }
     }
 
     pub fn name(&self) -> &str {
-        &self.schema.name
+        &self.name
+    }
+
+    /// What the projection should run now.
+    pub fn desired(&self) -> Desired {
+        match self.desired.read() {
+            Ok(desired) => desired.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The live version.
+    pub fn active(&self) -> Active {
+        self.desired().active
+    }
+
+    /// Replaces what the projection should run; the worker picks it up at its next batch.
+    pub fn set_desired(&self, desired: Desired) {
+        match self.desired.write() {
+            Ok(mut slot) => *slot = desired,
+            Err(poisoned) => *poisoned.into_inner() = desired,
+        }
+        self.control.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes the worker and clears a given-up state (an operator's reload or resume).
+    pub fn poke(&self) {
+        self.control.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ends the worker for good (the projection was deleted).
+    pub fn stop(&self) {
+        self.stopped.cancel();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_cancelled()
+    }
+
+    pub fn set_last_deploy_error(&self, error: Option<String>) {
+        match self.last_deploy_error.lock() {
+            Ok(mut slot) => *slot = error,
+            Err(poisoned) => *poisoned.into_inner() = error,
+        }
+    }
+
+    pub fn last_deploy_error(&self) -> Option<String> {
+        match self.last_deploy_error.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Whether this process's worker currently holds the lease.
@@ -172,50 +270,81 @@ impl Projector {
         self.progress.subscribe()
     }
 
-    /// Applies at most one batch on `conn` (which must hold the lease). Returns the number of
-    /// outbox rows consumed (0 when caught up).
+    /// Applies at most one live batch on `conn` (which must hold the lease). Returns the number
+    /// of outbox rows consumed (0 when caught up).
     pub async fn apply_batch(&self, conn: &mut PgConnection) -> Result<usize, BatchError> {
+        let active = self.active();
+        self.apply_track(conn, Track::Live, &active, self.config.batch_size)
+            .await
+    }
+
+    /// Applies at most one batch of `track` with `version` on `conn`.
+    pub async fn apply_track(
+        &self,
+        conn: &mut PgConnection,
+        track: Track,
+        version: &Active,
+        batch_size: u32,
+    ) -> Result<usize, BatchError> {
         let name = self.name();
+        let key = match track {
+            Track::Live => name.to_owned(),
+            Track::Rebuild => checkpoint::rebuild_key(name),
+        };
+        let schema = &version.schema;
         let started = std::time::Instant::now();
         let mut tx = conn.begin().await?;
-        let cursor = checkpoint::cursor(&mut tx, name).await?;
-        let events = outbox::read_batch(&mut *tx, cursor, self.config.batch_size).await?;
+        if track == Track::Rebuild {
+            // A rebuild's tables are rebuilt from the log if lost: an asynchronous commit (the
+            // checkpoint and tables commit or vanish together) saves a flush per batch.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let cursor = checkpoint::cursor(&mut tx, &key).await?;
+        let events = outbox::read_batch(&mut *tx, cursor, batch_size).await?;
         let read = started.elapsed();
         let Some(last) = events.last().map(|e| e.cursor()) else {
             tx.rollback().await?;
-            // Another process may have moved the checkpoint while it held the lease.
-            self.progress.send_if_modified(|known| {
-                let changed = *known != cursor;
-                *known = cursor;
-                changed
-            });
+            if track == Track::Live {
+                // Another process may have moved the checkpoint while it held the lease.
+                self.progress.send_if_modified(|known| {
+                    let changed = *known != cursor;
+                    *known = cursor;
+                    changed
+                });
+            }
             return Ok(0);
         };
         let batch: Vec<_> = events
             .iter()
-            .filter(|e| self.schema.subscriptions.includes(&e.event_type))
+            .filter(|e| schema.subscriptions.includes(&e.event_type))
             .map(to_guest_event)
             .collect();
         let mut rows = 0;
         let (mut handled, mut applied) = (read, read);
         if !batch.is_empty() {
-            let handler = Arc::clone(&self.handler);
+            let handler = Arc::clone(&version.handler);
             let mutations = tokio::task::spawn_blocking(move || handler.handle(&batch))
                 .await
                 .map_err(|e| ComponentError::Join(e.to_string()))??;
             handled = started.elapsed();
-            let plan = mutation::plan(&self.schema, &mutations)?;
+            let plan = mutation::plan(schema, &mutations)?;
             rows = mutation::apply(&mut tx, &plan).await?;
             applied = started.elapsed();
         }
-        checkpoint::advance_from(&mut tx, name, cursor, last).await?;
+        let consumed = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, consumed).await?;
         tx.commit().await?;
         let committed = started.elapsed();
-        self.events_applied
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.progress.send_replace(last);
+        if track == Track::Live {
+            self.events_applied
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.progress.send_replace(last);
+        }
         tracing::debug!(
             projection = name,
+            ?track,
             events = events.len(),
             rows,
             to = ?last,
@@ -227,18 +356,32 @@ impl Projector {
         );
         Ok(events.len())
     }
+
+    /// Records that this process's view of the live checkpoint moved (a cut-over).
+    pub fn note_progress(&self, cursor: OutboxCursor) {
+        self.progress.send_replace(cursor);
+    }
 }
 
 /// Wake-ups for workers: bumped on every outbox notification.
 pub type Wake = watch::Receiver<u64>;
 
-/// Listens on [`OUTBOX_CHANNEL`] and bumps the returned counter on every notification (and after
-/// every reconnect, since notifications may have been missed). Ends at shutdown.
+/// What the listener hands out: outbox wake-ups for workers, registry changes for reconciliation.
+pub struct Signals {
+    pub outbox: Wake,
+    pub registry: watch::Receiver<u64>,
+}
+
+/// Listens on [`OUTBOX_CHANNEL`] and [`REGISTRY_CHANNEL`] and bumps the matching counter on every
+/// notification (both after every reconnect, since notifications may have been missed). Ends at
+/// shutdown.
 pub fn spawn_listener(
     pool: PgPool,
     shutdown: CancellationToken,
-) -> (Wake, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(0_u64);
+) -> (Signals, tokio::task::JoinHandle<()>) {
+    let (outbox_tx, outbox_rx) = watch::channel(0_u64);
+    let (registry_tx, registry_rx) = watch::channel(0_u64);
+    let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
     let task = tokio::spawn(
         async move {
             loop {
@@ -252,18 +395,30 @@ pub fn spawn_listener(
                         }
                     }
                 };
-                if let Err(error) = listener.listen(OUTBOX_CHANNEL).await {
+                if let Err(error) = listener
+                    .listen_all([OUTBOX_CHANNEL, REGISTRY_CHANNEL])
+                    .await
+                {
                     tracing::warn!(%error, "outbox listener cannot LISTEN");
-                    tokio::time::sleep(LISTENER_RETRY).await;
-                    continue;
+                    tokio::select! {
+                        _ = tokio::time::sleep(LISTENER_RETRY) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
-                tx.send_modify(|n| *n = n.wrapping_add(1));
+                bump(&outbox_tx);
+                bump(&registry_tx);
                 loop {
                     tokio::select! {
                         received = listener.try_recv() => match received {
-                            Ok(Some(_)) => tx.send_modify(|n| *n = n.wrapping_add(1)),
+                            Ok(Some(notification)) if notification.channel() == REGISTRY_CHANNEL => {
+                                bump(&registry_tx)
+                            }
+                            Ok(Some(_)) => bump(&outbox_tx),
                             // The connection was lost; try_recv reconnects on the next call.
-                            Ok(None) => tx.send_modify(|n| *n = n.wrapping_add(1)),
+                            Ok(None) => {
+                                bump(&outbox_tx);
+                                bump(&registry_tx);
+                            }
                             Err(error) => {
                                 tracing::warn!(%error, "outbox listener failed");
                                 break;
@@ -276,44 +431,65 @@ pub fn spawn_listener(
         }
         .instrument(tracing::info_span!("outbox_listener")),
     );
-    (rx, task)
+    (
+        Signals {
+            outbox: outbox_rx,
+            registry: registry_rx,
+        },
+        task,
+    )
 }
 
-/// Runs a projection's worker until shutdown (or until its retries are exhausted).
-pub async fn run(
-    projector: Arc<Projector>,
-    connect: PgConnectOptions,
-    pool: PgPool,
-    mut wake: Wake,
-    shutdown: CancellationToken,
-) {
+/// What a worker needs besides its projector.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub connect: PgConnectOptions,
+    pub pool: PgPool,
+    pub wake: Wake,
+    pub shutdown: CancellationToken,
+    /// Reconciles with the registry and cuts rebuilds over.
+    pub projections: Projections,
+}
+
+/// Runs a projection's worker until shutdown or until the projection is deleted.
+pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
     let span = tracing::info_span!("projection_worker", projection = projector.name());
     async move {
-        let config = projector.config;
+        let mut control = projector.control.subscribe();
         loop {
-            if shutdown.is_cancelled() {
+            if ctx.shutdown.is_cancelled() || projector.is_stopped() {
                 return;
             }
-            let Some(mut conn) = acquire_lease(&projector, &connect, &shutdown).await else {
-                return;
+            if projector.desired().paused {
+                tracing::info!("paused");
+                tokio::select! {
+                    _ = control.changed() => continue,
+                    _ = projector.stopped.cancelled() => return,
+                    _ = ctx.shutdown.cancelled() => return,
+                }
+            }
+            let Some(mut conn) = acquire_lease(&projector, &ctx, &mut control).await else {
+                continue;
             };
             projector.lease_held.store(true, Ordering::Relaxed);
             tracing::info!("lease acquired");
-            let outcome = process(&projector, &mut conn, &pool, &mut wake, &shutdown).await;
+            // Another instance may have changed the projection while this one waited.
+            if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
+                tracing::warn!(%error, "cannot reconcile with the registry");
+            }
+            let outcome = process(&projector, &mut conn, &mut ctx, &mut control).await;
             projector.lease_held.store(false, Ordering::Relaxed);
             // Closing the connection releases the advisory lock.
             let _ = conn.close().await;
             match outcome {
-                Outcome::Shutdown => return,
-                Outcome::GaveUp => {
-                    tracing::error!(
-                        retries = config.max_retries,
-                        "projection stopped after repeated failures; fix and restart"
-                    );
-                    return;
-                }
+                Outcome::Stop => return,
+                Outcome::Paused => {}
                 Outcome::LeaseLost => {
                     tracing::warn!("lease connection lost; trying to take the lease again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(projector.config.lease_retry) => {}
+                        _ = ctx.shutdown.cancelled() => return,
+                    }
                 }
             }
         }
@@ -323,20 +499,22 @@ pub async fn run(
 }
 
 enum Outcome {
-    Shutdown,
-    GaveUp,
+    Stop,
+    Paused,
     LeaseLost,
 }
 
+/// Takes the lease, or returns `None` when told to stop or the projection's desired state
+/// changed while waiting (the caller re-checks it).
 async fn acquire_lease(
     projector: &Projector,
-    connect: &PgConnectOptions,
-    shutdown: &CancellationToken,
+    ctx: &WorkerContext,
+    control: &mut watch::Receiver<u64>,
 ) -> Option<PgConnection> {
     let lease = format!("{LEASE_PREFIX}{}", projector.name());
     loop {
         let attempt = async {
-            let mut conn = PgConnection::connect_with(connect).await?;
+            let mut conn = PgConnection::connect_with(&ctx.connect).await?;
             let (held,): (bool,) =
                 sqlx::query_as("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
                     .bind(&lease)
@@ -351,83 +529,181 @@ async fn acquire_lease(
         }
         tokio::select! {
             _ = tokio::time::sleep(projector.config.lease_retry) => {}
-            _ = shutdown.cancelled() => return None,
+            _ = control.changed() => return None,
+            _ = projector.stopped.cancelled() => return None,
+            _ = ctx.shutdown.cancelled() => return None,
         }
     }
+}
+
+/// Consecutive failures of one track and whether the worker gave up on it.
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    gave_up: bool,
 }
 
 async fn process(
     projector: &Projector,
     conn: &mut PgConnection,
-    pool: &PgPool,
-    wake: &mut Wake,
-    shutdown: &CancellationToken,
+    ctx: &mut WorkerContext,
+    control: &mut watch::Receiver<u64>,
 ) -> Outcome {
     let config = projector.config;
-    let mut failures = 0_u32;
+    let rebuild_batch = ctx.projections.config().rebuild_batch_size;
+    let mut live = Failures::default();
+    let mut rebuild = Failures::default();
     loop {
-        if shutdown.is_cancelled() {
-            return Outcome::Shutdown;
+        if ctx.shutdown.is_cancelled() || projector.is_stopped() {
+            return Outcome::Stop;
+        }
+        if control.has_changed().unwrap_or(false) {
+            // An operator changed something (deploy, reload, resume): retry from scratch.
+            control.borrow_and_update();
+            live = Failures::default();
+            rebuild = Failures::default();
+        }
+        let desired = projector.desired();
+        if desired.paused {
+            return Outcome::Paused;
         }
         // Mark notifications up to here as seen: any later commit wakes the next wait.
-        wake.borrow_and_update();
-        match projector.apply_batch(conn).await {
-            Ok(consumed) => {
-                failures = 0;
-                if consumed >= config.batch_size as usize {
-                    continue;
+        ctx.wake.borrow_and_update();
+        let mut busy = false;
+        let mut errored = false;
+        if !live.gave_up {
+            match projector
+                .apply_track(conn, Track::Live, &desired.active, config.batch_size)
+                .await
+            {
+                Ok(consumed) => {
+                    live = Failures::default();
+                    busy |= consumed >= config.batch_size as usize;
                 }
-                let delay = match has_hidden_rows(pool, projector).await {
-                    Ok(true) => HIDDEN_ROWS_RETRY,
-                    Ok(false) => config.poll_interval,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot check for pending outbox rows");
-                        config.poll_interval
-                    }
-                };
-                tokio::select! {
-                    _ = wake.changed() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Outcome::Shutdown,
-                }
+                Err(error) => match handle_failure(projector, conn, ctx, Track::Live, &mut live, error).await {
+                    Some(outcome) => return outcome,
+                    None => errored = true,
+                },
             }
-            Err(BatchError::Checkpoint(CheckpointError::Moved(_))) => {
-                // Reset by an operator (or applied elsewhere) while this batch ran: not a
-                // failure of the projection, start again from the new checkpoint.
-                tracing::info!("checkpoint moved during the batch; retrying from it");
-            }
-            Err(error) if error.is_connection_lost() => {
-                tracing::warn!(%error, "batch failed on a lost connection");
-                return Outcome::LeaseLost;
-            }
-            Err(error) => {
-                failures += 1;
-                let gave_up = failures > config.max_retries;
-                let status = if gave_up {
-                    Status::Failed
-                } else {
-                    Status::Failing
-                };
-                let message = error.to_string();
-                tracing::error!(error = %message, attempt = failures, ?status, "batch failed; nothing applied");
-                // On the lease connection: it first rolls back the failed transaction, which
-                // still holds the checkpoint row lock.
-                if let Err(error) =
-                    checkpoint::record_failure(&mut *conn, projector.name(), status, &message).await
+        }
+        if let Some(target) = desired.rebuild.filter(|t| !t.failed) {
+            if !rebuild.gave_up {
+                match projector
+                    .apply_track(conn, Track::Rebuild, &target.active, rebuild_batch)
+                    .await
                 {
-                    tracing::warn!(%error, "cannot record the failure");
-                    return Outcome::LeaseLost;
-                }
-                if gave_up {
-                    return Outcome::GaveUp;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(config.error_backoff) => {}
-                    _ = shutdown.cancelled() => return Outcome::Shutdown,
+                    Ok(consumed) if consumed < rebuild_batch as usize => {
+                        rebuild = Failures::default();
+                        // Caught up with the log: switch readers and the live checkpoint over.
+                        match ctx.projections.cut_over(conn, projector, &target.active).await {
+                            Ok(()) => busy = true,
+                            Err(error) => {
+                                tracing::warn!(%error, "cut-over failed; retrying");
+                                errored = true;
+                                if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
+                                    tracing::warn!(%error, "cannot reconcile with the registry");
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        rebuild = Failures::default();
+                        busy = true;
+                    }
+                    Err(error) => match handle_failure(projector, conn, ctx, Track::Rebuild, &mut rebuild, error).await {
+                        Some(outcome) => return outcome,
+                        None => errored = true,
+                    },
                 }
             }
         }
+        if busy && !errored {
+            continue;
+        }
+        let delay = if errored {
+            config.error_backoff
+        } else {
+            match has_hidden_rows(&ctx.pool, projector).await {
+                Ok(true) => HIDDEN_ROWS_RETRY,
+                Ok(false) => config.poll_interval,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot check for pending outbox rows");
+                    config.poll_interval
+                }
+            }
+        };
+        tokio::select! {
+            _ = ctx.wake.changed(), if !errored => {}
+            _ = control.changed() => {}
+            _ = tokio::time::sleep(delay) => {}
+            _ = projector.stopped.cancelled() => return Outcome::Stop,
+            _ = ctx.shutdown.cancelled() => return Outcome::Stop,
+        }
     }
+}
+
+/// Records a failed batch of `track`. Returns an outcome if the worker must leave the loop.
+async fn handle_failure(
+    projector: &Projector,
+    conn: &mut PgConnection,
+    ctx: &WorkerContext,
+    track: Track,
+    failures: &mut Failures,
+    error: BatchError,
+) -> Option<Outcome> {
+    if let BatchError::Checkpoint(CheckpointError::Moved(_) | CheckpointError::Missing(_)) = error {
+        // Reset by an operator, cut over, or applied elsewhere while this batch ran: not a
+        // failure of the projection; reload what the registry says and start again.
+        tracing::info!(?track, "checkpoint moved during the batch; retrying from it");
+        if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
+            tracing::warn!(%error, "cannot reconcile with the registry");
+        }
+        return None;
+    }
+    if error.is_connection_lost() {
+        tracing::warn!(%error, "batch failed on a lost connection");
+        return Some(Outcome::LeaseLost);
+    }
+    let config = projector.config;
+    failures.count += 1;
+    let gave_up = failures.count > config.max_retries;
+    let message = error.to_string();
+    let recorded = match track {
+        Track::Live => {
+            let status = if gave_up { Status::Failed } else { Status::Failing };
+            tracing::error!(error = %message, attempt = failures.count, ?status, "batch failed; nothing applied");
+            // On the lease connection: it first rolls back the failed transaction, which
+            // still holds the checkpoint row lock.
+            checkpoint::record_failure(&mut *conn, projector.name(), status, &message)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Track::Rebuild => {
+            tracing::error!(error = %message, attempt = failures.count, gave_up, "rebuild batch failed; the live version is untouched");
+            if gave_up {
+                ctx.projections
+                    .fail_rebuild(conn, projector.name(), &message)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    if let Err(error) = recorded {
+        tracing::warn!(%error, "cannot record the failure");
+        return Some(Outcome::LeaseLost);
+    }
+    if gave_up {
+        failures.gave_up = true;
+        if track == Track::Live {
+            tracing::error!(
+                retries = config.max_retries,
+                "projection stopped after repeated failures; deploy a fix or reload it"
+            );
+        }
+    }
+    None
 }
 
 /// Whether committed outbox rows exist after the checkpoint that the gap-safe reader cannot return

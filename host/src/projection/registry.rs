@@ -1,0 +1,270 @@
+//! The projection registry: component bytes, deployments, rebuilds and the admin audit trail, in
+//! PostgreSQL.
+//!
+//! Why it exists: every host instance must run the same bytes for a projection and a restart must
+//! keep what an operator deployed. Components are stored content-addressed (SHA-256); one
+//! deployment row per projection says which bytes are live, which ran before (rollback), whether
+//! it is paused, and its `generation`, which grows with every change. Changes are made under one
+//! advisory lock and announced on [`REGISTRY_CHANNEL`]; instances reconcile to the rows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgExecutor};
+
+/// Channel on which registry changes are announced (payload: the projection's name).
+pub const REGISTRY_CHANNEL: &str = "wallex_registry";
+/// Name of the transaction-scoped advisory lock that serialises registry changes.
+const REGISTRY_LOCK: &str = "wallex-projection-registry";
+
+/// The SHA-256 of component bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What an operator wants a deployed projection to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentState {
+    Running,
+    Paused,
+    /// Stopped by `DELETE`; kept as a tombstone so a bundled or directory copy does not bring it
+    /// back on restart. A new deploy of the name revives it.
+    Deleted,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "paused" => Self::Paused,
+            "deleted" => Self::Deleted,
+            _ => Self::Running,
+        }
+    }
+}
+
+/// A deployment row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Deployment {
+    pub projection: String,
+    pub sha256: String,
+    pub schema_version: i64,
+    pub namespace: String,
+    pub source: String,
+    pub previous_sha256: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub state: StateText,
+    pub generation: i64,
+    pub build_seq: i64,
+    pub deployed_at: DateTime<Utc>,
+    pub deployed_by: String,
+}
+
+/// [`DeploymentState`] as read from its text column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateText(pub DeploymentState);
+
+impl From<String> for StateText {
+    fn from(text: String) -> Self {
+        Self(DeploymentState::parse(&text))
+    }
+}
+
+impl Deployment {
+    pub fn state(&self) -> DeploymentState {
+        self.state.0
+    }
+}
+
+/// A rebuild row: a fresh copy of a projection's tables being filled.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Rebuild {
+    pub projection: String,
+    pub sha256: String,
+    pub schema_version: i64,
+    pub namespace: String,
+    pub source: String,
+    /// `running` or `failed`.
+    pub status: String,
+    pub last_error: Option<String>,
+    pub events_total: i64,
+    pub started_at: DateTime<Utc>,
+    pub requested_by: String,
+}
+
+impl Rebuild {
+    pub fn failed(&self) -> bool {
+        self.status == "failed"
+    }
+}
+
+const DEPLOYMENT_COLUMNS: &str = "projection, sha256, schema_version, namespace, source,
+    previous_sha256, state, generation, build_seq, deployed_at, deployed_by";
+const REBUILD_COLUMNS: &str = "projection, sha256, schema_version, namespace, source, status,
+    last_error, events_total, started_at, requested_by";
+
+/// Takes the registry lock for the rest of the caller's transaction.
+pub async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(REGISTRY_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores component bytes under their digest (a no-op if they are already stored).
+pub async fn store_component(
+    conn: &mut PgConnection,
+    sha256: &str,
+    bytes: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_components (sha256, bytes, size_bytes) VALUES ($1, $2, $3)
+         ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(sha256)
+    .bind(bytes)
+    .bind(i32::try_from(bytes.len()).unwrap_or(i32::MAX))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The bytes stored under `sha256`.
+pub async fn component_bytes<'e>(
+    executor: impl PgExecutor<'e>,
+    sha256: &str,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT bytes FROM projection_components WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Every deployment row, deleted ones included, by name.
+pub async fn deployments<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<Deployment>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM projection_deployments ORDER BY projection"
+    ))
+    .fetch_all(executor)
+    .await
+}
+
+/// One deployment row, locked for the caller's transaction.
+pub async fn deployment_for_update(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<Option<Deployment>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM projection_deployments WHERE projection = $1 FOR UPDATE"
+    ))
+    .bind(projection)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Every rebuild in progress (or failed), by name.
+pub async fn rebuilds<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Rebuild>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {REBUILD_COLUMNS} FROM projection_rebuilds ORDER BY projection"
+    ))
+    .fetch_all(executor)
+    .await
+}
+
+/// The rebuild of one projection, if any.
+pub async fn rebuild(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<Option<Rebuild>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {REBUILD_COLUMNS} FROM projection_rebuilds WHERE projection = $1"
+    ))
+    .bind(projection)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Announces a change of `projection` to every instance (delivered at commit).
+pub async fn notify(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(REGISTRY_CHANNEL)
+        .bind(projection)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Bumps a deployment's generation (every instance reloads it).
+pub async fn bump(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_deployments SET generation = generation + 1, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .execute(&mut *conn)
+    .await?;
+    notify(conn, projection).await
+}
+
+/// One entry of the admin audit trail.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminAction {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub projection: Option<String>,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+/// Appends to the admin audit trail.
+pub async fn record_action(
+    conn: &mut PgConnection,
+    actor: &str,
+    action: &str,
+    projection: Option<&str>,
+    outcome: &str,
+    detail: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO admin_actions (actor, action, projection, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(projection)
+    .bind(outcome)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The latest entries of the audit trail, newest first, optionally of one projection.
+pub async fn recent_actions<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AdminAction>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, actor, action, projection, outcome, detail FROM admin_actions
+         WHERE $1::text IS NULL OR projection = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(projection)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
