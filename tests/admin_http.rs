@@ -114,7 +114,10 @@ async fn rows(pool: &PgPool, sql: &str) -> Vec<String> {
 }
 
 /// A writer creating wallets until stopped; returns how many it created.
-fn spawn_writer(server: &Server, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<u32> {
+fn spawn_writer(
+    server: &Server,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u32> {
     let base = server.base.clone();
     tokio::spawn(async move {
         let client = client();
@@ -161,7 +164,9 @@ async fn admin_is_off_without_a_token_and_needs_the_right_one() {
         .send()
         .await
         .expect("send");
-    read(refused_upload).await.assert_problem(401, "unauthorized");
+    read(refused_upload)
+        .await
+        .assert_problem(401, "unauthorized");
 
     let listed = admin(reqwest::Method::GET, &server, "/admin/projections").await;
     assert_eq!(listed.status, 200, "{}", listed.text());
@@ -193,8 +198,16 @@ async fn every_admin_error_names_its_reason_and_changes_nothing() {
     let before = admin_status(&server, "read-model").await;
 
     let cases: [(&str, Vec<u8>, &str); 4] = [
-        ("garbage", b"definitely not wasm".to_vec(), "not a WebAssembly binary"),
-        ("core module", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module"),
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            "not a WebAssembly binary",
+        ),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
         (
             "component without the world",
             b"\0asm\x0d\0\x01\0".to_vec(),
@@ -245,38 +258,115 @@ async fn every_admin_error_names_its_reason_and_changes_nothing() {
     read(mismatch).await.assert_problem(400, "digest-mismatch");
 
     for (method, path, status, slug) in [
-        (reqwest::Method::GET, "/admin/projections/nope", 404, "not-found"),
-        (reqwest::Method::POST, "/admin/projections/nope/pause", 404, "not-found"),
-        (reqwest::Method::POST, "/admin/projections/nope/rebuild", 404, "not-found"),
-        (reqwest::Method::DELETE, "/admin/projections/nope", 404, "not-found"),
-        (reqwest::Method::POST, "/admin/projections/read-model/explode", 404, "not-found"),
-        (reqwest::Method::GET, "/admin/projections/Bad%20Name", 400, "invalid-projection-name"),
-        (reqwest::Method::POST, "/admin/projections/read-model/rollback", 409, "conflict"),
-        (reqwest::Method::POST, "/admin/projections/read-model/resume", 409, "conflict"),
-        (reqwest::Method::DELETE, "/admin/projections/read-model/rebuild", 409, "conflict"),
+        (
+            reqwest::Method::GET,
+            "/admin/projections/nope",
+            404,
+            "not-found",
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/projections/nope/pause",
+            404,
+            "not-found",
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/projections/nope/rebuild",
+            404,
+            "not-found",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/admin/projections/nope",
+            404,
+            "not-found",
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/projections/read-model/explode",
+            404,
+            "not-found",
+        ),
+        (
+            reqwest::Method::GET,
+            "/admin/projections/Bad%20Name",
+            400,
+            "invalid-projection-name",
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/projections/read-model/rollback",
+            409,
+            "conflict",
+        ),
+        (
+            reqwest::Method::POST,
+            "/admin/projections/read-model/resume",
+            409,
+            "conflict",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/admin/projections/read-model/rebuild",
+            409,
+            "conflict",
+        ),
     ] {
-        admin(method, &server, path).await.assert_problem(status, slug);
+        admin(method, &server, path)
+            .await
+            .assert_problem(status, slug);
     }
 
     // Rebuild while rebuilding: paused, so the first rebuild stays in progress.
-    let paused = admin(reqwest::Method::POST, &server, "/admin/projections/read-model/pause").await;
+    let paused = admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/read-model/pause",
+    )
+    .await;
     assert_eq!(paused.status, 200, "{}", paused.text());
-    let started = admin(reqwest::Method::POST, &server, "/admin/projections/read-model/rebuild").await;
+    let started = admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/read-model/rebuild",
+    )
+    .await;
     assert_eq!(started.status, 200, "{}", started.text());
     assert_eq!(started.json()["outcome"], "rebuild-started");
-    admin(reqwest::Method::POST, &server, "/admin/projections/read-model/rebuild")
-        .await
-        .assert_problem(409, "conflict");
+    admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/read-model/rebuild",
+    )
+    .await
+    .assert_problem(409, "conflict");
     upload(&server, "read-model", bytes)
         .await
         .assert_problem(409, "conflict");
-    let cancelled = admin(reqwest::Method::DELETE, &server, "/admin/projections/read-model/rebuild").await;
+    let cancelled = admin(
+        reqwest::Method::DELETE,
+        &server,
+        "/admin/projections/read-model/rebuild",
+    )
+    .await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.text());
-    let resumed = admin(reqwest::Method::POST, &server, "/admin/projections/read-model/resume").await;
+    let resumed = admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/read-model/resume",
+    )
+    .await;
     assert_eq!(resumed.status, 200, "{}", resumed.text());
 
     let after = admin_status(&server, "read-model").await;
-    for field in ["sha256", "namespace", "schemaVersion", "source", "previousSha256"] {
+    for field in [
+        "sha256",
+        "namespace",
+        "schemaVersion",
+        "source",
+        "previousSha256",
+    ] {
         assert_eq!(after[field], before[field], "{field} changed");
     }
     let pool = db.pool().await;
@@ -322,7 +412,8 @@ async fn deploys_under_write_load_lose_nothing_and_apply_nothing_twice() {
     assert!(created > 20, "the load was too light: {created}");
     let live = wait_caught_up(&server, "ledger").await;
     assert_eq!(live["sha256"], last);
-    let ledger_rows = "SELECT account || ':' || balance::text FROM projection_ledger.balances ORDER BY account";
+    let ledger_rows =
+        "SELECT account || ':' || balance::text FROM projection_ledger.balances ORDER BY account";
     let posting_rows = "SELECT transaction_id || ':' || account || ':' || amount::text
                         FROM projection_ledger.postings ORDER BY transaction_id, account";
     let balances = rows(&pool, ledger_rows).await;
@@ -330,7 +421,12 @@ async fn deploys_under_write_load_lose_nothing_and_apply_nothing_twice() {
     assert_eq!(postings.len() as u32, 2 * created, "postings per wallet");
 
     // From scratch: rebuild the ledger into new tables and compare.
-    let rebuilt = admin(reqwest::Method::POST, &server, "/admin/projections/ledger/rebuild").await;
+    let rebuilt = admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/ledger/rebuild",
+    )
+    .await;
     assert_eq!(rebuilt.status, 200, "{}", rebuilt.text());
     let after = wait_caught_up(&server, "ledger").await;
     assert_eq!(after["namespace"], "proj_ledger_v1_b1");
@@ -371,10 +467,11 @@ async fn blue_green_rebuild_under_load_never_shows_readers_a_partial_table() {
             .expect("reader pool");
         let (mut reads, mut previous, mut saw_label) = (0_u32, 0_i64, false);
         while !reader_stop.is_cancelled() {
-            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_read_model.wallets")
-                .fetch_one(&pool)
-                .await
-                .expect("the stable name is always readable");
+            let count: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM projection_read_model.wallets")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("the stable name is always readable");
             assert!(
                 count >= previous,
                 "a reader saw {count} wallets after {previous}: a partial table"
@@ -399,7 +496,10 @@ async fn blue_green_rebuild_under_load_never_shows_readers_a_partial_table() {
     assert_eq!(deployed.status, 200, "{}", deployed.text());
     assert_eq!(deployed.json()["outcome"], "rebuild-started");
     let rebuilding = admin_status(&server, "read-model").await;
-    assert_eq!(rebuilding["schemaVersion"], 1, "v1 serves until the cut-over");
+    assert_eq!(
+        rebuilding["schemaVersion"], 1,
+        "v1 serves until the cut-over"
+    );
     let status = wait_status(&server, "read-model", CATCH_UP, "never cut over", |s| {
         s["schemaVersion"] == 2
     })
@@ -426,7 +526,11 @@ async fn blue_green_rebuild_under_load_never_shows_readers_a_partial_table() {
     .await
     .expect("v2 rows");
     assert_eq!(projected, 20_000 + i64::from(created));
-    assert_eq!(wallets, i64::from(created), "preloaded events have no wallet rows");
+    assert_eq!(
+        wallets,
+        i64::from(created),
+        "preloaded events have no wallet rows"
+    );
     let old: Vec<String> = rows(
         &pool,
         "SELECT nspname::text FROM pg_namespace WHERE nspname = 'proj_read_model_v1'",
@@ -436,7 +540,10 @@ async fn blue_green_rebuild_under_load_never_shows_readers_a_partial_table() {
     // Reads through the HTTP API use the stable name too.
     let id = fresh_id("after");
     let reply = post_wallet(&client(), &server, &wallet_body(&id), &[]).await;
-    let position = reply.header("x-global-position").expect("position").to_owned();
+    let position = reply
+        .header("x-global-position")
+        .expect("position")
+        .to_owned();
     let row = get(
         &client(),
         &server,
@@ -468,23 +575,42 @@ async fn the_directory_watch_deploys_changes_and_rejects_invalid_files() {
     env.push(("WALLEX_PROJECTIONS_WATCH_MS", "100"));
     let server = Server::spawn(&db.url, &env);
     let status = admin_status(&server, "read-model").await;
-    assert_eq!(status["source"], "directory:wallex_projection_read_model.wasm");
+    assert_eq!(
+        status["source"],
+        "directory:wallex_projection_read_model.wasm"
+    );
 
     let changed = variant(&wasm("wallex_projection_read_model.wasm"), "watched");
     std::fs::write(dir.join("wallex_projection_read_model.wasm"), &changed).expect("write");
     let started = Instant::now();
-    wait_status(&server, "read-model", PROPAGATION, "change not picked up", |s| {
-        s["sha256"] == sha(&changed) && s["runningHere"]["sha256"] == sha(&changed)
-    })
+    wait_status(
+        &server,
+        "read-model",
+        PROPAGATION,
+        "change not picked up",
+        |s| s["sha256"] == sha(&changed) && s["runningHere"]["sha256"] == sha(&changed),
+    )
     .await;
     let picked_up = started.elapsed();
 
-    std::fs::write(dir.join("wallex_projection_read_model.wasm"), b"broken build").expect("write");
-    let status = wait_status(&server, "read-model", PROPAGATION, "invalid file not reported", |s| {
-        s["lastDeployError"].is_string()
-    })
+    std::fs::write(
+        dir.join("wallex_projection_read_model.wasm"),
+        b"broken build",
+    )
+    .expect("write");
+    let status = wait_status(
+        &server,
+        "read-model",
+        PROPAGATION,
+        "invalid file not reported",
+        |s| s["lastDeployError"].is_string(),
+    )
     .await;
-    assert_eq!(status["sha256"], sha(&changed), "the old version keeps running");
+    assert_eq!(
+        status["sha256"],
+        sha(&changed),
+        "the old version keeps running"
+    );
     assert!(
         status["lastDeployError"]
             .as_str()
@@ -509,22 +635,38 @@ async fn a_deploy_through_one_instance_runs_on_the_other() {
     // its periodic resync is far longer.
     let second = Server::spawn(
         &db.url,
-        &[("WALLEX_ADMIN_TOKEN", TOKEN), ("REGISTRY_RESYNC_MS", "600000")],
+        &[
+            ("WALLEX_ADMIN_TOKEN", TOKEN),
+            ("REGISTRY_RESYNC_MS", "600000"),
+        ],
     );
     let bytes = variant(&wasm("wallex_projection_audit.wasm"), "two-instances");
     let started = Instant::now();
     let deployed = upload(&first, "audit", bytes.clone()).await;
     assert_eq!(deployed.status, 200, "{}", deployed.text());
-    wait_status(&second, "audit", PROPAGATION, "deploy never reached the second instance", |s| {
-        s["runningHere"]["sha256"] == sha(&bytes)
-    })
+    wait_status(
+        &second,
+        "audit",
+        PROPAGATION,
+        "deploy never reached the second instance",
+        |s| s["runningHere"]["sha256"] == sha(&bytes),
+    )
     .await;
     assert!(started.elapsed() < PROPAGATION);
-    let paused = admin(reqwest::Method::POST, &first, "/admin/projections/audit/pause").await;
+    let paused = admin(
+        reqwest::Method::POST,
+        &first,
+        "/admin/projections/audit/pause",
+    )
+    .await;
     assert_eq!(paused.status, 200);
-    wait_status(&second, "audit", PROPAGATION, "pause never reached the second instance", |s| {
-        s["status"] == "paused"
-    })
+    wait_status(
+        &second,
+        "audit",
+        PROPAGATION,
+        "pause never reached the second instance",
+        |s| s["status"] == "paused",
+    )
     .await;
     drop(first);
     drop(second);
@@ -550,9 +692,13 @@ async fn the_cli_operates_projections_and_fails_with_one_line() {
     assert!(list.status.success(), "{list:?}");
     let table = String::from_utf8_lossy(&list.stdout);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("read-model") && table.contains("bundled:ledger"), "{table}");
+    assert!(
+        table.contains("read-model") && table.contains("bundled:ledger"),
+        "{table}"
+    );
 
-    let file = std::env::temp_dir().join(format!("wallex-cli-{}.wasm", uuid::Uuid::new_v4().simple()));
+    let file =
+        std::env::temp_dir().join(format!("wallex-cli-{}.wasm", uuid::Uuid::new_v4().simple()));
     let bytes = variant(&wasm("wallex_projection_read_model.wasm"), "cli");
     std::fs::write(&file, &bytes).expect("write");
     let deployed = cli(&server, &["deploy", &file.display().to_string(), "--json"]);
@@ -561,7 +707,11 @@ async fn the_cli_operates_projections_and_fails_with_one_line() {
     assert_eq!(answer["outcome"], "swapped");
     assert_eq!(answer["projection"]["sha256"], sha(&bytes));
 
-    for (verb, expected) in [("pause", "paused"), ("resume", "running"), ("reload", "running")] {
+    for (verb, expected) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("reload", "running"),
+    ] {
         let out = cli(&server, &[verb, "read-model", "--json"]);
         assert!(out.status.success(), "{verb}: {out:?}");
         let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -586,7 +736,10 @@ async fn the_cli_operates_projections_and_fails_with_one_line() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
-    let unreadable = cli(&server, &["deploy", "/nonexistent/file.wasm", "--name", "x"]);
+    let unreadable = cli(
+        &server,
+        &["deploy", "/nonexistent/file.wasm", "--name", "x"],
+    );
     assert_eq!(unreadable.status.code(), Some(1));
     let mut wrong_token = Command::new(env!("CARGO_BIN_EXE_wallex"));
     let refused = wrong_token
@@ -598,6 +751,75 @@ async fn the_cli_operates_projections_and_fails_with_one_line() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
     let _ = std::fs::remove_file(&file);
+    drop(server);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rebuild_leaves_the_live_version_untouched() {
+    let db = TestDb::migrated().await;
+    let pool = db.pool().await;
+    wallex::bench::projections::preload(&pool, 5_000)
+        .await
+        .expect("preload");
+    let mut env = FAST_ENV.to_vec();
+    env.push(("PROJECTOR_REBUILD_BATCH_SIZE", "10"));
+    env.push(("PROJECTOR_MAX_RETRIES", "1"));
+    let server = Server::spawn(&db.url, &env);
+    wait_caught_up(&server, "read-model").await;
+    let started = admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/read-model/rebuild",
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    // Break the rebuild: its table disappears under it.
+    sqlx::raw_sql("DROP TABLE proj_read_model_v1_b1.wallets")
+        .execute(&pool)
+        .await
+        .expect("drop the rebuild's table");
+    let status = wait_status(
+        &server,
+        "read-model",
+        CATCH_UP,
+        "rebuild never failed",
+        |s| s["rebuild"]["status"] == "failed",
+    )
+    .await;
+    assert!(status["rebuild"]["lastError"].is_string(), "{status:#}");
+    assert_eq!(status["namespace"], "proj_read_model_v1");
+    assert_eq!(status["status"], "running");
+    // The live version keeps applying events and serving reads.
+    let id = fresh_id("live");
+    let reply = post_wallet(&client(), &server, &wallet_body(&id), &[]).await;
+    let position = reply
+        .header("x-global-position")
+        .expect("position")
+        .to_owned();
+    let row = get(
+        &client(),
+        &server,
+        &format!("/projections/read-model/wallets/{id}?minPosition={position}"),
+    )
+    .await;
+    assert_eq!(row.status, 200, "{}", row.text());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_read_model.wallets")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 5_001);
+    // A new rebuild replaces the failed one and completes.
+    let again = admin(
+        reqwest::Method::POST,
+        &server,
+        "/admin/projections/read-model/rebuild",
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    let done = wait_caught_up(&server, "read-model").await;
+    assert_eq!(done["namespace"], "proj_read_model_v1_b2");
+    pool.close().await;
     drop(server);
     drop(db);
 }

@@ -371,14 +371,20 @@ async fn a_checkpoint_for_new_tables_restarts_and_stale_batches_cannot_commit() 
         xact_id: 42,
         position: 7,
     };
-    checkpoint::ensure(&mut conn, "p", 1, "proj_p_v1").await.unwrap();
+    checkpoint::ensure(&mut conn, "p", 1, "proj_p_v1")
+        .await
+        .unwrap();
     checkpoint::advance(&mut conn, "p", moved).await.unwrap();
     // Same namespace again (a restart): the checkpoint stays.
-    checkpoint::ensure(&mut conn, "p", 1, "proj_p_v1").await.unwrap();
+    checkpoint::ensure(&mut conn, "p", 1, "proj_p_v1")
+        .await
+        .unwrap();
     let same = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
     assert_eq!(same.cursor, moved);
     // Another namespace: new, empty tables, so the checkpoint goes back to the start.
-    checkpoint::ensure(&mut conn, "p", 2, "proj_p_v2").await.unwrap();
+    checkpoint::ensure(&mut conn, "p", 2, "proj_p_v2")
+        .await
+        .unwrap();
     let bumped = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
     assert_eq!(bumped.cursor, wallex::outbox::OutboxCursor::START);
     assert_eq!(bumped.schema_version, 2);

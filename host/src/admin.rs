@@ -196,7 +196,11 @@ async fn status(
 ) -> Result<Json<serde_json::Value>, Problem> {
     check_name(&name)?;
     Ok(Json(
-        state.projections.admin_status(&name).await.map_err(problem)?,
+        state
+            .projections
+            .admin_status(&name)
+            .await
+            .map_err(problem)?,
     ))
 }
 
@@ -298,7 +302,9 @@ fn verify_digest(header_value: &HeaderValue, body: &[u8]) -> Result<(), Problem>
     let mut checked = false;
     for member in text.split(',') {
         let Some((algorithm, value)) = member.trim().split_once('=') else {
-            return Err(invalid(format!("malformed Content-Digest member {member:?}")));
+            return Err(invalid(format!(
+                "malformed Content-Digest member {member:?}"
+            )));
         };
         let algorithm = algorithm.trim().to_ascii_lowercase();
         let computed: Vec<u8> = match algorithm.as_str() {
@@ -353,7 +359,10 @@ async fn delete(
     match result {
         Ok(()) => {
             tracing::info!(actor, projection = %name, drop_tables = query.drop_tables, "projection deleted");
-            Ok(Json(json!({ "outcome": "deleted", "dropTables": query.drop_tables })).into_response())
+            Ok(
+                Json(json!({ "outcome": "deleted", "dropTables": query.drop_tables }))
+                    .into_response(),
+            )
         }
         Err(error) => done(&state, &actor, "delete", &name, Err(error)).await,
     }
@@ -366,7 +375,11 @@ async fn rebuild(
 ) -> Result<Response, Problem> {
     check_name(&name)?;
     let actor = actor(&headers);
-    let result = state.projections.rebuild(&name, &actor).await.map(|a| json!(a));
+    let result = state
+        .projections
+        .rebuild(&name, &actor)
+        .await
+        .map(|a| json!(a));
     done(&state, &actor, "rebuild", &name, result).await
 }
 
@@ -394,7 +407,10 @@ async fn action(
     let actor = actor(&headers);
     let projections = &state.projections;
     let result = match action.as_str() {
-        "reload" => projections.reload(&name, &actor).await.map(|()| json!("reloaded")),
+        "reload" => projections
+            .reload(&name, &actor)
+            .await
+            .map(|()| json!("reloaded")),
         "pause" => projections
             .set_paused(&name, true, &actor)
             .await
@@ -414,7 +430,9 @@ async fn action(
 }
 
 async fn outbox_stats(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {
-    Ok(Json(state.projections.outbox_stats().await.map_err(problem)?))
+    Ok(Json(
+        state.projections.outbox_stats().await.map_err(problem)?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,13 +446,10 @@ async fn actions(
     Query(query): Query<ActionsQuery>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_ACTIONS_LISTED);
-    let actions = registry::recent_actions(
-        state.projections.pool(),
-        query.projection.as_deref(),
-        limit,
-    )
-    .await
-    .map_err(|e| Problem::from_sqlx(&e))?;
+    let actions =
+        registry::recent_actions(state.projections.pool(), query.projection.as_deref(), limit)
+            .await
+            .map_err(|e| Problem::from_sqlx(&e))?;
     Ok(Json(json!({ "actions": actions })))
 }
 

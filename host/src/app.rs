@@ -34,7 +34,10 @@ pub enum ServeError {
     ProjectionConfig(#[from] projection::config::ConfigError),
     #[error("cannot load the projections: {0}")]
     Projections(#[from] projection::LoadError),
-    #[error("WALLEX_ADMIN_TOKEN must be at least {} characters", crate::admin::MIN_TOKEN_LEN)]
+    #[error(
+        "WALLEX_ADMIN_TOKEN must be at least {} characters",
+        crate::admin::MIN_TOKEN_LEN
+    )]
     WeakAdminToken,
 }
 

@@ -32,7 +32,12 @@ pub struct ProjectionsCli {
     #[arg(long, env = "WALLEX_URL", default_value = DEFAULT_URL, global = true)]
     pub url: String,
     /// Admin token (`WALLEX_ADMIN_TOKEN` of the server).
-    #[arg(long, env = "WALLEX_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "WALLEX_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// Print the server's JSON instead of a summary.
     #[arg(long, global = true)]
@@ -348,7 +353,9 @@ pub fn progress_line(rebuild: &Value) -> String {
 }
 
 fn short(sha: &Value) -> String {
-    sha.as_str().map(|s| s.chars().take(12).collect()).unwrap_or_default()
+    sha.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_default()
 }
 
 fn print_table(value: &Value) {
@@ -365,12 +372,12 @@ fn print_table(value: &Value) {
             "{:<20} {:<11} {:>7} {:<12} {:<24} {:>10} {:>8} {:>6}",
             p["name"].as_str().unwrap_or("?"),
             status,
-            p["schemaVersion"],
+            p["schemaVersion"].to_string(),
             short(&p["sha256"]),
             p["source"].as_str().unwrap_or("?"),
-            p["checkpoint"]["position"],
-            p["lagEvents"],
-            p["errorCount"],
+            p["checkpoint"]["position"].to_string(),
+            p["lagEvents"].to_string(),
+            p["errorCount"].to_string(),
         );
     }
 }
@@ -409,6 +416,24 @@ fn print_summary(value: &Value) {
         if projection["rebuild"].is_object() {
             println!("  rebuild: {}", progress_line(&projection["rebuild"]));
         }
+    } else if let Some(stats) = value["projections"]
+        .as_array()
+        .filter(|_| value["events"].is_number())
+    {
+        println!(
+            "{} events in the outbox (last position {}), oldest unprocessed: {}",
+            value["events"],
+            value["lastPosition"],
+            value["oldestUnprocessedAt"].as_str().unwrap_or("none")
+        );
+        for p in stats {
+            println!(
+                "  {:<20} position {:>10}  lag {:>8} events",
+                p["name"].as_str().unwrap_or("?"),
+                p["position"].to_string(),
+                p["lagEvents"].to_string()
+            );
+        }
     } else if value["outcome"].is_null() {
         println!("{value:#}");
     }
@@ -423,7 +448,10 @@ mod tests {
         let line = progress_line(&serde_json::json!({
             "eventsDone": 250, "eventsTotal": 1000, "eventsPerSecond": 50.0, "etaSeconds": 15.0
         }));
-        assert!(line.starts_with("[########......................]  25.0%"), "{line}");
+        assert!(
+            line.starts_with("[########......................]  25.0%"),
+            "{line}"
+        );
         assert!(line.contains("250/1000 events"), "{line}");
         assert!(line.contains("50 ev/s"), "{line}");
         assert!(line.contains("ETA 15 s"), "{line}");

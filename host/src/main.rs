@@ -47,6 +47,10 @@ enum BenchCommand {
     Create(CreateBenchArgs),
     /// Projection throughput (WASM and native baseline), or read-model lag with `--lag-url`.
     Projections(ProjectionBenchArgs),
+    /// Time from a component upload to the new version applying events (admin API).
+    Deploy(wallex::bench::deploy::DeployBenchArgs),
+    /// Blue/green rebuild throughput of the read-model (own bench database).
+    Rebuild(wallex::bench::deploy::RebuildBenchArgs),
 }
 
 /// `wallex` with no subcommand: `serve` configured from the environment.
@@ -98,6 +102,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Projections(cli) => wallex::cli::run(cli).await?,
         Command::Bench(BenchCommand::Create(args)) => {
             bench::create::run(args).await?;
+        }
+        Command::Bench(BenchCommand::Deploy(args)) => {
+            wallex::bench::deploy::run_deploy(args).await?
+        }
+        Command::Bench(BenchCommand::Rebuild(args)) => {
+            wallex::bench::deploy::run_rebuild(args).await?
         }
         Command::Bench(BenchCommand::Projections(args)) => {
             bench::projections::run(args).await?;

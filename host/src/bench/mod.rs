@@ -4,6 +4,7 @@
 //! timed tests. Each bench prints its figures and the settings that produced them.
 
 pub mod create;
+pub mod deploy;
 pub mod projections;
 
 use hdrhistogram::Histogram;

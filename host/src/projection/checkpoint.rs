@@ -175,8 +175,8 @@ pub async fn read_all<'e>(
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "{SELECT} WHERE projection NOT LIKE '%{REBUILD_SUFFIX}' ORDER BY projection"
     ))
-        .fetch_all(executor)
-        .await?;
+    .fetch_all(executor)
+    .await?;
     rows.into_iter().map(Row::into_checkpoint).collect()
 }
 
@@ -297,10 +297,7 @@ pub async fn reset<'e>(
 
 /// Marks a projection as running again after an operator's reload or resume (the next failure,
 /// if any, is recorded afresh).
-pub async fn clear_failure(
-    conn: &mut PgConnection,
-    key: &str,
-) -> Result<(), CheckpointError> {
+pub async fn clear_failure(conn: &mut PgConnection, key: &str) -> Result<(), CheckpointError> {
     sqlx::query(
         "UPDATE projector_checkpoints SET status = 'running', error_count = 0, updated_at = now()
          WHERE projection = $1",

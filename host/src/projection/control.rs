@@ -447,7 +447,12 @@ impl Projections {
     }
 
     /// Pauses (`paused = true`) or resumes a projection on every instance.
-    pub async fn set_paused(&self, name: &str, paused: bool, actor: &str) -> Result<(), DeployError> {
+    pub async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        actor: &str,
+    ) -> Result<(), DeployError> {
         let state = if paused {
             DeploymentState::Paused
         } else {
@@ -514,7 +519,12 @@ impl Projections {
 
     /// Stops a projection everywhere. Its tables and checkpoint are kept (a later deploy of the
     /// same version continues from it) unless `drop_tables`.
-    pub async fn delete(&self, name: &str, drop_tables: bool, actor: &str) -> Result<(), DeployError> {
+    pub async fn delete(
+        &self,
+        name: &str,
+        drop_tables: bool,
+        actor: &str,
+    ) -> Result<(), DeployError> {
         let mut conn = self.inner.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
@@ -531,7 +541,11 @@ impl Projections {
                 current.namespace.clone(),
                 super::schema::stable_namespace(name),
             ] {
-                execute_ddl(&mut tx, &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&namespace))).await?;
+                execute_ddl(
+                    &mut tx,
+                    &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&namespace)),
+                )
+                .await?;
             }
             sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")
                 .bind(name)
@@ -616,10 +630,14 @@ impl Projections {
             .execute(&mut *tx)
             .await?;
         if current.namespace != rebuild.namespace {
-            execute_ddl(&mut tx, &format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote(&current.namespace)
-            )).await?;
+            execute_ddl(
+                &mut tx,
+                &format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    quote(&current.namespace)
+                ),
+            )
+            .await?;
         }
         registry::notify(&mut tx, name).await?;
         registry::record_action(
@@ -707,7 +725,9 @@ impl Projections {
             self.get(name).as_deref(),
             checkpoint.as_ref(),
             lag,
-            rebuild.as_ref().map(|r| (r, rebuild_checkpoint.as_ref(), rebuild_remaining)),
+            rebuild
+                .as_ref()
+                .map(|r| (r, rebuild_checkpoint.as_ref(), rebuild_remaining)),
         ))
     }
 
@@ -884,7 +904,11 @@ async fn create(
     .bind(i64::from(schema.schema_version))
     .bind(&schema.namespace)
     .bind(source)
-    .bind(previous.map(|p| p.sha256.clone()).filter(|sha| *sha != candidate.sha256))
+    .bind(
+        previous
+            .map(|p| p.sha256.clone())
+            .filter(|sha| *sha != candidate.sha256),
+    )
     .bind(actor)
     .execute(&mut *conn)
     .await?;
@@ -908,12 +932,13 @@ async fn start_rebuild(
             current.projection
         )));
     }
-    let namespace = build_namespace(
-        &namespace_base(&schema.name, schema.schema_version),
-        build,
-    );
+    let namespace = build_namespace(&namespace_base(&schema.name, schema.schema_version), build);
     let target = schema.clone().with_namespace(namespace.clone());
-    execute_ddl(&mut *conn, &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&namespace))).await?;
+    execute_ddl(
+        &mut *conn,
+        &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&namespace)),
+    )
+    .await?;
     for statement in target.ddl() {
         execute_ddl(&mut *conn, &statement).await?;
     }
@@ -950,10 +975,14 @@ async fn start_rebuild(
 
 /// Removes a rebuild, its checkpoint and its tables.
 async fn drop_rebuild(conn: &mut PgConnection, rebuild: &Rebuild) -> Result<(), DeployError> {
-    execute_ddl(&mut *conn, &format!(
-        "DROP SCHEMA IF EXISTS {} CASCADE",
-        quote(&rebuild.namespace)
-    )).await?;
+    execute_ddl(
+        &mut *conn,
+        &format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote(&rebuild.namespace)
+        ),
+    )
+    .await?;
     sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")
         .bind(checkpoint::rebuild_key(&rebuild.projection))
         .execute(&mut *conn)
@@ -968,6 +997,9 @@ async fn drop_rebuild(conn: &mut PgConnection, rebuild: &Rebuild) -> Result<(), 
 /// Runs one DDL statement (built by the host from validated identifiers) on `conn`.
 async fn execute_ddl(conn: &mut PgConnection, statement: &str) -> Result<(), sqlx::Error> {
     // A plain (unprepared-cache) query: `raw_sql`'s future is not provably `Send` here.
-    sqlx::query(statement).persistent(false).execute(conn).await?;
+    sqlx::query(statement)
+        .persistent(false)
+        .execute(conn)
+        .await?;
     Ok(())
 }

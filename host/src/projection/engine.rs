@@ -410,6 +410,18 @@ mod tests {
     }
 
     #[test]
+    fn the_preamble_tells_components_from_modules() {
+        assert_eq!(binary_kind(b"\0asm\x0d\0\x01\0rest"), BinaryKind::Component);
+        assert_eq!(binary_kind(b"\0asm\x01\0\0\0"), BinaryKind::CoreModule);
+        assert_eq!(binary_kind(b"\0asm"), BinaryKind::NotWasm);
+        assert_eq!(binary_kind(b"MZ\x90\0\x03\0\0\0"), BinaryKind::NotWasm);
+        let bundled = super::super::bundled::BUNDLED;
+        assert!(bundled
+            .iter()
+            .all(|(_, bytes)| binary_kind(bytes) == BinaryKind::Component));
+    }
+
+    #[test]
     fn bundled_components_describe_themselves() {
         let runtime = ProjectionRuntime::new(RuntimeLimits::default()).expect("runtime");
         let names: Vec<String> = super::super::bundled::BUNDLED

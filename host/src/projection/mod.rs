@@ -159,10 +159,7 @@ impl Projections {
                 origin: source.clone(),
                 source: source_error,
             };
-            let candidate = projections
-                .validate(bytes, &source)
-                .await
-                .map_err(deploy)?;
+            let candidate = projections.validate(bytes, &source).await.map_err(deploy)?;
             if !names.insert(candidate.schema.name.clone()) {
                 return Err(LoadError::DuplicateName(candidate.schema.name.clone()));
             }
@@ -199,8 +196,13 @@ impl Projections {
                     .await
                     .map_err(database)?;
             }
-            checkpoint::ensure(&mut conn, &schema.name, schema.schema_version, &schema.namespace)
-                .await?;
+            checkpoint::ensure(
+                &mut conn,
+                &schema.name,
+                schema.schema_version,
+                &schema.namespace,
+            )
+            .await?;
             let desired = Desired {
                 active: Active {
                     sha256: format!("native:{}", schema.name),
@@ -234,9 +236,7 @@ impl Projections {
         self.read_projectors().get(name).cloned()
     }
 
-    fn read_projectors(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Projector>>> {
+    fn read_projectors(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Projector>>> {
         match self.inner.projectors.read() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -263,15 +263,17 @@ impl Projections {
             namespace = %projector.active().schema.namespace,
             "projection loaded"
         );
-        self.write_projectors()
-            .insert(name, Arc::clone(&projector));
+        self.write_projectors().insert(name, Arc::clone(&projector));
         let spawner = match self.inner.workers.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         if let Some(spawner) = spawner {
             if spawner.send(Arc::clone(&projector)).is_err() {
-                tracing::warn!(projection = projector.name(), "workers are shutting down; not started");
+                tracing::warn!(
+                    projection = projector.name(),
+                    "workers are shutting down; not started"
+                );
             }
         }
         projector
@@ -312,11 +314,12 @@ impl Projections {
                 }
             }
         });
-        self.inner.tasks.spawn(self.clone().reconcile_loop(
-            signals.registry,
-            shutdown.clone(),
-        ));
-        if let (Some(dir), Some(interval)) = (&self.inner.config.dir, self.inner.config.watch_interval)
+        self.inner.tasks.spawn(
+            self.clone()
+                .reconcile_loop(signals.registry, shutdown.clone()),
+        );
+        if let (Some(dir), Some(interval)) =
+            (&self.inner.config.dir, self.inner.config.watch_interval)
         {
             self.inner.tasks.spawn(watch::run(
                 self.clone(),
@@ -411,8 +414,7 @@ impl Projections {
     ) -> Result<(), LoadError> {
         let _one_at_a_time = self.inner.reconciling.lock().await;
         let local = self.get(name);
-        let Some(deployment) = deployment.filter(|d| d.state() != DeploymentState::Deleted)
-        else {
+        let Some(deployment) = deployment.filter(|d| d.state() != DeploymentState::Deleted) else {
             if let Some(local) = local.filter(|p| p.desired().generation > 0) {
                 tracing::info!(projection = name, "projection deleted; stopping its worker");
                 local.stop();
@@ -514,7 +516,10 @@ impl Projections {
                 sha256: sha256.to_owned(),
             })?;
         let component = self
-            .compile(format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]), bytes)
+            .compile(
+                format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]),
+                bytes,
+            )
             .await
             .map_err(|error| match error {
                 DeployError::Component(e) => LoadError::Component(e),
@@ -583,7 +588,13 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
 /// it, and a generic sqlx executor inside them can silently break it).
 #[cfg(test)]
 #[allow(dead_code)]
-fn send_probe(p: Projections, c: control::Candidate, conn: &mut sqlx::PgConnection, pr: &Projector, a: &Active) {
+fn send_probe(
+    p: Projections,
+    c: control::Candidate,
+    conn: &mut sqlx::PgConnection,
+    pr: &Projector,
+    a: &Active,
+) {
     fn s<T: Send>(_: T) {}
     s(p.reconcile_one("x"));
     s(p.reconcile_all());

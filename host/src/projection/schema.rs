@@ -460,6 +460,22 @@ pub fn quote(identifier: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn namespaces_of_versions_rebuilds_and_readers_are_distinct() {
+        assert_eq!(namespace_base("read-model", 1), "proj_read_model_v1");
+        assert_eq!(
+            build_namespace("proj_read_model_v1", 3),
+            "proj_read_model_v1_b3"
+        );
+        assert_eq!(stable_namespace("read-model"), "projection_read_model");
+        // A name that would read like another projection's rebuild still maps elsewhere.
+        assert_ne!(
+            namespace_base("a-v1-b2", 1),
+            build_namespace(&namespace_base("a", 1), 2)
+        );
+        assert_ne!(stable_namespace("x"), namespace_base("ection-x", 1));
+    }
+
     fn info(table: wit::Table) -> wit::ProjectionInfo {
         wit::ProjectionInfo {
             name: "my-proj".into(),

@@ -553,13 +553,16 @@ async fn process(
     let rebuild_batch = ctx.projections.config().rebuild_batch_size;
     let mut live = Failures::default();
     let mut rebuild = Failures::default();
+    let mut control_seen = *control.borrow_and_update();
     loop {
         if ctx.shutdown.is_cancelled() || projector.is_stopped() {
             return Outcome::Stop;
         }
-        if control.has_changed().unwrap_or(false) {
-            // An operator changed something (deploy, reload, resume): retry from scratch.
-            control.borrow_and_update();
+        let control_now = *control.borrow_and_update();
+        if control_now != control_seen {
+            // An operator changed something (deploy, reload, resume, a new rebuild): retry from
+            // scratch.
+            control_seen = control_now;
             live = Failures::default();
             rebuild = Failures::default();
         }
@@ -580,10 +583,13 @@ async fn process(
                     live = Failures::default();
                     busy |= consumed >= config.batch_size as usize;
                 }
-                Err(error) => match handle_failure(projector, conn, ctx, Track::Live, &mut live, error).await {
-                    Some(outcome) => return outcome,
-                    None => errored = true,
-                },
+                Err(error) => {
+                    match handle_failure(projector, conn, ctx, Track::Live, &mut live, error).await
+                    {
+                        Some(outcome) => return outcome,
+                        None => errored = true,
+                    }
+                }
             }
         }
         if let Some(target) = desired.rebuild.filter(|t| !t.failed) {
@@ -595,12 +601,18 @@ async fn process(
                     Ok(consumed) if consumed < rebuild_batch as usize => {
                         rebuild = Failures::default();
                         // Caught up with the log: switch readers and the live checkpoint over.
-                        match ctx.projections.cut_over(conn, projector, &target.active).await {
+                        match ctx
+                            .projections
+                            .cut_over(conn, projector, &target.active)
+                            .await
+                        {
                             Ok(()) => busy = true,
                             Err(error) => {
                                 tracing::warn!(%error, "cut-over failed; retrying");
                                 errored = true;
-                                if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
+                                if let Err(error) =
+                                    ctx.projections.reconcile_one(projector.name()).await
+                                {
                                     tracing::warn!(%error, "cannot reconcile with the registry");
                                 }
                             }
@@ -610,7 +622,16 @@ async fn process(
                         rebuild = Failures::default();
                         busy = true;
                     }
-                    Err(error) => match handle_failure(projector, conn, ctx, Track::Rebuild, &mut rebuild, error).await {
+                    Err(error) => match handle_failure(
+                        projector,
+                        conn,
+                        ctx,
+                        Track::Rebuild,
+                        &mut rebuild,
+                        error,
+                    )
+                    .await
+                    {
                         Some(outcome) => return outcome,
                         None => errored = true,
                     },
@@ -654,7 +675,10 @@ async fn handle_failure(
     if let BatchError::Checkpoint(CheckpointError::Moved(_) | CheckpointError::Missing(_)) = error {
         // Reset by an operator, cut over, or applied elsewhere while this batch ran: not a
         // failure of the projection; reload what the registry says and start again.
-        tracing::info!(?track, "checkpoint moved during the batch; retrying from it");
+        tracing::info!(
+            ?track,
+            "checkpoint moved during the batch; retrying from it"
+        );
         if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
             tracing::warn!(%error, "cannot reconcile with the registry");
         }
@@ -670,7 +694,11 @@ async fn handle_failure(
     let message = error.to_string();
     let recorded = match track {
         Track::Live => {
-            let status = if gave_up { Status::Failed } else { Status::Failing };
+            let status = if gave_up {
+                Status::Failed
+            } else {
+                Status::Failing
+            };
             tracing::error!(error = %message, attempt = failures.count, ?status, "batch failed; nothing applied");
             // On the lease connection: it first rolls back the failed transaction, which
             // still holds the checkpoint row lock.
