@@ -12,9 +12,11 @@
 //! - `DELETE /admin/projections/{name}[?drop_tables=true]`: stop it everywhere.
 //! - `POST /admin/projections/{name}/{reload|rebuild|pause|resume|rollback}`.
 //! - `DELETE /admin/projections/{name}/rebuild`: cancel a rebuild.
+//! - `GET /admin/projections/{name}/dead-letters[?all=true]`, `POST …/dead-letters/replay`.
 //! - `GET /admin/outbox/stats`, `GET /admin/actions[?projection=&limit=]`.
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -28,6 +30,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::api::problem::Problem;
 use crate::api::wallets::read_body_within;
+use crate::projection::config::ProjectionSettings;
 use crate::projection::control::UPLOAD_SOURCE;
 use crate::projection::schema::is_projection_name;
 use crate::projection::{registry, DeployError, Projections};
@@ -73,6 +76,11 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> 
             post(rebuild).delete(cancel_rebuild),
         )
         .route("/admin/projections/{name}/{action}", post(action))
+        .route("/admin/projections/{name}/dead-letters", get(dead_letters))
+        .route(
+            "/admin/projections/{name}/dead-letters/replay",
+            post(replay_dead_letters),
+        )
         .route("/admin/outbox/stats", get(outbox_stats))
         .route("/admin/actions", get(actions))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -249,10 +257,24 @@ async fn done(
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    settings: Result<Query<ProjectionSettings>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     check_name(&name)?;
+    let settings = settings
+        .map_err(|rejection| {
+            bad_request(
+                "invalid-settings",
+                "Invalid deploy settings",
+                format!(
+                    "{} (keys: on_poison=pause|skip, memory_mib, call_timeout_ms, fuel, max_mutations, max_batch_bytes, log_lines, log_bytes)",
+                    rejection.body_text()
+                ),
+            )
+        })?
+        .0;
+    let settings = (!settings.is_empty()).then_some(settings);
     let actor = actor(&headers);
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -284,7 +306,13 @@ async fn deploy(
         .await
     {
         Ok(candidate) => projections
-            .activate(candidate, UPLOAD_SOURCE, &actor, Some(&name))
+            .activate_with(
+                candidate,
+                UPLOAD_SOURCE,
+                &actor,
+                Some(&name),
+                settings.as_ref(),
+            )
             .await
             .map(|a| json!(a)),
         Err(error) => Err(error),
@@ -427,6 +455,37 @@ async fn action(
         }
     };
     done(&state, &actor, &action, &name, result).await
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn dead_letters(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    check_name(&name)?;
+    let letters = state
+        .projections
+        .dead_letters(&name, query.all)
+        .await
+        .map_err(problem)?;
+    Ok(Json(json!({ "deadLetters": letters })))
+}
+
+async fn replay_dead_letters(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let actor = actor(&headers);
+    let result = state.projections.replay_dead_letters(&name, &actor).await;
+    done(&state, &actor, "replay-dead-letters", &name, result).await
 }
 
 async fn outbox_stats(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {

@@ -24,6 +24,8 @@ mod imp {
 
     /// Environment variable that configures the failpoints.
     const FAILPOINTS_ENV: &str = "WALLEX_FAILPOINTS";
+    /// Hits of `abort-after(n)` failpoints in this process.
+    static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
     pub async fn hit(name: &'static str) {
         let Ok(spec) = std::env::var(FAILPOINTS_ENV) else {
@@ -37,6 +39,19 @@ mod imp {
                 continue;
             }
             let action = action.trim();
+            if let Some(n) = action
+                .strip_prefix("abort-after(")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                // Abort on the n-th hit of this failpoint in this process.
+                let hits = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if hits >= n {
+                    tracing::error!(failpoint = name, hits, "failpoint: aborting the process");
+                    std::process::abort();
+                }
+                continue;
+            }
             if action == "abort" {
                 tracing::error!(failpoint = name, "failpoint: aborting the process");
                 std::process::abort();

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server (applies migrations first). The default command.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply database migrations and exit.
     Migrate(DatabaseConfig),
     /// Operate projections on a running server (deploy, reload, rebuild, pause, ...).
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let command = cli
         .command
-        .unwrap_or_else(|| Command::Serve(DefaultServe::parse_from(["wallex"]).serve));
+        .unwrap_or_else(|| Command::Serve(Box::new(DefaultServe::parse_from(["wallex"]).serve)));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(config) => app::serve(config, CancellationToken::new()).await?,
+        Command::Serve(config) => app::serve(*config, CancellationToken::new()).await?,
         Command::Migrate(config) => {
             db::ensure_database(&config).await?;
             let pool = db::pool(&config)?;

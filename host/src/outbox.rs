@@ -146,6 +146,22 @@ pub async fn read_batch<'e>(
     rows.into_iter().map(OutboxRow::into_event).collect()
 }
 
+/// The outbox row at `position`, if there is one (dead-letter replays).
+pub async fn read_at(
+    conn: &mut sqlx::PgConnection,
+    position: i64,
+) -> Result<Option<OutboxEvent>, OutboxError> {
+    let row: Option<OutboxRow> = sqlx::query_as(
+        "SELECT global_position, event_id, stream_id, stream_version, event_type, data, metadata,
+                recorded_at, xact_id::text AS xact_id
+         FROM outbox WHERE global_position = $1",
+    )
+    .bind(position)
+    .fetch_optional(conn)
+    .await?;
+    row.map(OutboxRow::into_event).transpose()
+}
+
 /// The cursor of the row at `position`, if that row is in the outbox. Used to turn a global
 /// position (what clients see) into a point in read order.
 pub async fn cursor_of<'e>(

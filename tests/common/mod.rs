@@ -124,6 +124,12 @@ pub struct Server {
 impl Server {
     /// Spawns `wallex serve` against `database_url` with extra environment and waits until it listens.
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Server {
+        Self::try_spawn(database_url, env).expect("wallex exited before it listened")
+    }
+
+    /// Like [`Server::spawn`], but `None` if the process exits before it listens (a crash
+    /// failpoint hit during start-up).
+    pub fn try_spawn(database_url: &str, env: &[(&str, &str)]) -> Option<Server> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wallex"));
         for name in WALLEX_ENV {
             command.env_remove(name);
@@ -167,7 +173,11 @@ impl Server {
         }
         let addr: SocketAddr = match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                return None;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 panic!(
                     "wallex did not start listening; its output:\n{}",
@@ -175,12 +185,12 @@ impl Server {
                 );
             }
         };
-        Server {
+        Some(Server {
             child,
             base: format!("http://{addr}"),
             addr,
             logs,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

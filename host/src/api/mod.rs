@@ -4,6 +4,7 @@
 //! rules live in `wallet`, `write_path` and `idempotency`.
 
 pub mod health;
+pub mod metrics;
 pub mod problem;
 pub mod wallets;
 
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/wallets/{id}", get(wallets::get_wallet))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .merge(crate::projection::api::router(state.projections.clone()))
         .merge(crate::admin::router(state.admin.clone()))
         .fallback(not_found)

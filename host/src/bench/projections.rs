@@ -261,7 +261,11 @@ impl BatchHandler for NativeReadModel {
         "native:read-model"
     }
 
-    fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError> {
+    fn handle(
+        &self,
+        batch: &[wit::Event],
+        _limits: &crate::projection::engine::RuntimeLimits,
+    ) -> Result<Vec<wit::Mutation>, ComponentError> {
         batch.iter().map(native_wallet_created).collect()
     }
 }

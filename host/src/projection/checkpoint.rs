@@ -18,7 +18,7 @@ pub enum Status {
     Running,
     /// The last batch failed; it is retried after the error backoff.
     Failing,
-    /// The retries are exhausted; the worker stopped until the process restarts.
+    /// The retries are exhausted; the worker waits for a fixed deploy or a reload.
     Failed,
 }
 

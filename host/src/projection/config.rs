@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::engine::RuntimeLimits;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{EngineLimits, RuntimeLimits};
+use super::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 use super::worker::WorkerConfig;
 
 pub const DEFAULT_BATCH_SIZE: u32 = 200;
@@ -80,11 +83,100 @@ pub struct ProjectionArgs {
     #[arg(long, env = "REGISTRY_RESYNC_MS", default_value_t = DEFAULT_REGISTRY_RESYNC_MS)]
     pub registry_resync_ms: u64,
     /// Linear-memory cap of a component call, in MiB.
-    #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB", default_value_t = 256)]
+    #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB", default_value_t = 64)]
     pub projector_memory_limit_mib: usize,
+    /// Highest memory cap any projection may be given (per-projection overrides included), MiB.
+    #[arg(long, env = "PROJECTOR_MEMORY_MAX_MIB", default_value_t = 256)]
+    pub projector_memory_max_mib: usize,
     /// Wall-clock budget of one component call.
-    #[arg(long, env = "PROJECTOR_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "PROJECTOR_CALL_TIMEOUT_MS", default_value_t = 2_000)]
     pub projector_call_timeout_ms: u64,
+    /// Fuel per component call (deterministic budget); 0 turns fuel metering off.
+    #[arg(long, env = "PROJECTOR_FUEL", default_value_t = 0)]
+    pub projector_fuel: u64,
+    /// WebAssembly stack per call, in KiB (deeper recursion traps).
+    #[arg(long, env = "PROJECTOR_MAX_STACK_KIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(64..=8192))]
+    pub projector_max_stack_kib: u64,
+    /// Most mutations one component call may return.
+    #[arg(long, env = "PROJECTOR_MAX_MUTATIONS", default_value_t = super::engine::DEFAULT_MAX_MUTATIONS)]
+    pub projector_max_mutations: usize,
+    /// Most bytes of the mutations of one component call.
+    #[arg(long, env = "PROJECTOR_MAX_BATCH_BYTES", default_value_t = super::engine::DEFAULT_MAX_BATCH_BYTES)]
+    pub projector_max_batch_bytes: usize,
+    /// Most host `log` calls per component call.
+    #[arg(long, env = "PROJECTOR_LOG_LINES", default_value_t = super::engine::DEFAULT_LOG_LINES)]
+    pub projector_log_lines: u32,
+    /// Most bytes of host `log` messages per component call.
+    #[arg(long, env = "PROJECTOR_LOG_BYTES", default_value_t = super::engine::DEFAULT_LOG_BYTES)]
+    pub projector_log_bytes: usize,
+    /// What a batch that keeps failing does: `pause` (the projection stops, `failed`) or `skip`
+    /// (the poison event is found, dead-lettered, and the rest applied).
+    #[arg(long, env = "PROJECTOR_ON_POISON", value_enum, default_value = "pause")]
+    pub projector_on_poison: OnPoison,
+    /// Longest pause between retries of a failing batch (the backoff doubles up to it).
+    #[arg(long, env = "PROJECTOR_MAX_BACKOFF_MS", default_value_t = DEFAULT_MAX_BACKOFF_MS)]
+    pub projector_max_backoff_ms: u64,
+    /// Threads that run component code.
+    #[arg(long, env = "PROJECTOR_GUEST_THREADS", default_value_t = DEFAULT_GUEST_THREADS,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub projector_guest_threads: u64,
+    /// Niceness of those threads (0–19; higher yields CPU to HTTP and PostgreSQL).
+    #[arg(long, env = "PROJECTOR_GUEST_NICE", default_value_t = DEFAULT_GUEST_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub projector_guest_nice: i32,
+}
+
+/// Longest backoff between retries of a failing batch, by default.
+pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
+
+/// What happens to an event a projection cannot process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPoison {
+    /// Retry with backoff, then stop the projection (`failed`) at the event.
+    #[default]
+    Pause,
+    /// Find the event by bisecting the batch, record it as a dead letter and carry on.
+    Skip,
+}
+
+/// Limits and policy given with a deploy (stored in the registry); unset keys fall back to the
+/// projection's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_poison: Option<OnPoison>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_mutations: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_lines: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<usize>,
+}
+
+impl ProjectionSettings {
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What a projection version runs under: its limits and poison policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    pub limits: RuntimeLimits,
+    pub on_poison: OnPoison,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,6 +202,10 @@ pub struct ProjectionConfig {
     /// `None`: the directory is read at start-up only.
     pub watch_interval: Option<Duration>,
     pub registry_resync: Duration,
+    pub engine: EngineLimits,
+    pub on_poison: OnPoison,
+    pub guest_threads: usize,
+    pub guest_nice: i32,
 }
 
 impl Default for ProjectionConfig {
@@ -126,6 +222,10 @@ impl Default for ProjectionConfig {
             compile_timeout: Duration::from_millis(DEFAULT_COMPILE_TIMEOUT_MS),
             watch_interval: Some(Duration::from_millis(DEFAULT_WATCH_INTERVAL_MS)),
             registry_resync: Duration::from_millis(DEFAULT_REGISTRY_RESYNC_MS),
+            engine: EngineLimits::default(),
+            on_poison: OnPoison::Pause,
+            guest_threads: DEFAULT_GUEST_THREADS as usize,
+            guest_nice: DEFAULT_GUEST_NICE,
         }
     }
 }
@@ -142,10 +242,15 @@ impl ProjectionArgs {
             let bad = || ConfigError::Override(entry.to_owned());
             let (target, value) = entry.split_once('=').ok_or_else(bad)?;
             let (projection, key) = target.rsplit_once('.').ok_or_else(bad)?;
-            let value: u64 = value.trim().parse().map_err(|_| bad())?;
             if !OVERRIDE_KEYS.contains(&key) {
                 return Err(ConfigError::UnknownKey(key.to_owned()));
             }
+            let value: u64 = match (key, value.trim()) {
+                ("on_poison", "pause") => 0,
+                ("on_poison", "skip") => 1,
+                ("on_poison", _) => return Err(bad()),
+                (_, number) => number.parse().map_err(|_| bad())?,
+            };
             overrides
                 .entry(projection.to_owned())
                 .or_default()
@@ -160,6 +265,10 @@ impl ProjectionArgs {
                 error_backoff: Duration::from_millis(self.projector_error_backoff_ms),
                 max_retries: self.projector_max_retries,
                 lease_retry: Duration::from_millis(self.projector_lease_retry_ms),
+                max_backoff: Duration::from_millis(
+                    self.projector_max_backoff_ms
+                        .max(self.projector_error_backoff_ms),
+                ),
             },
             overrides,
             read_after_write_timeout: Duration::from_millis(
@@ -167,9 +276,30 @@ impl ProjectionArgs {
                     .min(MAX_READ_AFTER_WRITE_TIMEOUT_MS),
             ),
             limits: RuntimeLimits {
-                memory_bytes: self.projector_memory_limit_mib.saturating_mul(1 << 20),
+                memory_bytes: self
+                    .projector_memory_limit_mib
+                    .min(self.projector_memory_max_mib)
+                    .saturating_mul(1 << 20),
                 call_timeout: Duration::from_millis(self.projector_call_timeout_ms),
+                fuel: (self.projector_fuel > 0).then_some(self.projector_fuel),
+                max_mutations: self.projector_max_mutations,
+                max_batch_bytes: self.projector_max_batch_bytes,
+                log_lines: self.projector_log_lines,
+                log_bytes: self.projector_log_bytes,
             },
+            engine: EngineLimits {
+                max_memory_bytes: self
+                    .projector_memory_max_mib
+                    .max(self.projector_memory_limit_mib)
+                    .saturating_mul(1 << 20),
+                max_stack_bytes: usize::try_from(self.projector_max_stack_kib)
+                    .unwrap_or(512)
+                    .saturating_mul(1 << 10),
+                fuel: self.projector_fuel > 0,
+            },
+            on_poison: self.projector_on_poison,
+            guest_threads: usize::try_from(self.projector_guest_threads).unwrap_or(1),
+            guest_nice: self.projector_guest_nice,
             rebuild_batch_size: self.projector_rebuild_batch_size,
             max_component_bytes: self.max_component_bytes,
             compile_timeout: Duration::from_millis(self.compile_timeout_ms),
@@ -186,9 +316,74 @@ const OVERRIDE_KEYS: &[&str] = &[
     "error_backoff_ms",
     "max_retries",
     "lease_retry_ms",
+    "on_poison",
+    "memory_mib",
+    "call_timeout_ms",
+    "fuel",
+    "max_mutations",
+    "max_batch_bytes",
+    "log_lines",
+    "log_bytes",
 ];
 
 impl ProjectionConfig {
+    /// The limits and poison policy of one projection: defaults, then its `PROJECTOR_OVERRIDES`,
+    /// then the settings given with its deploy. Memory never exceeds the engine's maximum.
+    pub fn policy(&self, projection: &str, settings: &ProjectionSettings) -> Policy {
+        let mut limits = self.limits;
+        let mut on_poison = self.on_poison;
+        let mib = |v: u64| {
+            usize::try_from(v)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1 << 20)
+        };
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        for (key, value) in self.overrides.get(projection).into_iter().flatten() {
+            let value = *value;
+            match key.as_str() {
+                "on_poison" if value == 1 => on_poison = OnPoison::Skip,
+                "on_poison" => on_poison = OnPoison::Pause,
+                "memory_mib" => limits.memory_bytes = mib(value),
+                "call_timeout_ms" => limits.call_timeout = Duration::from_millis(value),
+                "fuel" => limits.fuel = (value > 0).then_some(value),
+                "max_mutations" => limits.max_mutations = size(value),
+                "max_batch_bytes" => limits.max_batch_bytes = size(value),
+                "log_lines" => limits.log_lines = u32::try_from(value).unwrap_or(u32::MAX),
+                "log_bytes" => limits.log_bytes = size(value),
+                _ => {}
+            }
+        }
+        if let Some(v) = settings.on_poison {
+            on_poison = v;
+        }
+        if let Some(v) = settings.memory_mib {
+            limits.memory_bytes = v.saturating_mul(1 << 20);
+        }
+        if let Some(v) = settings.call_timeout_ms {
+            limits.call_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = settings.fuel {
+            limits.fuel = (v > 0).then_some(v);
+        }
+        if let Some(v) = settings.max_mutations {
+            limits.max_mutations = v;
+        }
+        if let Some(v) = settings.max_batch_bytes {
+            limits.max_batch_bytes = v;
+        }
+        if let Some(v) = settings.log_lines {
+            limits.log_lines = v;
+        }
+        if let Some(v) = settings.log_bytes {
+            limits.log_bytes = v;
+        }
+        limits.memory_bytes = limits.memory_bytes.min(self.engine.max_memory_bytes);
+        limits.max_mutations = limits
+            .max_mutations
+            .min(super::mutation::MAX_MUTATIONS_PER_BATCH);
+        Policy { limits, on_poison }
+    }
+
     /// The worker configuration of one projection: defaults plus its overrides.
     pub fn worker(&self, projection: &str) -> WorkerConfig {
         let mut config = self.defaults;

@@ -23,6 +23,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 use super::checkpoint::{self, Checkpoint};
+use super::config::ProjectionSettings;
 use super::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
 use super::registry::{self, Deployment, DeploymentState, Rebuild};
 use super::schema::{build_namespace, namespace_base, quote, ProjectionSchema, MAX_BUILD_NUMBER};
@@ -234,6 +235,20 @@ impl Projections {
         actor: &str,
         expected_name: Option<&str>,
     ) -> Result<Activation, DeployError> {
+        self.activate_with(candidate, source, actor, expected_name, None)
+            .await
+    }
+
+    /// [`Projections::activate`] with limits and poison policy for this deploy (`None` keeps the
+    /// projection's current ones).
+    pub async fn activate_with(
+        &self,
+        candidate: Candidate,
+        source: &str,
+        actor: &str,
+        expected_name: Option<&str>,
+        settings: Option<&ProjectionSettings>,
+    ) -> Result<Activation, DeployError> {
         let name = candidate.schema.name.clone();
         if let Some(expected) = expected_name {
             if expected != name {
@@ -261,6 +276,10 @@ impl Projections {
         let current = registry::deployment_for_update(&mut tx, &name).await?;
         let rebuild = registry::rebuild(&mut tx, &name).await?;
         let version = candidate.schema.schema_version;
+        let settings_json = settings
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| DeployError::Conflict(format!("unusable settings: {e}")))?;
         let activation = match current {
             Some(current) if current.state() != DeploymentState::Deleted => {
                 if let Some(rebuild) = &rebuild {
@@ -275,8 +294,19 @@ impl Projections {
                     drop_rebuild(&mut tx, rebuild).await?;
                 }
                 if current.sha256 == candidate.sha256 {
-                    // Same bytes: nothing to activate (a failed rebuild was cleared above).
-                    if rebuild.is_some() {
+                    // Same bytes: nothing to activate (a failed rebuild was cleared above), but
+                    // new settings apply.
+                    let new_settings = settings_json.as_ref().filter(|s| **s != current.settings);
+                    if let Some(settings) = new_settings {
+                        sqlx::query(
+                            "UPDATE projection_deployments SET settings = $2 WHERE projection = $1",
+                        )
+                        .bind(&name)
+                        .bind(settings)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if rebuild.is_some() || new_settings.is_some() {
                         registry::bump(&mut tx, &name).await?;
                     }
                     tx.commit().await?;
@@ -295,6 +325,7 @@ impl Projections {
                         "UPDATE projection_deployments
                          SET previous_sha256 = sha256, sha256 = $2, source = $3,
                              deployed_at = now(), deployed_by = $4,
+                             settings = COALESCE($5, settings),
                              generation = generation + 1, updated_at = now()
                          WHERE projection = $1",
                     )
@@ -302,10 +333,20 @@ impl Projections {
                     .bind(&candidate.sha256)
                     .bind(source)
                     .bind(actor)
+                    .bind(&settings_json)
                     .execute(&mut *tx)
                     .await?;
                     Activation::Swapped
                 } else {
+                    if let Some(settings) = &settings_json {
+                        sqlx::query(
+                            "UPDATE projection_deployments SET settings = $2 WHERE projection = $1",
+                        )
+                        .bind(&name)
+                        .bind(settings)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     start_rebuild(
                         &mut tx,
                         &current,
@@ -320,6 +361,15 @@ impl Projections {
             }
             previous => {
                 create(&mut tx, &candidate, previous.as_ref(), source, actor).await?;
+                if let Some(settings) = &settings_json {
+                    sqlx::query(
+                        "UPDATE projection_deployments SET settings = $2 WHERE projection = $1",
+                    )
+                    .bind(&name)
+                    .bind(settings)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 Activation::Created
             }
         };
@@ -335,6 +385,7 @@ impl Projections {
                 "schemaVersion": version,
                 "source": source,
                 "sizeBytes": candidate.bytes.len(),
+                "settings": settings_json,
             }),
         )
         .await?;
@@ -777,6 +828,134 @@ impl Projections {
     }
 }
 
+/// Most dead letters one replay request re-runs.
+pub const MAX_REPLAYED_DEAD_LETTERS: i64 = 1_000;
+
+/// A dead letter as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: i64,
+    pub projection: String,
+    pub global_position: i64,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub error: String,
+    pub attempts: i32,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub last_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub resolved_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Projections {
+    /// The dead letters of a projection (open ones, or all with `include_resolved`).
+    pub async fn dead_letters(
+        &self,
+        name: &str,
+        include_resolved: bool,
+    ) -> Result<Vec<DeadLetter>, DeployError> {
+        self.admin_status(name).await?;
+        Ok(sqlx::query_as(
+            "SELECT id, projection, global_position, event_id, event_type, error, attempts,
+                    recorded_at, last_attempt_at, resolved_at
+             FROM projection_dead_letters
+             WHERE projection = $1 AND ($2 OR resolved_at IS NULL)
+             ORDER BY global_position LIMIT 10000",
+        )
+        .bind(name)
+        .bind(include_resolved)
+        .fetch_all(&self.inner.pool)
+        .await?)
+    }
+
+    /// Re-runs a projection's open dead letters with its live version (after a fix). Each one that
+    /// now succeeds is applied and marked resolved in one transaction; the others keep their row
+    /// with the new error. Replayed events are applied after the events that followed them, so a
+    /// projection relying on order must tolerate that (guarded upserts do).
+    pub async fn replay_dead_letters(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> Result<serde_json::Value, DeployError> {
+        self.admin_status(name).await?;
+        let projector = self
+            .get(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+        let version = projector.active();
+        let open: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, global_position FROM projection_dead_letters
+             WHERE projection = $1 AND resolved_at IS NULL ORDER BY global_position LIMIT $2",
+        )
+        .bind(name)
+        .bind(MAX_REPLAYED_DEAD_LETTERS)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let (mut replayed, mut still_failing) = (0_u32, Vec::new());
+        for (id, position) in open {
+            let mut conn = self.inner.pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            let open: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM projection_dead_letters WHERE id = $1 AND resolved_at IS NULL
+                 FOR UPDATE",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if open.is_none() {
+                continue;
+            }
+            let event = crate::outbox::read_at(&mut tx, position)
+                .await
+                .map_err(|e| DeployError::Conflict(e.to_string()))?
+                .ok_or_else(|| {
+                    DeployError::Conflict(format!("event at position {position} left the outbox"))
+                })?;
+            let outcome = projector
+                .evaluate_one(&version, super::engine::to_guest_event(&event))
+                .await;
+            match outcome {
+                Ok(plan) => {
+                    super::mutation::apply(&mut tx, &plan).await?;
+                    sqlx::query(
+                        "UPDATE projection_dead_letters
+                         SET resolved_at = now(), attempts = attempts + 1, last_attempt_at = now()
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    replayed += 1;
+                }
+                Err(error) => {
+                    sqlx::query(
+                        "UPDATE projection_dead_letters
+                         SET error = $2, attempts = attempts + 1, last_attempt_at = now()
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(error.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    still_failing.push(json!({ "position": position, "error": error.to_string() }));
+                }
+            }
+            tx.commit().await?;
+        }
+        let outcome = json!({ "replayed": replayed, "stillFailing": still_failing });
+        let mut conn = self.inner.pool.acquire().await?;
+        registry::record_action(
+            &mut conn,
+            actor,
+            "replay-dead-letters",
+            Some(name),
+            "ok",
+            &outcome,
+        )
+        .await?;
+        Ok(outcome)
+    }
+}
+
 /// Rows after a checkpoint, and when the first of them was recorded.
 async fn lag_after(
     pool: &sqlx::PgPool,
@@ -862,6 +1041,17 @@ fn status_json(
         "lastError": checkpoint.and_then(|c| c.last_error.clone()),
         "errorCount": checkpoint.map_or(0, |c| c.error_count),
         "lastDeployError": projector.and_then(|p| p.last_deploy_error()),
+        "settings": deployment.settings,
+        "policy": active.as_ref().map(|a| json!({
+            "onPoison": a.policy.on_poison,
+            "memoryBytes": a.policy.limits.memory_bytes,
+            "callTimeoutMs": a.policy.limits.call_timeout.as_millis() as u64,
+            "fuel": a.policy.limits.fuel,
+            "maxMutations": a.policy.limits.max_mutations,
+            "maxBatchBytes": a.policy.limits.max_batch_bytes,
+            "logLines": a.policy.limits.log_lines,
+            "logBytes": a.policy.limits.log_bytes,
+        })),
         "rebuild": rebuild,
     })
 }

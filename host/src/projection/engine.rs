@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::SecondsFormat;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -24,6 +24,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "projection",
         path: "../wit",
+        // The host `log` import may trap: a guest flooding the log fails its batch.
+        imports: { default: trappable },
     });
 }
 
@@ -33,9 +35,22 @@ use bindings::{Projection, ProjectionPre};
 /// How often the engine's epoch advances; the unit of [`RuntimeLimits::call_timeout`].
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default cap on a component's linear memory per call.
-pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 256 << 20;
+pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 64 << 20;
 /// Default wall-clock budget of one `describe` or `handle` call.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default WebAssembly stack of a call (deeper recursion traps).
+pub const DEFAULT_MAX_STACK_BYTES: usize = 512 << 10;
+/// Default most mutations one `handle` call may return.
+pub const DEFAULT_MAX_MUTATIONS: usize = 100_000;
+/// Default most bytes (names and values) of the mutations of one `handle` call.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
+/// Default host `log` calls honoured per call; one more fails the batch.
+pub const DEFAULT_LOG_LINES: u32 = 1_000;
+/// Default bytes of host `log` messages per call; more fails the batch.
+pub const DEFAULT_LOG_BYTES: usize = 1 << 20;
+/// Tables (and their elements) a component instance may create per call.
+pub const MAX_TABLES_PER_CALL: usize = 16;
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Bytes of stdout and of stderr kept per call; a guest writing more traps.
 pub const STDIO_CAPACITY_BYTES: usize = 64 << 10;
 /// Component instances that can exist at once in a process (one per running call: a worker's
@@ -52,16 +67,29 @@ pub const GUEST_LOG_TARGET: &str = "wallex::projection::guest";
 /// Core module instances a component may create per call (a Rust component has a handful: its
 /// own module plus the WASI adapter's).
 pub const MAX_CORE_INSTANCES: usize = 32;
-/// Host `log` calls honoured per call; the rest are counted and dropped.
-pub const LOG_CALLS_PER_CALL: u32 = 1_000;
 /// Longest message accepted by the host `log` import (longer ones are truncated).
 pub const LOG_MESSAGE_MAX_BYTES: usize = 4 << 10;
 
-/// Resource limits of every guest call.
-#[derive(Debug, Clone, Copy)]
+/// Resource limits of a projection's guest calls (defaults, overridden per projection and per
+/// deploy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuntimeLimits {
+    /// Linear memory per call (at most the engine's [`EngineLimits::max_memory_bytes`]).
     pub memory_bytes: usize,
+    /// Wall clock per call (epoch interruption).
     pub call_timeout: Duration,
+    /// Fuel per call, for a deterministic budget; `None`: not metered (needs
+    /// [`EngineLimits::fuel`] to take effect).
+    pub fuel: Option<u64>,
+    /// Mutations one `handle` call may return.
+    pub max_mutations: usize,
+    /// Bytes of the mutations of one `handle` call.
+    pub max_batch_bytes: usize,
+    /// Host `log` calls per call.
+    pub log_lines: u32,
+    /// Bytes of host `log` messages per call.
+    pub log_bytes: usize,
 }
 
 impl Default for RuntimeLimits {
@@ -69,7 +97,41 @@ impl Default for RuntimeLimits {
         Self {
             memory_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            fuel: None,
+            max_mutations: DEFAULT_MAX_MUTATIONS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            log_lines: DEFAULT_LOG_LINES,
+            log_bytes: DEFAULT_LOG_BYTES,
         }
+    }
+}
+
+/// Limits fixed for the whole engine (every projection of the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Largest linear memory any call may have (the pooling allocator's slot size).
+    pub max_memory_bytes: usize,
+    /// WebAssembly stack per call.
+    pub max_stack_bytes: usize,
+    /// Whether fuel is metered (a small cost on every call when on).
+    pub fuel: bool,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
+            max_stack_bytes: DEFAULT_MAX_STACK_BYTES,
+            fuel: false,
+        }
+    }
+}
+
+/// A trap's one-line reason (the trap code, or the host's error), without the wasm backtrace.
+fn concise(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
     }
 }
 
@@ -82,7 +144,13 @@ pub enum ComponentError {
     Invalid(String, wasmtime::Error),
     #[error("{0} does not implement the wallex:projection world: {1:#}")]
     World(String, wasmtime::Error),
-    #[error("projection {projection} trapped in {function}: {error:#}")]
+    #[error("projection {projection} {limit} in {function}")]
+    Limit {
+        projection: String,
+        function: &'static str,
+        limit: String,
+    },
+    #[error("projection {projection} trapped in {function}: {}", concise(error))]
     Trap {
         projection: String,
         function: &'static str,
@@ -103,6 +171,8 @@ pub enum ComponentError {
 pub struct ProjectionRuntime {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
+    engine_limits: EngineLimits,
+    /// Limits of `describe` calls at load.
     limits: RuntimeLimits,
 }
 
@@ -117,6 +187,25 @@ impl std::fmt::Debug for ProjectionRuntime {
 impl ProjectionRuntime {
     /// Creates the engine and starts its epoch ticker (a thread that ends with the engine).
     pub fn new(limits: RuntimeLimits) -> Result<Self, ComponentError> {
+        Self::with_engine_limits(
+            limits,
+            EngineLimits {
+                max_memory_bytes: limits.memory_bytes,
+                fuel: limits.fuel.is_some(),
+                ..EngineLimits::default()
+            },
+        )
+    }
+
+    /// Like [`ProjectionRuntime::new`] with explicit engine-wide limits.
+    pub fn with_engine_limits(
+        limits: RuntimeLimits,
+        engine_limits: EngineLimits,
+    ) -> Result<Self, ComponentError> {
+        let limits = RuntimeLimits {
+            memory_bytes: limits.memory_bytes.min(engine_limits.max_memory_bytes),
+            ..limits
+        };
         let mut pooling = PoolingAllocationConfig::new();
         let core_instances = POOL_COMPONENT_INSTANCES * MAX_CORE_INSTANCES as u32;
         pooling
@@ -126,12 +215,14 @@ impl ProjectionRuntime {
             .total_tables(POOL_COMPONENT_INSTANCES * MAX_MEMORIES_PER_COMPONENT)
             .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
             .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
-            .max_memory_size(limits.memory_bytes)
+            .max_memory_size(engine_limits.max_memory_bytes)
             .linear_memory_keep_resident(POOL_KEEP_RESIDENT_BYTES);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .max_wasm_stack(engine_limits.max_stack_bytes)
+            .consume_fuel(engine_limits.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(ComponentError::Engine)?;
         let mut linker = Linker::new(&engine);
@@ -152,8 +243,14 @@ impl ProjectionRuntime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            engine_limits,
             limits,
         })
+    }
+
+    /// The engine-wide limits.
+    pub fn engine_limits(&self) -> EngineLimits {
+        self.engine_limits
     }
 
     /// Compiles a component, checks its imports and exports against the `projection` world and
@@ -169,10 +266,10 @@ impl ProjectionRuntime {
             name: origin.to_owned(),
             pre,
             engine: self.engine.clone(),
-            limits: self.limits,
+            engine_limits: self.engine_limits,
             info: None,
         };
-        let info = loaded.call("describe", |projection, store| {
+        let info = loaded.call("describe", &self.limits, |projection, store| {
             projection.call_describe(store)
         })?;
         loaded.name = info.name.clone();
@@ -206,7 +303,7 @@ pub struct LoadedComponent {
     name: String,
     pre: ProjectionPre<GuestState>,
     engine: Engine,
-    limits: RuntimeLimits,
+    engine_limits: EngineLimits,
     /// What `describe` returned when the component was loaded.
     info: Option<wit::ProjectionInfo>,
 }
@@ -224,14 +321,20 @@ impl LoadedComponent {
 
     /// Calls `describe` again (cheap; used by load and tests).
     pub fn describe(&self) -> Result<wit::ProjectionInfo, ComponentError> {
-        self.call("describe", |projection, store| {
-            projection.call_describe(store)
-        })
+        self.call(
+            "describe",
+            &RuntimeLimits::default(),
+            |projection, store| projection.call_describe(store),
+        )
     }
 
-    /// Calls `handle` with a batch in a fresh store.
-    pub fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError> {
-        match self.call("handle", |projection, store| {
+    /// Calls `handle` with a batch in a fresh store under `limits`.
+    pub fn handle(
+        &self,
+        batch: &[wit::Event],
+        limits: &RuntimeLimits,
+    ) -> Result<Vec<wit::Mutation>, ComponentError> {
+        match self.call("handle", limits, |projection, store| {
             projection.call_handle(store, batch)
         })? {
             Ok(mutations) => Ok(mutations),
@@ -246,9 +349,11 @@ impl LoadedComponent {
     fn call<R>(
         &self,
         function: &'static str,
+        limits: &RuntimeLimits,
         f: impl FnOnce(&Projection, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, ComponentError> {
         let _span = tracing::debug_span!("guest_call", projection = %self.name, function).entered();
+        let memory_limit = limits.memory_bytes.min(self.engine_limits.max_memory_bytes);
         let stdout = MemoryOutputPipe::new(STDIO_CAPACITY_BYTES);
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY_BYTES);
         // Nothing is inherited: no preopened directories, environment, arguments or sockets.
@@ -262,28 +367,70 @@ impl LoadedComponent {
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(MAX_CORE_INSTANCES)
-                .build(),
+            limits: GuestLimiter {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(memory_limit)
+                    .instances(MAX_CORE_INSTANCES)
+                    .tables(MAX_TABLES_PER_CALL)
+                    .table_elements(MAX_TABLE_ELEMENTS)
+                    .build(),
+                memory_limit,
+                memory_refused: false,
+            },
             projection: self.name.clone(),
-            log_calls: 0,
+            log_lines: 0,
+            log_bytes: 0,
+            max_log_lines: limits.log_lines,
+            max_log_bytes: limits.log_bytes,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
+        let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        let trap = |error| ComponentError::Trap {
-            projection: self.name.clone(),
-            function,
-            error,
-        };
+        if self.engine_limits.fuel {
+            // Without a budget, metering still runs: give it the most fuel there is.
+            let fuel = limits.fuel.unwrap_or(u64::MAX);
+            store.set_fuel(fuel).map_err(ComponentError::Engine)?;
+        }
         let result = self
             .pre
             .instantiate(&mut store)
-            .and_then(|projection| f(&projection, &mut store))
-            .map_err(trap);
+            .and_then(|projection| f(&projection, &mut store));
+        let memory_refused = store.data().limits.memory_refused;
         drop(store);
+        let result = result.map_err(|error| {
+            let limit = match error.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => Some(format!(
+                    "exceeded its call timeout of {} ms",
+                    limits.call_timeout.as_millis()
+                )),
+                Some(wasmtime::Trap::StackOverflow) => Some(format!(
+                    "overflowed its stack of {} KiB",
+                    self.engine_limits.max_stack_bytes >> 10
+                )),
+                Some(wasmtime::Trap::OutOfFuel) => Some(format!(
+                    "ran out of fuel ({} units)",
+                    limits.fuel.unwrap_or(u64::MAX)
+                )),
+                _ if memory_refused => Some(format!(
+                    "exceeded its memory limit of {} MiB",
+                    memory_limit >> 20
+                )),
+                _ => None,
+            };
+            match limit {
+                Some(limit) => ComponentError::Limit {
+                    projection: self.name.clone(),
+                    function,
+                    limit,
+                },
+                None => ComponentError::Trap {
+                    projection: self.name.clone(),
+                    function,
+                    error,
+                },
+            }
+        });
         forward_stdio(&self.name, "stdout", &stdout);
         forward_stdio(&self.name, "stderr", &stderr);
         result
@@ -300,13 +447,61 @@ fn forward_stdio(projection: &str, stream: &'static str, pipe: &MemoryOutputPipe
     }
 }
 
+/// The store's [`ResourceLimiter`]: wasmtime's [`StoreLimits`], remembering whether a memory
+/// growth was refused so the trap that follows can be reported as what it is.
+struct GuestLimiter {
+    inner: StoreLimits,
+    memory_limit: usize,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed =
+            desired <= self.memory_limit && self.inner.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.memory_refused = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// Per-call state of a guest.
 struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: GuestLimiter,
     projection: String,
-    log_calls: u32,
+    log_lines: u32,
+    log_bytes: usize,
+    max_log_lines: u32,
+    max_log_bytes: usize,
 }
 
 impl WasiView for GuestState {
@@ -321,10 +516,14 @@ impl WasiView for GuestState {
 impl wit::Host for GuestState {}
 
 impl bindings::wallex::projection::host::Host for GuestState {
-    fn log(&mut self, level: wit::LogLevel, message: String) {
-        self.log_calls = self.log_calls.saturating_add(1);
-        if self.log_calls > LOG_CALLS_PER_CALL {
-            return;
+    fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {
+        self.log_lines = self.log_lines.saturating_add(1);
+        self.log_bytes = self.log_bytes.saturating_add(message.len());
+        if self.log_lines > self.max_log_lines || self.log_bytes > self.max_log_bytes {
+            return Err(wasmtime::Error::msg(format!(
+                "log limit exceeded: more than {} lines or {} bytes in one call",
+                self.max_log_lines, self.max_log_bytes
+            )));
         }
         let mut message = message;
         if message.len() > LOG_MESSAGE_MAX_BYTES {
@@ -352,6 +551,7 @@ impl bindings::wallex::projection::host::Host for GuestState {
                 tracing::error!(target: GUEST_LOG_TARGET, projection, "{message}")
             }
         }
+        Ok(())
     }
 }
 
@@ -434,7 +634,7 @@ mod tests {
     #[test]
     fn guest_sees_no_environment_arguments_or_files() {
         let component = fixture(RuntimeLimits::default());
-        match component.handle(&[event("probe")]) {
+        match component.handle(&[event("probe")], &RuntimeLimits::default()) {
             Err(ComponentError::Rejected { message, .. }) => {
                 assert_eq!(message, "env=0 args=0 fs=false")
             }
@@ -449,15 +649,29 @@ mod tests {
             ..RuntimeLimits::default()
         });
         let started = std::time::Instant::now();
-        let result = component.handle(&[event("spin")]);
-        assert!(
-            matches!(result, Err(ComponentError::Trap { .. })),
-            "{result:?}"
+        let result = component.handle(
+            &[event("spin")],
+            &RuntimeLimits {
+                call_timeout: Duration::from_millis(200),
+                ..RuntimeLimits::default()
+            },
         );
+        match &result {
+            Err(error @ ComponentError::Limit { .. }) => {
+                assert!(
+                    error.to_string().contains("call timeout of 200 ms"),
+                    "{error}"
+                )
+            }
+            other => panic!("expected the timeout, got {other:?}"),
+        }
         assert!(started.elapsed() < Duration::from_secs(5));
         // The next batch gets a fresh instance and works.
         assert_eq!(
-            component.handle(&[event("ok")]).expect("fresh store").len(),
+            component
+                .handle(&[event("ok")], &RuntimeLimits::default())
+                .expect("fresh store")
+                .len(),
             1
         );
     }
@@ -468,9 +682,23 @@ mod tests {
             memory_bytes: 64 << 20,
             ..RuntimeLimits::default()
         });
-        let hog = component.handle(&[event("hog")]);
-        assert!(matches!(hog, Err(ComponentError::Trap { .. })), "{hog:?}");
-        let shout = component.handle(&[event("shout")]);
+        let hog = component.handle(
+            &[event("hog")],
+            &RuntimeLimits {
+                memory_bytes: 64 << 20,
+                ..RuntimeLimits::default()
+            },
+        );
+        match &hog {
+            Err(error @ ComponentError::Limit { .. }) => {
+                assert!(
+                    error.to_string().contains("memory limit of 64 MiB"),
+                    "{error}"
+                )
+            }
+            other => panic!("expected the memory limit, got {other:?}"),
+        }
+        let shout = component.handle(&[event("shout")], &RuntimeLimits::default());
         assert!(
             matches!(shout, Err(ComponentError::Trap { .. })),
             "{shout:?}"

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod guest_pool;
 pub mod mutation;
 pub mod registry;
 pub mod schema;
@@ -97,6 +98,8 @@ struct Inner {
     /// Compiled components by SHA-256: what is live or being rebuilt, plus recent candidates.
     compiled: std::sync::Mutex<HashMap<String, Arc<LoadedComponent>>>,
     compile_slots: tokio::sync::Semaphore,
+    /// The low-priority threads every guest call runs on.
+    guests: Arc<guest_pool::GuestPool>,
     /// One reconciliation at a time, so an older registry state never overwrites a newer one.
     reconciling: tokio::sync::Mutex<()>,
     /// Set by [`Projections::start`]: where projections deployed later go to get a worker.
@@ -116,7 +119,9 @@ impl std::fmt::Debug for Projections {
 
 impl Projections {
     fn empty(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
-        let runtime = ProjectionRuntime::new(config.limits)?;
+        let runtime = ProjectionRuntime::with_engine_limits(config.limits, config.engine)?;
+        let guests = guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
+            .map_err(|e| ComponentError::Engine(e.into()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -125,6 +130,7 @@ impl Projections {
                 projectors: std::sync::RwLock::new(BTreeMap::new()),
                 compiled: std::sync::Mutex::new(HashMap::new()),
                 compile_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES),
+                guests,
                 reconciling: tokio::sync::Mutex::new(()),
                 workers: std::sync::Mutex::new(None),
                 tasks: TaskTracker::new(),
@@ -207,6 +213,10 @@ impl Projections {
                 active: Active {
                     sha256: format!("native:{}", schema.name),
                     source: handler.origin().to_owned(),
+                    policy: projections
+                        .inner
+                        .config
+                        .policy(&schema.name, &Default::default()),
                     schema: Arc::new(schema),
                     handler,
                 },
@@ -256,7 +266,11 @@ impl Projections {
     fn insert(&self, desired: Desired) -> Arc<Projector> {
         let name = desired.active.schema.name.clone();
         let worker_config = self.inner.config.worker(&name);
-        let projector = Arc::new(Projector::new(desired, worker_config));
+        let projector = Arc::new(Projector::new(
+            desired,
+            worker_config,
+            Arc::clone(&self.inner.guests),
+        ));
         tracing::info!(
             projection = %name,
             sha256 = %projector.active().sha256,
@@ -428,10 +442,17 @@ impl Projections {
             }
         }
         let live = self.compiled(name, &deployment.sha256).await?;
+        let policy = self.inner.config.policy(name, &deployment.settings());
         let rebuild = match rebuild {
             Some(r) => Some(RebuildTarget {
                 active: self
-                    .version(name, &r.sha256, r.namespace.clone(), r.source.clone())
+                    .version(
+                        name,
+                        &r.sha256,
+                        r.namespace.clone(),
+                        r.source.clone(),
+                        policy,
+                    )
                     .await?,
                 failed: r.failed(),
             }),
@@ -443,6 +464,7 @@ impl Projections {
                 handler: live,
                 sha256: deployment.sha256.clone(),
                 source: deployment.source.clone(),
+                policy,
             },
             rebuild,
             paused: deployment.state() == DeploymentState::Paused,
@@ -477,6 +499,7 @@ impl Projections {
         sha256: &str,
         namespace: String,
         source: String,
+        policy: config::Policy,
     ) -> Result<Active, LoadError> {
         let component = self.compiled(name, sha256).await?;
         Ok(Active {
@@ -484,6 +507,7 @@ impl Projections {
             handler: component,
             sha256: sha256.to_owned(),
             source,
+            policy,
         })
     }
 

@@ -28,6 +28,10 @@ pub const MAX_DECIMAL_LEN: usize = 200;
 pub enum MutationError {
     #[error("the batch returned {0} mutations, more than {MAX_MUTATIONS_PER_BATCH}")]
     TooMany(usize),
+    #[error("the call returned {count} mutations, more than the limit of {limit}")]
+    OverCount { count: usize, limit: usize },
+    #[error("the call returned more than {limit} bytes of mutations")]
+    OverBytes { limit: usize },
     #[error("mutation #{index} ({op} on table {table:?}): {problem}")]
     Invalid {
         index: usize,
@@ -278,6 +282,75 @@ struct Row {
     key: String,
     /// The guard's values when it is made of `s64` columns only (rows may then combine).
     guard: Option<Vec<i64>>,
+}
+
+/// Checks a call's output against its budget before anything else looks at it.
+pub fn check_budget(
+    mutations: &[wit::Mutation],
+    max_mutations: usize,
+    max_bytes: usize,
+) -> Result<(), MutationError> {
+    if mutations.len() > max_mutations {
+        return Err(MutationError::OverCount {
+            count: mutations.len(),
+            limit: max_mutations,
+        });
+    }
+    let mut bytes = 0_usize;
+    for mutation in mutations {
+        bytes = bytes.saturating_add(mutation_bytes(mutation));
+        if bytes > max_bytes {
+            return Err(MutationError::OverBytes { limit: max_bytes });
+        }
+    }
+    Ok(())
+}
+
+/// Approximate size of a mutation: its names and values.
+fn mutation_bytes(mutation: &wit::Mutation) -> usize {
+    fn value(v: &wit::Value) -> usize {
+        match v {
+            wit::Value::Null | wit::Value::Bool(_) => 1,
+            wit::Value::S64(_) | wit::Value::F64(_) => 8,
+            wit::Value::Text(t)
+            | wit::Value::Decimal(t)
+            | wit::Value::Json(t)
+            | wit::Value::Timestamp(t)
+            | wit::Value::Uuid(t) => t.len(),
+            wit::Value::Bytes(b) => b.len(),
+        }
+    }
+    fn cells(values: &[wit::ColumnValue]) -> usize {
+        values
+            .iter()
+            .map(|c| c.column.len() + value(&c.value))
+            .sum()
+    }
+    match mutation {
+        wit::Mutation::Insert(op) => op.table.len() + cells(&op.values),
+        wit::Mutation::Upsert(op) => {
+            op.table.len()
+                + cells(&op.values)
+                + op.accumulate
+                    .iter()
+                    .chain(&op.guard)
+                    .map(String::len)
+                    .sum::<usize>()
+        }
+        wit::Mutation::Update(op) => {
+            op.table.len()
+                + cells(&op.key)
+                + op.changes
+                    .iter()
+                    .map(|c| match c {
+                        wit::Change::Set(c) | wit::Change::Add(c) => {
+                            c.column.len() + value(&c.value)
+                        }
+                    })
+                    .sum::<usize>()
+        }
+        wit::Mutation::Delete(op) => op.table.len() + cells(&op.key),
+    }
 }
 
 /// Validates a batch's mutations and groups them into statements.
@@ -1097,5 +1170,284 @@ mod tests {
         for bad in ["", "-", "1.", ".5", "1e3", "NaN", "1,5", "+1"] {
             assert!(!is_decimal(bad), "{bad}");
         }
+    }
+}
+
+/// Property: whatever a component returns, the SQL the host builds touches only the tables the
+/// component declared, in its own namespace. Mutations are generated from declared names,
+/// host and system tables, other projections' tables, identifier-injection attempts and random
+/// text; values are arbitrary.
+#[cfg(test)]
+mod escape_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMESPACE: &str = "proj_p_v1";
+    const DECLARED_TABLES: [&str; 2] = ["accounts", "entries"];
+    const DECLARED_COLUMNS: [&str; 5] = ["id", "balance", "version", "note", "seq"];
+    /// Names a hostile component might try; none is declared.
+    const FOREIGN: [&str; 14] = [
+        "wallets",
+        "outbox",
+        "events",
+        "idempotency_keys",
+        "projector_checkpoints",
+        "projection_components",
+        "public.wallets",
+        "proj_other_v1.accounts",
+        "proj_p_v1.accounts",
+        "accounts\"; DROP TABLE wallets; --",
+        "accounts\" , \"wallets",
+        "id\" = 'x'; --",
+        "pg_catalog.pg_class",
+        "ACCOUNTS",
+    ];
+    /// Text no statement may contain: host, system and other schemas.
+    const FORBIDDEN_IN_SQL: [&str; 9] = [
+        "wallets",
+        "outbox",
+        "idempotency",
+        "checkpoints",
+        "projection_",
+        "public",
+        "pg_",
+        "proj_other",
+        ";",
+    ];
+
+    fn schema() -> ProjectionSchema {
+        let col = |name: &str, type_, nullable| wit::Column {
+            name: name.into(),
+            type_,
+            nullable,
+        };
+        let table = |name: &str, columns| wit::Table {
+            name: name.into(),
+            columns,
+            primary_key: vec!["id".into()],
+            indexes: vec![],
+        };
+        ProjectionSchema::from_info(&wit::ProjectionInfo {
+            name: "p".into(),
+            schema_version: 1,
+            subscribes_to: vec!["*".into()],
+            tables: vec![
+                table(
+                    "accounts",
+                    vec![
+                        col("id", wit::ColumnType::Text, false),
+                        col("balance", wit::ColumnType::Decimal, false),
+                        col("version", wit::ColumnType::S64, false),
+                        col("note", wit::ColumnType::Text, true),
+                    ],
+                ),
+                table(
+                    "entries",
+                    vec![
+                        col("id", wit::ColumnType::Text, false),
+                        col("seq", wit::ColumnType::S64, false),
+                        col("note", wit::ColumnType::Json, true),
+                    ],
+                ),
+            ],
+        })
+        .expect("valid declaration")
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(DECLARED_TABLES.to_vec()).prop_map(str::to_owned),
+            2 => prop::sample::select(FOREIGN.to_vec()).prop_map(str::to_owned),
+            1 => "[a-z_\"; .-]{0,12}",
+        ]
+    }
+
+    fn column() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(DECLARED_COLUMNS.to_vec()).prop_map(str::to_owned),
+            1 => prop::sample::select(FOREIGN.to_vec()).prop_map(str::to_owned),
+            1 => "[a-z_\"; ]{0,10}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = wit::Value> {
+        prop_oneof![
+            Just(wit::Value::Null),
+            any::<bool>().prop_map(wit::Value::Bool),
+            any::<i64>().prop_map(wit::Value::S64),
+            any::<f64>().prop_map(wit::Value::F64),
+            ".{0,16}".prop_map(wit::Value::Text),
+            "-?[0-9]{1,6}(\\.[0-9]{1,3})?".prop_map(wit::Value::Decimal),
+            ".{0,8}".prop_map(wit::Value::Decimal),
+            "\\{\\}|\\[1\\]|.{0,6}".prop_map(wit::Value::Json),
+        ]
+    }
+
+    fn cells() -> impl Strategy<Value = Vec<wit::ColumnValue>> {
+        prop::collection::vec(
+            (column(), value()).prop_map(|(column, value)| wit::ColumnValue { column, value }),
+            0..5,
+        )
+    }
+
+    fn mutation() -> impl Strategy<Value = wit::Mutation> {
+        prop_oneof![
+            (name(), cells()).prop_map(|(table, values)| {
+                wit::Mutation::Insert(wit::InsertOp { table, values })
+            }),
+            (
+                name(),
+                cells(),
+                prop::collection::vec(column(), 0..2),
+                prop::collection::vec(column(), 0..2)
+            )
+                .prop_map(|(table, values, accumulate, guard)| {
+                    wit::Mutation::Upsert(wit::UpsertOp {
+                        table,
+                        values,
+                        accumulate,
+                        guard,
+                    })
+                }),
+            (name(), cells(), cells(), any::<bool>()).prop_map(|(table, key, set, add)| {
+                let changes = set
+                    .into_iter()
+                    .map(|c| {
+                        if add {
+                            wit::Change::Add(c)
+                        } else {
+                            wit::Change::Set(c)
+                        }
+                    })
+                    .collect();
+                wit::Mutation::Update(wit::UpdateOp {
+                    table,
+                    key,
+                    changes,
+                })
+            }),
+            (name(), cells())
+                .prop_map(|(table, key)| { wit::Mutation::Delete(wit::DeleteOp { table, key }) }),
+        ]
+    }
+
+    /// The quoted identifiers of a statement, in order.
+    fn quoted_identifiers(sql: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = sql;
+        while let Some(start) = rest.find('"') {
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('"') else {
+                out.push(format!("<unterminated {after}>"));
+                break;
+            };
+            out.push(after[..end].to_owned());
+            rest = &after[end + 1..];
+        }
+        out
+    }
+
+    /// Well-typed cells for a declared table (names may still be foreign): keeps a good share
+    /// of the generated batches valid, so the property is not checked only on rejections.
+    fn typed_cells() -> impl Strategy<Value = Vec<wit::ColumnValue>> {
+        (
+            "[a-z0-9]{1,8}",
+            "-?[0-9]{1,6}",
+            any::<i64>(),
+            prop::option::of(".{0,8}"),
+            column(),
+        )
+            .prop_map(|(id, balance, version, note, extra)| {
+                let cell = |column: &str, value| wit::ColumnValue {
+                    column: column.into(),
+                    value,
+                };
+                let mut cells = vec![
+                    cell("id", wit::Value::Text(id)),
+                    cell("balance", wit::Value::Decimal(balance)),
+                    cell("version", wit::Value::S64(version)),
+                ];
+                if let Some(note) = note {
+                    cells.push(cell(&extra, wit::Value::Text(note)));
+                }
+                cells
+            })
+    }
+
+    fn typed_mutation() -> impl Strategy<Value = wit::Mutation> {
+        let table = prop_oneof![
+            8 => Just("accounts".to_owned()),
+            1 => name(),
+        ];
+        (table, typed_cells(), any::<bool>()).prop_map(|(table, values, upsert)| {
+            if upsert {
+                wit::Mutation::Upsert(wit::UpsertOp {
+                    table,
+                    values,
+                    accumulate: vec!["balance".into()],
+                    guard: vec!["version".into()],
+                })
+            } else {
+                wit::Mutation::Insert(wit::InsertOp { table, values })
+            }
+        })
+    }
+
+    #[test]
+    fn no_output_reaches_outside_the_namespace() {
+        let schema = schema();
+        let accepted = std::cell::Cell::new(0_u32);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(3_000));
+        let batches =
+            prop::collection::vec(prop_oneof![1 => mutation(), 6 => typed_mutation()], 1..5);
+        let outcome = runner.run(&batches, |mutations| {
+            let undeclared = mutations.iter().any(|m| {
+                let (_, table) = op_name(m);
+                !DECLARED_TABLES.contains(&table)
+            });
+            let Ok(plan) = plan(&schema, &mutations) else {
+                return Ok(());
+            };
+            accepted.set(accepted.get() + 1);
+            prop_assert!(
+                !undeclared,
+                "a mutation on an undeclared table was accepted"
+            );
+            for statement in &plan.statements {
+                let sql = &statement.sql;
+                for identifier in quoted_identifiers(sql) {
+                    prop_assert!(
+                        identifier == NAMESPACE
+                            || DECLARED_TABLES.contains(&identifier.as_str())
+                            || DECLARED_COLUMNS.contains(&identifier.as_str()),
+                        "foreign identifier {identifier:?} in {sql}"
+                    );
+                }
+                let qualified: Vec<_> = sql.match_indices(&format!("\"{NAMESPACE}\".")).collect();
+                prop_assert!(!qualified.is_empty(), "no table of the namespace in {sql}");
+                for (at, prefix) in qualified {
+                    let table = &sql[at + prefix.len()..];
+                    prop_assert!(
+                        DECLARED_TABLES
+                            .iter()
+                            .any(|t| table.starts_with(&format!("\"{t}\""))),
+                        "undeclared table after the namespace in {sql}"
+                    );
+                }
+                for forbidden in FORBIDDEN_IN_SQL {
+                    prop_assert!(!sql.contains(forbidden), "{forbidden:?} in {sql}");
+                }
+            }
+            Ok(())
+        });
+        if let Err(failure) = outcome {
+            panic!("{failure}");
+        }
+        assert!(
+            accepted.get() >= 300,
+            "only {} of 3000 generated batches were valid: the property is barely exercised",
+            accepted.get()
+        );
     }
 }

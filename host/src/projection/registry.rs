@@ -66,6 +66,8 @@ pub struct Deployment {
     pub build_seq: i64,
     pub deployed_at: DateTime<Utc>,
     pub deployed_by: String,
+    /// Limits and poison policy given with the deploy ([`super::config::ProjectionSettings`]).
+    pub settings: serde_json::Value,
 }
 
 /// [`DeploymentState`] as read from its text column.
@@ -81,6 +83,11 @@ impl From<String> for StateText {
 impl Deployment {
     pub fn state(&self) -> DeploymentState {
         self.state.0
+    }
+
+    /// The deploy's settings (an unreadable value counts as none: the configuration applies).
+    pub fn settings(&self) -> super::config::ProjectionSettings {
+        serde_json::from_value(self.settings.clone()).unwrap_or_default()
     }
 }
 
@@ -107,7 +114,7 @@ impl Rebuild {
 }
 
 const DEPLOYMENT_COLUMNS: &str = "projection, sha256, schema_version, namespace, source,
-    previous_sha256, state, generation, build_seq, deployed_at, deployed_by";
+    previous_sha256, state, generation, build_seq, deployed_at, deployed_by, settings";
 const REBUILD_COLUMNS: &str = "projection, sha256, schema_version, namespace, source, status,
     last_error, events_total, started_at, requested_by";
 

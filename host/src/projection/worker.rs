@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::checkpoint::{self, CheckpointError, Status};
-use super::engine::{to_guest_event, wit, ComponentError, LoadedComponent};
+use super::config::{OnPoison, Policy};
+use super::engine::{to_guest_event, wit, ComponentError, LoadedComponent, RuntimeLimits};
+use super::guest_pool::{GuestPool, GuestPoolError};
 use super::mutation::{self, MutationError};
 use super::registry::REGISTRY_CHANNEL;
 use super::schema::ProjectionSchema;
@@ -36,6 +38,9 @@ pub const LEASE_PREFIX: &str = "wallex-projection:";
 /// How long to wait before re-checking when committed rows are not readable yet because an older
 /// transaction is still running (the reader's gap-safety horizon).
 pub const HIDDEN_ROWS_RETRY: Duration = Duration::from_millis(5);
+/// After a failed batch, the worker waits at least this many times the guest time the batch
+/// burned before retrying.
+pub const FAILED_GUEST_TIME_PENALTY: u32 = 4;
 /// Pause after the listener connection fails, before it reconnects.
 pub const LISTENER_RETRY: Duration = Duration::from_millis(500);
 
@@ -49,6 +54,8 @@ pub struct WorkerConfig {
     pub max_retries: u32,
     /// How often a worker without the lease tries to take it.
     pub lease_retry: Duration,
+    /// The backoff after a failed batch doubles with every consecutive failure up to this.
+    pub max_backoff: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -59,7 +66,19 @@ impl Default for WorkerConfig {
             error_backoff: Duration::from_millis(5000),
             max_retries: 3,
             lease_retry: Duration::from_millis(1000),
+            max_backoff: Duration::from_millis(super::config::DEFAULT_MAX_BACKOFF_MS),
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The pause after `failures` consecutive failures: `error_backoff · 2^(failures-1)`, at most
+    /// `max_backoff`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.error_backoff
+            .saturating_mul(1_u32 << doublings)
+            .min(self.max_backoff.max(self.error_backoff))
     }
 }
 
@@ -76,9 +95,31 @@ pub enum BatchError {
     Component(#[from] ComponentError),
     #[error("batch rejected: {0}")]
     Mutation(#[from] MutationError),
+    #[error("event at position {position} ({event_type} {event_id}): {message}")]
+    Poison {
+        position: i64,
+        event_id: String,
+        event_type: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Guest(#[from] GuestPoolError),
 }
 
 impl BatchError {
+    /// Whether the component (not the database or the host) caused the failure: the kind a
+    /// single poison event explains, found by bisecting the batch.
+    fn is_component_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Component(
+                ComponentError::Trap { .. }
+                    | ComponentError::Limit { .. }
+                    | ComponentError::Rejected { .. }
+            ) | Self::Mutation(_)
+        )
+    }
+
     /// Whether the lease connection is unusable (the lease is then presumed lost).
     fn is_connection_lost(&self) -> bool {
         let db = match self {
@@ -104,8 +145,12 @@ impl BatchError {
 pub trait BatchHandler: Send + Sync + 'static {
     /// Where the handler came from (file name, `bundled:<name>`, `native:<name>`).
     fn origin(&self) -> &str;
-    /// Handles one batch of subscribed events.
-    fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError>;
+    /// Handles one batch of subscribed events under `limits`.
+    fn handle(
+        &self,
+        batch: &[wit::Event],
+        limits: &RuntimeLimits,
+    ) -> Result<Vec<wit::Mutation>, ComponentError>;
 }
 
 impl BatchHandler for LoadedComponent {
@@ -113,8 +158,125 @@ impl BatchHandler for LoadedComponent {
         LoadedComponent::origin(self)
     }
 
-    fn handle(&self, batch: &[wit::Event]) -> Result<Vec<wit::Mutation>, ComponentError> {
-        LoadedComponent::handle(self, batch)
+    fn handle(
+        &self,
+        batch: &[wit::Event],
+        limits: &RuntimeLimits,
+    ) -> Result<Vec<wit::Mutation>, ComponentError> {
+        LoadedComponent::handle(self, batch, limits)
+    }
+}
+
+/// A batch's outcome before it touches the database: what to apply, and the poison events
+/// (index in the batch, error) to record as dead letters.
+struct Evaluated {
+    plan: mutation::Plan,
+    poison: Vec<(usize, String)>,
+}
+
+/// Runs the handler on a batch and validates its output against the limits and the declaration.
+fn attempt(
+    handler: &dyn BatchHandler,
+    schema: &ProjectionSchema,
+    limits: &RuntimeLimits,
+    batch: &[wit::Event],
+) -> Result<(Vec<wit::Mutation>, mutation::Plan), BatchError> {
+    let mutations = handler.handle(batch, limits)?;
+    mutation::check_budget(&mutations, limits.max_mutations, limits.max_batch_bytes)?;
+    let plan = mutation::plan(schema, &mutations)?;
+    Ok((mutations, plan))
+}
+
+/// Splits a failing batch in halves until every failing event is alone, collecting the good
+/// events' mutations in order and the poison events' indexes.
+fn bisect(
+    handler: &dyn BatchHandler,
+    schema: &ProjectionSchema,
+    limits: &RuntimeLimits,
+    batch: &[wit::Event],
+    offset: usize,
+    good: &mut Vec<wit::Mutation>,
+    poison: &mut Vec<(usize, String)>,
+) {
+    match attempt(handler, schema, limits, batch) {
+        Ok((mutations, _)) => good.extend(mutations),
+        Err(error) if batch.len() == 1 => poison.push((offset, error.to_string())),
+        Err(_) => {
+            let middle = batch.len() / 2;
+            bisect(
+                handler,
+                schema,
+                limits,
+                &batch[..middle],
+                offset,
+                good,
+                poison,
+            );
+            bisect(
+                handler,
+                schema,
+                limits,
+                &batch[middle..],
+                offset + middle,
+                good,
+                poison,
+            );
+        }
+    }
+}
+
+/// Evaluates a batch: the whole of it, or (when the component fails it) bisected to the poison
+/// events, which fail the batch under `pause` and become dead letters under `skip`.
+fn evaluate(
+    handler: &dyn BatchHandler,
+    schema: &ProjectionSchema,
+    policy: &Policy,
+    batch: &[wit::Event],
+) -> Result<Evaluated, BatchError> {
+    let error = match attempt(handler, schema, &policy.limits, batch) {
+        Ok((_, plan)) => {
+            return Ok(Evaluated {
+                plan,
+                poison: Vec::new(),
+            })
+        }
+        Err(error) if !error.is_component_failure() => return Err(error),
+        Err(error) => error,
+    };
+    let mut good = Vec::new();
+    let mut poison = Vec::new();
+    if batch.len() == 1 {
+        poison.push((0, error.to_string()));
+    } else {
+        bisect(
+            handler,
+            schema,
+            &policy.limits,
+            batch,
+            0,
+            &mut good,
+            &mut poison,
+        );
+    }
+    let Some((index, message)) = poison.first().cloned() else {
+        // Every part succeeds on its own (a limit only the whole batch exceeds): not one event's
+        // fault, so it fails as a batch.
+        return Err(error);
+    };
+    match policy.on_poison {
+        OnPoison::Pause => {
+            let event = &batch[index];
+            Err(BatchError::Poison {
+                position: event.global_position,
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.clone(),
+                message,
+            })
+        }
+        OnPoison::Skip => Ok(Evaluated {
+            plan: mutation::plan(schema, &good)?,
+            poison,
+        }),
     }
 }
 
@@ -128,6 +290,8 @@ pub struct Active {
     pub sha256: String,
     /// Where the registry says the bytes came from.
     pub source: String,
+    /// Limits and poison policy.
+    pub policy: Policy,
 }
 
 /// A blue/green rebuild as this process knows it.
@@ -175,6 +339,22 @@ pub struct Projector {
     events_applied: AtomicU64,
     /// Why the last attempt to deploy this projection from the directory failed, if it did.
     last_deploy_error: std::sync::Mutex<Option<String>>,
+    /// Where guest code runs.
+    guests: Arc<GuestPool>,
+    /// Counters since this process started (`GET /metrics`).
+    pub counters: Counters,
+    /// Guest time of the last batch evaluation, in microseconds (the retry penalty of a failure).
+    last_guest_micros: AtomicU64,
+    /// Whether the last batch evaluation failed: the next runs on the quarantine thread.
+    quarantined: AtomicBool,
+}
+
+/// What a projector did in this process, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub batches_applied: AtomicU64,
+    pub batches_failed: AtomicU64,
+    pub dead_letters: AtomicU64,
 }
 
 impl std::fmt::Debug for Projector {
@@ -187,8 +367,12 @@ impl std::fmt::Debug for Projector {
 }
 
 impl Projector {
-    pub fn new(desired: Desired, config: WorkerConfig) -> Self {
+    pub fn new(desired: Desired, config: WorkerConfig, guests: Arc<GuestPool>) -> Self {
         Self {
+            guests,
+            counters: Counters::default(),
+            last_guest_micros: AtomicU64::new(0),
+            quarantined: AtomicBool::new(false),
             name: desired.active.schema.name.clone(),
             config,
             desired: std::sync::RwLock::new(desired),
@@ -325,18 +509,53 @@ impl Projector {
         let (mut handled, mut applied) = (read, read);
         if !batch.is_empty() {
             let handler = Arc::clone(&version.handler);
-            let mutations = tokio::task::spawn_blocking(move || handler.handle(&batch))
-                .await
-                .map_err(|e| ComponentError::Join(e.to_string()))??;
+            let evaluated_schema = Arc::clone(schema);
+            let policy = version.policy;
+            let guest_batch = batch.clone();
+            let guest_started = std::time::Instant::now();
+            let job = move || evaluate(&*handler, &evaluated_schema, &policy, &guest_batch);
+            // A component whose last batch failed runs in quarantine until it succeeds again.
+            let evaluated = if self.quarantined.load(Ordering::Relaxed) {
+                self.guests.run_quarantined(job).await
+            } else {
+                self.guests.run(job).await
+            };
+            let failed = !matches!(evaluated, Ok(Ok(_)));
+            self.quarantined.store(failed, Ordering::Relaxed);
+            self.last_guest_micros.store(
+                u64::try_from(guest_started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let evaluated = evaluated??;
             handled = started.elapsed();
-            let plan = mutation::plan(schema, &mutations)?;
-            rows = mutation::apply(&mut tx, &plan).await?;
+            rows = mutation::apply(&mut tx, &evaluated.plan).await?;
+            for (index, error) in &evaluated.poison {
+                let event = &batch[*index];
+                record_dead_letter(&mut tx, name, event, error).await?;
+                tracing::warn!(
+                    projection = name,
+                    ?track,
+                    position = event.global_position,
+                    event_id = %event.event_id,
+                    %error,
+                    "poison event skipped and dead-lettered (on_poison = skip)"
+                );
+            }
+            self.counters
+                .dead_letters
+                .fetch_add(evaluated.poison.len() as u64, Ordering::Relaxed);
             applied = started.elapsed();
         }
+        crate::failpoint::hit("projection-after-apply").await;
         let consumed = i64::try_from(events.len()).unwrap_or(i64::MAX);
         checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, consumed).await?;
+        crate::failpoint::hit("projection-before-commit").await;
         tx.commit().await?;
+        crate::failpoint::hit("projection-after-commit").await;
         let committed = started.elapsed();
+        self.counters
+            .batches_applied
+            .fetch_add(1, Ordering::Relaxed);
         if track == Track::Live {
             self.events_applied
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -357,10 +576,53 @@ impl Projector {
         Ok(events.len())
     }
 
+    /// Runs one event through `version` on a guest thread and validates the result (dead-letter
+    /// replays): the plan to apply, or why it still fails.
+    pub async fn evaluate_one(
+        &self,
+        version: &Active,
+        event: wit::Event,
+    ) -> Result<mutation::Plan, BatchError> {
+        let handler = Arc::clone(&version.handler);
+        let schema = Arc::clone(&version.schema);
+        let limits = version.policy.limits;
+        let (_, plan) = self
+            .guests
+            .run(move || attempt(&*handler, &schema, &limits, &[event]))
+            .await??;
+        Ok(plan)
+    }
+
     /// Records that this process's view of the live checkpoint moved (a cut-over).
     pub fn note_progress(&self, cursor: OutboxCursor) {
         self.progress.send_replace(cursor);
     }
+}
+
+/// Records a skipped event in the batch's transaction (again: one more attempt).
+async fn record_dead_letter(
+    conn: &mut PgConnection,
+    projection: &str,
+    event: &wit::Event,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let event_id = uuid::Uuid::parse_str(&event.event_id).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO projection_dead_letters
+            (projection, global_position, event_id, event_type, error)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (projection, event_id) DO UPDATE
+            SET error = EXCLUDED.error, attempts = projection_dead_letters.attempts + 1,
+                last_attempt_at = now(), resolved_at = NULL",
+    )
+    .bind(projection)
+    .bind(event.global_position)
+    .bind(event_id)
+    .bind(&event.event_type)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Wake-ups for workers: bumped on every outbox notification.
@@ -642,7 +904,13 @@ async fn process(
             continue;
         }
         let delay = if errored {
-            config.error_backoff
+            // A failed batch that burned guest time waits several times that long: a component
+            // spinning to its deadline gets at most 1/(1+penalty) of a guest thread, whatever
+            // the configured backoff.
+            let burned = Duration::from_micros(projector.last_guest_micros.load(Ordering::Relaxed));
+            config
+                .backoff(live.count.max(rebuild.count).max(1))
+                .max(burned.saturating_mul(FAILED_GUEST_TIME_PENALTY))
         } else {
             match has_hidden_rows(&ctx.pool, projector).await {
                 Ok(true) => HIDDEN_ROWS_RETRY,
@@ -689,6 +957,10 @@ async fn handle_failure(
         return Some(Outcome::LeaseLost);
     }
     let config = projector.config;
+    projector
+        .counters
+        .batches_failed
+        .fetch_add(1, Ordering::Relaxed);
     failures.count += 1;
     let gave_up = failures.count > config.max_retries;
     let message = error.to_string();
