@@ -706,6 +706,29 @@ async fn the_cli_operates_projections_and_fails_with_one_line() {
     let answer: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("json");
     assert_eq!(answer["outcome"], "swapped");
     assert_eq!(answer["projection"]["sha256"], sha(&bytes));
+    // The same bytes again with settings: nothing to swap, the settings apply.
+    let set = cli(
+        &server,
+        &[
+            "deploy",
+            &file.display().to_string(),
+            "--set",
+            "on_poison=skip",
+            "--set",
+            "call_timeout_ms=500",
+            "--json",
+        ],
+    );
+    assert!(set.status.success(), "{set:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&set.stdout).expect("json");
+    assert_eq!(answer["outcome"], "unchanged");
+    assert_eq!(answer["projection"]["settings"]["on_poison"], "skip");
+    assert_eq!(answer["projection"]["policy"]["callTimeoutMs"], 500);
+    let bad_set = cli(
+        &server,
+        &["deploy", &file.display().to_string(), "--set", "nonsense"],
+    );
+    assert_eq!(bad_set.status.code(), Some(1));
 
     for (verb, expected) in [
         ("pause", "paused"),

@@ -59,6 +59,10 @@ pub enum ProjectionsCommand {
         /// The projection's name (default: what the component declares).
         #[arg(long)]
         name: Option<String>,
+        /// A limit or the poison policy for this deploy, e.g. `--set on_poison=skip
+        /// --set call_timeout_ms=500` (repeatable; see README "Security model").
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
     },
     /// Restart a projection from its checkpoint on its registry version (after a failure).
     Reload { name: String },
@@ -206,7 +210,12 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
                 .send(get, &format!("/admin/projections/{name}"), None)
                 .await?
         }
-        ProjectionsCommand::Deploy { file, name } => {
+        ProjectionsCommand::Deploy {
+            file,
+            name,
+            settings,
+        } => {
+            let query = settings_query(settings)?;
             let bytes = std::fs::read(file).map_err(|source| CliError::File {
                 path: file.display().to_string(),
                 source,
@@ -222,7 +231,7 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
             client
                 .send(
                     reqwest::Method::PUT,
-                    &format!("/admin/projections/{name}"),
+                    &format!("/admin/projections/{name}{query}"),
                     Some((bytes, digest)),
                 )
                 .await?
@@ -265,6 +274,33 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         print_summary(&output);
     }
     Ok(())
+}
+
+/// `?key=value&…` from `--set key=value` arguments (keys and values checked by the server).
+fn settings_query(settings: &[String]) -> Result<String, CliError> {
+    let mut pairs = Vec::with_capacity(settings.len());
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| CliError::Invalid(format!("--set {setting:?}: expected KEY=VALUE")))?;
+        let safe = |text: &str| {
+            !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !safe(key) || !safe(value) {
+            return Err(CliError::Invalid(format!(
+                "--set {setting:?}: keys and values are letters, digits, '_' and '-'"
+            )));
+        }
+        pairs.push(format!("{key}={value}"));
+    }
+    Ok(if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    })
 }
 
 async fn action(client: &Client, name: &str, action: &str) -> Result<Value, CliError> {
@@ -442,6 +478,15 @@ fn print_summary(value: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_become_a_query() {
+        assert_eq!(settings_query(&[]).unwrap(), "");
+        let query = settings_query(&["on_poison=skip".into(), "fuel=1000".into()]).unwrap();
+        assert_eq!(query, "?on_poison=skip&fuel=1000");
+        assert!(settings_query(&["nonsense".into()]).is_err());
+        assert!(settings_query(&["a=b&c=d".into()]).is_err());
+    }
 
     #[test]
     fn progress_line_shows_fraction_rate_and_eta() {
