@@ -90,6 +90,17 @@ pub enum ProjectionsCommand {
     },
     /// Events in the outbox and each projection's lag.
     Stats,
+    /// Events a projection skipped under `on_poison = skip`; `--replay` re-runs them with the
+    /// live version.
+    DeadLetters {
+        name: String,
+        /// Re-run the open dead letters (after deploying a fix).
+        #[arg(long)]
+        replay: bool,
+        /// Include resolved ones in the list.
+        #[arg(long, conflicts_with = "replay")]
+        all: bool,
+    },
 }
 
 /// Errors of the CLI: each prints as one line.
@@ -267,6 +278,23 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
                 .await?
         }
         ProjectionsCommand::Stats => client.send(get, "/admin/outbox/stats", None).await?,
+        ProjectionsCommand::DeadLetters { name, replay, .. } if *replay => {
+            action(&client, name, "dead-letters/replay").await?
+        }
+        ProjectionsCommand::DeadLetters { name, all, .. } => {
+            let value = client
+                .send(
+                    get,
+                    &format!("/admin/projections/{name}/dead-letters?all={all}"),
+                    None,
+                )
+                .await?;
+            if !cli.json {
+                print_dead_letters(&value);
+                return Ok(());
+            }
+            value
+        }
     };
     if cli.json {
         println!("{output:#}");
@@ -418,6 +446,28 @@ fn print_table(value: &Value) {
     }
 }
 
+fn print_dead_letters(value: &Value) {
+    println!(
+        "{:>10} {:<36} {:<16} {:>8} {:<9} ERROR",
+        "POSITION", "EVENT ID", "TYPE", "ATTEMPTS", "RESOLVED"
+    );
+    for letter in value["deadLetters"].as_array().into_iter().flatten() {
+        println!(
+            "{:>10} {:<36} {:<16} {:>8} {:<9} {}",
+            letter["globalPosition"].to_string(),
+            letter["eventId"].as_str().unwrap_or("?"),
+            letter["eventType"].as_str().unwrap_or("?"),
+            letter["attempts"].to_string(),
+            if letter["resolvedAt"].is_string() {
+                "yes"
+            } else {
+                "no"
+            },
+            letter["error"].as_str().unwrap_or(""),
+        );
+    }
+}
+
 fn print_summary(value: &Value) {
     let projection = if value["projection"].is_object() {
         &value["projection"]
@@ -426,6 +476,11 @@ fn print_summary(value: &Value) {
     };
     if let Some(outcome) = value["outcome"].as_str() {
         println!("{outcome}");
+    } else if let Some(replayed) = value["outcome"]["replayed"].as_u64() {
+        let failing = value["outcome"]["stillFailing"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!("replayed {replayed}, still failing {failing}");
     }
     if projection["name"].is_string() {
         println!(
