@@ -623,6 +623,12 @@ async fn the_directory_watch_deploys_changes_and_rejects_invalid_files() {
     wait_caught_up(&server, "read-model").await;
     assert!(picked_up < PROPAGATION);
     drop(server);
+    // A restart with the broken file still there starts, and runs the last good version.
+    let restarted = Server::spawn(&db.url, &env);
+    let status = admin_status(&restarted, "read-model").await;
+    assert_eq!(status["sha256"], sha(&changed));
+    assert!(restarted.logs().contains("component file rejected"));
+    drop(restarted);
     let _ = std::fs::remove_dir_all(&dir);
     drop(db);
 }

@@ -165,7 +165,16 @@ impl Projections {
                 origin: source.clone(),
                 source: source_error,
             };
-            let candidate = projections.validate(bytes, &source).await.map_err(deploy)?;
+            let candidate = match projections.validate(bytes, &source).await {
+                Ok(candidate) => candidate,
+                // A bad file in the directory changes nothing, at start-up as later (the registry
+                // keeps running what it has); a bad bundled component is a build bug.
+                Err(error) if source.starts_with("directory:") => {
+                    tracing::error!(%source, %error, "component file rejected; not deployed");
+                    continue;
+                }
+                Err(error) => return Err(deploy(error)),
+            };
             if !names.insert(candidate.schema.name.clone()) {
                 return Err(LoadError::DuplicateName(candidate.schema.name.clone()));
             }
