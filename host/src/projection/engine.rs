@@ -677,6 +677,78 @@ mod tests {
     }
 
     #[test]
+    fn fuel_gives_a_deterministic_budget() {
+        let bytes = std::fs::read(format!(
+            "{}/wallex_projection_bad_mutation.wasm",
+            super::super::bundled::WASM_DIR
+        ))
+        .expect("fixture built by build.rs");
+        let limits = RuntimeLimits {
+            fuel: Some(5_000_000),
+            ..RuntimeLimits::default()
+        };
+        let runtime = ProjectionRuntime::with_engine_limits(
+            limits,
+            EngineLimits {
+                fuel: true,
+                ..EngineLimits::default()
+            },
+        )
+        .expect("runtime");
+        let component = runtime.load("fixture", &bytes).expect("load");
+        match component.handle(&[event("spin")], &limits) {
+            Err(error @ ComponentError::Limit { .. }) => {
+                assert!(
+                    error
+                        .to_string()
+                        .contains("ran out of fuel (5000000 units)"),
+                    "{error}"
+                )
+            }
+            other => panic!("expected fuel exhaustion, got {other:?}"),
+        }
+        // A normal batch fits in the budget.
+        assert_eq!(
+            component
+                .handle(&[event("ok")], &limits)
+                .expect("within budget")
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_engine_stack_limit_stops_deep_recursion() {
+        let bytes = std::fs::read(format!(
+            "{}/wallex_projection_hostile_recursion.wasm",
+            super::super::bundled::WASM_DIR
+        ))
+        .expect("fixture built by build.rs");
+        let runtime = ProjectionRuntime::with_engine_limits(
+            RuntimeLimits::default(),
+            EngineLimits {
+                max_stack_bytes: 64 << 10,
+                ..EngineLimits::default()
+            },
+        )
+        .expect("runtime");
+        let component = runtime.load("recursion", &bytes).expect("load");
+        let poison = wit::Event {
+            data: r#"{"walletId":"poison-deep"}"#.into(),
+            ..event("deep")
+        };
+        match component.handle(&[poison], &RuntimeLimits::default()) {
+            Err(error @ ComponentError::Limit { .. }) => {
+                assert!(
+                    error.to_string().contains("overflowed its stack of 64 KiB"),
+                    "{error}"
+                )
+            }
+            other => panic!("expected a stack overflow, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn memory_and_output_are_bounded() {
         let component = fixture(RuntimeLimits {
             memory_bytes: 64 << 20,
