@@ -26,8 +26,8 @@ pub enum GuestPoolError {
     Panicked(String),
 }
 
-/// A fixed pool of low-priority threads, plus one idle-priority quarantine thread for the
-/// components whose last batch failed.
+/// A fixed pool of low-priority threads, plus one quarantine thread for the components whose
+/// last batch failed.
 pub struct GuestPool {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     quarantine: Mutex<Option<mpsc::Sender<Job>>>,
@@ -51,7 +51,9 @@ impl GuestPool {
         let threads = threads.max(1);
         let nice = nice.clamp(0, 19);
         let sender = spawn_threads("wasm-guest", threads, move || lower_priority(nice))?;
-        let quarantine = spawn_threads("wasm-quarantine", QUARANTINE_THREADS, idle_priority)?;
+        let quarantine = spawn_threads("wasm-quarantine", QUARANTINE_THREADS, move || {
+            lower_priority(nice)
+        })?;
         Ok(Arc::new(Self {
             sender: Mutex::new(Some(sender)),
             quarantine: Mutex::new(Some(quarantine)),
@@ -60,8 +62,10 @@ impl GuestPool {
         }))
     }
 
-    /// Runs `job` on the quarantine thread: idle priority (it gets a CPU only when nothing else
-    /// wants it), one thread for all quarantined components.
+    /// Runs `job` on the quarantine thread: one thread shared by every component whose last
+    /// batch failed, so their retries never occupy the threads of the healthy ones. (It runs at
+    /// the same niceness: an idle-priority thread would turn every wall-clock limit into a
+    /// timeout on a busy machine and hide the real reason of a failure.)
     pub async fn run_quarantined<R: Send + 'static>(
         &self,
         job: impl FnOnce() -> R + Send + 'static,
@@ -140,21 +144,6 @@ fn spawn_threads(
     }
     Ok(sender)
 }
-
-/// Puts the calling thread in `SCHED_IDLE` (Linux): it runs only on an otherwise idle CPU.
-#[cfg(target_os = "linux")]
-fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler with pid 0 changes only the calling thread; `param` is valid.
-    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot give the quarantine thread idle priority");
-        lower_priority(19);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn idle_priority() {}
 
 #[cfg(target_os = "linux")]
 fn lower_priority(nice: i32) {

@@ -40,7 +40,7 @@ pub const LEASE_PREFIX: &str = "wallex-projection:";
 pub const HIDDEN_ROWS_RETRY: Duration = Duration::from_millis(5);
 /// After a failed batch, the worker waits at least this many times the guest time the batch
 /// burned before retrying.
-pub const FAILED_GUEST_TIME_PENALTY: u32 = 4;
+pub const FAILED_GUEST_TIME_PENALTY: u32 = 9;
 /// Pause after the listener connection fails, before it reconnects.
 pub const LISTENER_RETRY: Duration = Duration::from_millis(500);
 
