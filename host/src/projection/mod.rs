@@ -102,6 +102,9 @@ struct Inner {
     guests: Arc<guest_pool::GuestPool>,
     /// One reconciliation at a time, so an older registry state never overwrites a newer one.
     reconciling: tokio::sync::Mutex<()>,
+    /// SHA-256 of each directory file as start-up read it (by `directory:<file>` source): the
+    /// directory watch's starting point, so a change made before it first scans is not missed.
+    startup_files: std::sync::Mutex<HashMap<String, String>>,
     /// Set by [`Projections::start`]: where projections deployed later go to get a worker.
     /// (A channel rather than a direct spawn: a worker's own reconciliation may create
     /// projectors, and a worker that spawns workers is a future that contains itself.)
@@ -132,6 +135,7 @@ impl Projections {
                 compile_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES),
                 guests,
                 reconciling: tokio::sync::Mutex::new(()),
+                startup_files: std::sync::Mutex::new(HashMap::new()),
                 workers: std::sync::Mutex::new(None),
                 tasks: TaskTracker::new(),
             }),
@@ -165,6 +169,13 @@ impl Projections {
                 origin: source.clone(),
                 source: source_error,
             };
+            if source.starts_with("directory:") {
+                let sha256 = registry::sha256_hex(&bytes);
+                match projections.inner.startup_files.lock() {
+                    Ok(mut files) => files.insert(source.clone(), sha256),
+                    Err(poisoned) => poisoned.into_inner().insert(source.clone(), sha256),
+                };
+            }
             let candidate = match projections.validate(bytes, &source).await {
                 Ok(candidate) => candidate,
                 // A bad file in the directory changes nothing, at start-up as later (the registry
@@ -240,6 +251,14 @@ impl Projections {
 
     pub fn config(&self) -> &ProjectionConfig {
         &self.inner.config
+    }
+
+    /// What start-up read from the projections directory: `directory:<file>` → SHA-256.
+    pub fn startup_files(&self) -> HashMap<String, String> {
+        match self.inner.startup_files.lock() {
+            Ok(files) => files.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

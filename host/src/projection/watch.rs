@@ -32,16 +32,19 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    // Start from what start-up loaded (not from the files as they are now: one changed between
+    // start-up and this task's first scan must still be deployed). No modification time is
+    // known, so the first scan reads every file once and compares digests.
+    let loaded = projections.startup_files();
     let mut seen: HashMap<PathBuf, Seen> = HashMap::new();
-    // What the files held at start-up was loaded then: remember it without deploying again.
-    for (path, metadata) in scan(&dir).await {
-        if let Ok(bytes) = tokio::fs::read(&path).await {
+    for (path, _) in scan(&dir).await {
+        if let Some(sha256) = loaded.get(&directory_source(&path)) {
             seen.insert(
                 path,
                 Seen {
-                    modified: metadata.modified().ok(),
-                    len: metadata.len(),
-                    sha256: registry::sha256_hex(&bytes),
+                    modified: None,
+                    len: u64::MAX,
+                    sha256: sha256.clone(),
                 },
             );
         }
