@@ -31,24 +31,7 @@ fn wasm(file: &str) -> Vec<u8> {
 
 /// The same component with a custom section appended: new bytes (a new SHA-256), same behaviour.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    let name = b"wallex-test";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    let mut len = payload.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(&payload);
-    out
+    wallex::bench::deploy::tagged_build(bytes, tag)
 }
 
 fn sha(bytes: &[u8]) -> String {

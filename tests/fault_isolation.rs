@@ -63,6 +63,20 @@ async fn admin_get(server: &Server, path: &str) -> serde_json::Value {
     reply.json()
 }
 
+async fn admin_put(server: &Server, path: &str, component: Vec<u8>) -> Reply {
+    read(
+        client()
+            .put(server.url(path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/wasm")
+            .body(component)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await
+}
+
 async fn admin_post(server: &Server, path: &str) -> Reply {
     read(
         client()
@@ -334,15 +348,10 @@ async fn skip_dead_letters_the_poison_event_and_a_replay_applies_it_after_a_fix(
     );
 
     // Deploy the fixed version (same name and tables), replay: the event is applied once.
-    let fixed = read(
-        client()
-            .put(server.url("/admin/projections/hostile-panic"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/wasm")
-            .body(wasm("wallex_projection_hostile_panic_fixed.wasm"))
-            .send()
-            .await
-            .expect("send"),
+    let fixed = admin_put(
+        &server,
+        "/admin/projections/hostile-panic",
+        wasm("wallex_projection_hostile_panic_fixed.wasm"),
     )
     .await;
     assert_eq!(fixed.status, 200, "{}", fixed.text());
@@ -421,15 +430,10 @@ async fn a_failed_projection_resumes_from_its_checkpoint_when_a_fix_is_deployed(
     let still = admin_get(&server, "/admin/projections/hostile-panic").await;
     assert_eq!(still["status"], "failed");
     assert_eq!(still["checkpoint"]["position"], position);
-    let fixed = read(
-        client()
-            .put(server.url("/admin/projections/hostile-panic?on_poison=pause"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/wasm")
-            .body(wasm("wallex_projection_hostile_panic_fixed.wasm"))
-            .send()
-            .await
-            .expect("send"),
+    let fixed = admin_put(
+        &server,
+        "/admin/projections/hostile-panic?on_poison=pause",
+        wasm("wallex_projection_hostile_panic_fixed.wasm"),
     )
     .await;
     assert_eq!(fixed.status, 200, "{}", fixed.text());
@@ -439,15 +443,10 @@ async fn a_failed_projection_resumes_from_its_checkpoint_when_a_fix_is_deployed(
     assert_eq!(status["settings"]["on_poison"], "pause");
     assert_eq!(seen(&pool, "hostile-panic").await, ["ok-1", "poison-3"]);
     // Bad settings are refused.
-    let bad = read(
-        client()
-            .put(server.url("/admin/projections/hostile-panic?on_poison=explode"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/wasm")
-            .body(wasm("wallex_projection_hostile_panic_fixed.wasm"))
-            .send()
-            .await
-            .expect("send"),
+    let bad = admin_put(
+        &server,
+        "/admin/projections/hostile-panic?on_poison=explode",
+        wasm("wallex_projection_hostile_panic_fixed.wasm"),
     )
     .await;
     bad.assert_problem(400, "invalid-settings");

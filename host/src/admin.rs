@@ -302,7 +302,7 @@ async fn deploy(
     }
     let projections = &state.projections;
     let result = match projections
-        .validate(bytes.to_vec(), &format!("upload:{name}"))
+        .validate(Vec::from(bytes), &format!("upload:{name}"))
         .await
     {
         Ok(candidate) => projections

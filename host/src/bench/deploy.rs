@@ -79,7 +79,7 @@ pub enum DeployBenchError {
     Timeout(&'static str),
 }
 
-/// The bundled read-model with a custom section naming `tag` appended: same code, new digest.
+/// `bytes` (a component) with a custom section naming `tag` appended: same code, new digest.
 pub fn tagged_build(bytes: &[u8], tag: &str) -> Vec<u8> {
     let name = b"wallex-bench";
     let mut payload = vec![name.len() as u8];

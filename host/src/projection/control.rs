@@ -154,7 +154,7 @@ impl Projections {
         let bytes = Arc::new(bytes);
         let component = match self.cached(&sha256) {
             Some(hit) => hit,
-            None => self.compile(origin.to_owned(), bytes.to_vec()).await?,
+            None => self.compile(origin.to_owned(), Arc::clone(&bytes)).await?,
         };
         let info = component
             .info()
@@ -175,7 +175,7 @@ impl Projections {
     pub(super) async fn compile(
         &self,
         origin: String,
-        bytes: Vec<u8>,
+        bytes: Arc<Vec<u8>>,
     ) -> Result<Arc<LoadedComponent>, DeployError> {
         let timeout = self.inner.config.compile_timeout;
         let _slot = self
@@ -204,10 +204,7 @@ impl Projections {
         actor: &str,
     ) -> Result<Activation, DeployError> {
         let name = candidate.schema.name.clone();
-        let current = registry::deployments(&self.inner.pool)
-            .await?
-            .into_iter()
-            .find(|d| d.projection == name);
+        let current = registry::deployment(&self.inner.pool, &name).await?;
         if let Some(current) = current {
             let operator_owned = current.state() == DeploymentState::Deleted
                 || current.source == UPLOAD_SOURCE
@@ -298,13 +295,7 @@ impl Projections {
                     // new settings apply.
                     let new_settings = settings_json.as_ref().filter(|s| **s != current.settings);
                     if let Some(settings) = new_settings {
-                        sqlx::query(
-                            "UPDATE projection_deployments SET settings = $2 WHERE projection = $1",
-                        )
-                        .bind(&name)
-                        .bind(settings)
-                        .execute(&mut *tx)
-                        .await?;
+                        registry::set_settings(&mut tx, &name, settings).await?;
                     }
                     if rebuild.is_some() || new_settings.is_some() {
                         registry::bump(&mut tx, &name).await?;
@@ -339,13 +330,7 @@ impl Projections {
                     Activation::Swapped
                 } else {
                     if let Some(settings) = &settings_json {
-                        sqlx::query(
-                            "UPDATE projection_deployments SET settings = $2 WHERE projection = $1",
-                        )
-                        .bind(&name)
-                        .bind(settings)
-                        .execute(&mut *tx)
-                        .await?;
+                        registry::set_settings(&mut tx, &name, settings).await?;
                     }
                     start_rebuild(
                         &mut tx,
@@ -362,13 +347,7 @@ impl Projections {
             previous => {
                 create(&mut tx, &candidate, previous.as_ref(), source, actor).await?;
                 if let Some(settings) = &settings_json {
-                    sqlx::query(
-                        "UPDATE projection_deployments SET settings = $2 WHERE projection = $1",
-                    )
-                    .bind(&name)
-                    .bind(settings)
-                    .execute(&mut *tx)
-                    .await?;
+                    registry::set_settings(&mut tx, &name, settings).await?;
                 }
                 Activation::Created
             }
@@ -471,11 +450,7 @@ impl Projections {
 
     /// Goes back to the version that ran before the live one.
     pub async fn rollback(&self, name: &str, actor: &str) -> Result<Activation, DeployError> {
-        let current = registry::deployments(&self.inner.pool)
-            .await?
-            .into_iter()
-            .find(|d| d.projection == name && d.state() != DeploymentState::Deleted)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+        let current = self.deployed(name).await?;
         let previous = current.previous_sha256.clone().ok_or_else(|| {
             DeployError::Conflict(format!("{name} has no previous version to roll back to"))
         })?;
@@ -749,14 +724,23 @@ impl Projections {
         Ok(())
     }
 
+    /// The deployment of a projection that is not deleted, or `NotFound`.
+    async fn deployed(&self, name: &str) -> Result<Deployment, DeployError> {
+        registry::deployment(&self.inner.pool, name)
+            .await?
+            .filter(|d| d.state() != DeploymentState::Deleted)
+            .ok_or_else(|| DeployError::NotFound(name.to_owned()))
+    }
+
     /// What an operator sees of one projection.
     pub async fn admin_status(&self, name: &str) -> Result<serde_json::Value, DeployError> {
+        let deployment = self.deployed(name).await?;
+        self.status_of(&deployment).await
+    }
+
+    async fn status_of(&self, deployment: &Deployment) -> Result<serde_json::Value, DeployError> {
         let pool = &self.inner.pool;
-        let deployment = registry::deployments(pool)
-            .await?
-            .into_iter()
-            .find(|d| d.projection == name && d.state() != DeploymentState::Deleted)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+        let name = deployment.projection.as_str();
         let checkpoint = checkpoint::read(pool, name).await?;
         let rebuild = registry::rebuild(&mut *pool.acquire().await?, name).await?;
         let rebuild_checkpoint = match &rebuild {
@@ -772,7 +756,7 @@ impl Projections {
             None => None,
         };
         Ok(status_json(
-            &deployment,
+            deployment,
             self.get(name).as_deref(),
             checkpoint.as_ref(),
             lag,
@@ -789,11 +773,7 @@ impl Projections {
             if deployment.state() == DeploymentState::Deleted {
                 continue;
             }
-            match self.admin_status(&deployment.projection).await {
-                Ok(item) => items.push(item),
-                Err(DeployError::NotFound(_)) => {}
-                Err(other) => return Err(other),
-            }
+            items.push(self.status_of(&deployment).await?);
         }
         Ok(items)
     }
@@ -854,7 +834,7 @@ impl Projections {
         name: &str,
         include_resolved: bool,
     ) -> Result<Vec<DeadLetter>, DeployError> {
-        self.admin_status(name).await?;
+        self.deployed(name).await?;
         Ok(sqlx::query_as(
             "SELECT id, projection, global_position, event_id, event_type, error, attempts,
                     recorded_at, last_attempt_at, resolved_at
@@ -877,7 +857,7 @@ impl Projections {
         name: &str,
         actor: &str,
     ) -> Result<serde_json::Value, DeployError> {
-        self.admin_status(name).await?;
+        self.deployed(name).await?;
         let projector = self
             .get(name)
             .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;

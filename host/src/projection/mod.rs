@@ -435,11 +435,9 @@ impl Projections {
     /// Makes this process run what the registry says for one projection.
     pub async fn reconcile_one(&self, name: &str) -> Result<(), LoadError> {
         let pool = &self.inner.pool;
-        let deployment = registry::deployments(pool)
+        let deployment = registry::deployment(pool, name)
             .await
-            .map_err(LoadError::Registry)?
-            .into_iter()
-            .find(|d| d.projection == name);
+            .map_err(LoadError::Registry)?;
         let mut conn = pool.acquire().await.map_err(LoadError::Registry)?;
         let rebuild = registry::rebuild(&mut conn, name)
             .await
@@ -570,7 +568,7 @@ impl Projections {
         let component = self
             .compile(
                 format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]),
-                bytes,
+                Arc::new(bytes),
             )
             .await
             .map_err(|error| match error {

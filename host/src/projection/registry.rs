@@ -167,6 +167,33 @@ pub async fn deployments<'e>(
     .await
 }
 
+/// One deployment row (deleted ones included), without locking it.
+pub async fn deployment(
+    pool: &sqlx::PgPool,
+    projection: &str,
+) -> Result<Option<Deployment>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM projection_deployments WHERE projection = $1"
+    ))
+    .bind(projection)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Replaces a deployment's settings (in the caller's transaction).
+pub async fn set_settings(
+    conn: &mut PgConnection,
+    projection: &str,
+    settings: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projection_deployments SET settings = $2 WHERE projection = $1")
+        .bind(projection)
+        .bind(settings)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// One deployment row, locked for the caller's transaction.
 pub async fn deployment_for_update(
     conn: &mut PgConnection,

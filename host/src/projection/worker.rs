@@ -511,9 +511,12 @@ impl Projector {
             let handler = Arc::clone(&version.handler);
             let evaluated_schema = Arc::clone(schema);
             let policy = version.policy;
-            let guest_batch = batch.clone();
             let guest_started = std::time::Instant::now();
-            let job = move || evaluate(&*handler, &evaluated_schema, &policy, &guest_batch);
+            // The batch travels to the guest thread and back (no copy of the events).
+            let job = move || {
+                let evaluated = evaluate(&*handler, &evaluated_schema, &policy, &batch);
+                evaluated.map(|evaluated| (evaluated, batch))
+            };
             // A component whose last batch failed runs in quarantine until it succeeds again.
             let evaluated = if self.quarantined.load(Ordering::Relaxed) {
                 self.guests.run_quarantined(job).await
@@ -526,7 +529,7 @@ impl Projector {
                 u64::try_from(guest_started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
-            let evaluated = evaluated??;
+            let (evaluated, batch) = evaluated??;
             handled = started.elapsed();
             rows = mutation::apply(&mut tx, &evaluated.plan).await?;
             for (index, error) in &evaluated.poison {
