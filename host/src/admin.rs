@@ -15,6 +15,7 @@
 //! - `GET /admin/projections/{name}/dead-letters[?all=true]`, `POST …/dead-letters/replay`.
 //! - `GET /admin/outbox/stats`, `GET /admin/actions[?projection=&limit=]`.
 
+use crate::projection::text::{clip, MAX_ERROR_BYTES};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -150,27 +151,29 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     next.run(request).await
 }
 
-/// Maps an operation's error onto the API's problems.
+/// Maps an operation's error onto the API's problems. The detail is clipped: an operation's error
+/// can quote what a component declared.
 fn problem(error: DeployError) -> Problem {
+    let detail = || clip(&error.to_string(), MAX_ERROR_BYTES);
     match &error {
         DeployError::TooLarge { .. } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "component-too-large",
             "Component too large",
-            error.to_string(),
+            detail(),
         ),
         e if e.is_invalid_component() => Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-component",
             "Invalid component",
-            error.to_string(),
+            detail(),
         ),
-        DeployError::NotFound(_) => Problem::not_found(error.to_string()),
+        DeployError::NotFound(_) => Problem::not_found(detail()),
         DeployError::Conflict(_) => Problem::new(
             StatusCode::CONFLICT,
             "conflict",
             "Conflicting operation",
-            error.to_string(),
+            detail(),
         ),
         DeployError::Database(e) => Problem::from_sqlx(e),
         _ => Problem::internal(&error),
@@ -240,7 +243,7 @@ async fn done(
                         action,
                         Some(name),
                         "refused",
-                        &json!({ "error": error.to_string() }),
+                        &json!({ "error": clip(&error.to_string(), MAX_ERROR_BYTES) }),
                     )
                     .await
                 }

@@ -93,5 +93,47 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         "Outbox rows committed by this process.",
         &|p| p.events_applied(),
     );
+    let seconds = |out: &mut String,
+                   metric: &str,
+                   help: &str,
+                   read: &dyn Fn(&crate::projection::worker::Projector) -> u64| {
+        let _ = writeln!(out, "# HELP {metric} {help}");
+        let _ = writeln!(out, "# TYPE {metric} counter");
+        for projector in &projectors {
+            let micros = read(projector);
+            let _ = writeln!(
+                out,
+                "{metric}{{projection=\"{}\"}} {}.{:06}",
+                projector.name(),
+                micros / 1_000_000,
+                micros % 1_000_000
+            );
+        }
+    };
+    seconds(
+        &mut out,
+        "projector_guest_seconds_total",
+        "Guest time of the projection's calls in this process.",
+        &|p| p.counters.guest_micros.load(Ordering::Relaxed),
+    );
+    seconds(
+        &mut out,
+        "projector_failed_guest_seconds_total",
+        "Guest time burned by calls that failed (the base of the penalty wait).",
+        &|p| p.counters.failed_guest_micros.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP projector_quarantined Whether the projection's calls run on the quarantine thread."
+    );
+    let _ = writeln!(out, "# TYPE projector_quarantined gauge");
+    for projector in &projectors {
+        let _ = writeln!(
+            out,
+            "projector_quarantined{{projection=\"{}\"}} {}",
+            projector.name(),
+            u8::from(projector.in_quarantine())
+        );
+    }
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], out))
 }

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::{self, Checkpoint};
 use super::schema::{quote, ColumnType};
+use super::text::quoted;
 use super::worker::Projector;
 use super::Projections;
 use crate::api::problem::Problem;
@@ -173,12 +174,18 @@ async fn read_row(
     let sql_query = match key_column.ty {
         ColumnType::S64 => sql_query.bind(
             key.parse::<i64>()
-                .map_err(|_| bad_request(format!("key {key:?} is not an integer")))?,
+                .map_err(|_| bad_request(format!("key {} is not an integer", quoted(&key))))?,
         ),
         ColumnType::Uuid => sql_query.bind(
             uuid::Uuid::parse_str(&key)
-                .map_err(|_| bad_request(format!("key {key:?} is not a UUID")))?,
+                .map_err(|_| bad_request(format!("key {} is not a UUID", quoted(&key))))?,
         ),
+        // PostgreSQL's text cannot hold NUL: no row can have such a key, and binding one fails.
+        ColumnType::Text if key.contains('\0') => {
+            return Err(bad_request(
+                "key contains a NUL character, which no text key can hold".to_owned(),
+            ))
+        }
         ColumnType::Text => sql_query.bind(key.clone()),
         other => {
             return Err(bad_request(format!(
@@ -191,7 +198,9 @@ async fn read_row(
         .fetch_optional(projections.pool())
         .await
         .map_err(|e| Problem::internal(&e))?
-        .ok_or_else(|| Problem::not_found(format!("no row {key} in {name}/{table_name}")))?;
+        .ok_or_else(|| {
+            Problem::not_found(format!("no row {} in {name}/{table_name}", quoted(&key)))
+        })?;
     let mut response = Json(row).into_response();
     response.headers_mut().insert(
         HeaderName::from_static(PROJECTION_POSITION_HEADER),

@@ -4,6 +4,7 @@
 //! after any crash the checkpoint says exactly which events the tables include. The cursor is an
 //! [`OutboxCursor`] (transaction id, global position), the order of the gap-safe reader.
 
+use super::text::{clip, MAX_ERROR_BYTES};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
@@ -258,7 +259,8 @@ pub async fn advance(
     Ok(())
 }
 
-/// Records a failed batch (outside the failed transaction, which rolled back).
+/// Records a failed batch (outside the failed transaction, which rolled back). The error is
+/// clipped to [`MAX_ERROR_BYTES`].
 pub async fn record_failure<'e>(
     executor: impl PgExecutor<'e>,
     projection: &str,
@@ -272,8 +274,29 @@ pub async fn record_failure<'e>(
     )
     .bind(projection)
     .bind(status.as_str())
-    .bind(error)
+    .bind(clip(error, MAX_ERROR_BYTES))
     .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Marks a projection `failing` with `error` as soon as a call fails, while the worker still
+/// looks for the poison event (a `failed` projection stays `failed`; the count of failed batches
+/// is [`record_failure`]'s). Runs on its own connection: the batch's transaction is still open.
+pub async fn mark_failing(
+    pool: &sqlx::PgPool,
+    projection: &str,
+    error: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET status = CASE WHEN status = 'failed' THEN status ELSE 'failing' END,
+             last_error = $2, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(clip(error, MAX_ERROR_BYTES))
+    .execute(pool)
     .await?;
     Ok(())
 }

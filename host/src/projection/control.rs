@@ -16,6 +16,7 @@
 //! it has caught up the worker holding the lease cuts over in one transaction: the stable views,
 //! the live checkpoint and the registry switch together, and the old tables are dropped.
 
+use super::text::{clip, quoted, MAX_ERROR_BYTES};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +57,9 @@ pub enum DeployError {
     Component(#[from] ComponentError),
     #[error("invalid declaration: {0}")]
     Schema(#[from] super::schema::SchemaError),
-    #[error("the component is named {actual:?}, not {expected:?}")]
+    #[error("the component is named {}, not {}", quoted(actual), quoted(expected))]
     NameMismatch { expected: String, actual: String },
-    #[error("{name:?} would share the tables of projection {other:?} (`-` and `_` map to the same schema name)")]
+    #[error("{} would share the tables of projection {} (`-` and `_` map to the same schema name)", quoted(name), quoted(other))]
     NameCollision { name: String, other: String },
     #[error("version {schema_version} declares different tables than the live version: bump schema_version to rebuild into new tables")]
     TablesChanged { schema_version: u32 },
@@ -893,9 +894,17 @@ impl Projections {
             let outcome = projector
                 .evaluate_one(&version, super::engine::to_guest_event(&event))
                 .await;
+            // PostgreSQL may still refuse the data: that is the event still failing, not an
+            // error of the replay.
+            let outcome = match outcome {
+                Ok(plan) => match super::mutation::apply_or_reject(&mut tx, &plan).await? {
+                    None => Ok(plan),
+                    Some(reason) => Err(super::worker::BatchError::Data(reason)),
+                },
+                Err(error) => Err(error),
+            };
             match outcome {
-                Ok(plan) => {
-                    super::mutation::apply(&mut tx, &plan).await?;
+                Ok(_) => {
                     sqlx::query(
                         "UPDATE projection_dead_letters
                          SET resolved_at = now(), attempts = attempts + 1, last_attempt_at = now()
@@ -907,16 +916,17 @@ impl Projections {
                     replayed += 1;
                 }
                 Err(error) => {
+                    let error = clip(&error.to_string(), MAX_ERROR_BYTES);
                     sqlx::query(
                         "UPDATE projection_dead_letters
                          SET error = $2, attempts = attempts + 1, last_attempt_at = now()
                          WHERE id = $1",
                     )
                     .bind(id)
-                    .bind(error.to_string())
+                    .bind(&error)
                     .execute(&mut *tx)
                     .await?;
-                    still_failing.push(json!({ "position": position, "error": error.to_string() }));
+                    still_failing.push(json!({ "position": position, "error": error }));
                 }
             }
             tx.commit().await?;

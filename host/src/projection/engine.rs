@@ -18,6 +18,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::text::{clip, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
 use crate::outbox::OutboxEvent;
 
 mod bindings {
@@ -67,7 +68,8 @@ pub const GUEST_LOG_TARGET: &str = "wallex::projection::guest";
 /// Core module instances a component may create per call (a Rust component has a handful: its
 /// own module plus the WASI adapter's).
 pub const MAX_CORE_INSTANCES: usize = 32;
-/// Longest message accepted by the host `log` import (longer ones are truncated).
+/// Longest message the host `log` import and forwarded stdout/stderr lines keep (longer ones are
+/// cut with a marker; control characters are escaped).
 pub const LOG_MESSAGE_MAX_BYTES: usize = 4 << 10;
 
 /// Resource limits of a projection's guest calls (defaults, overridden per projection and per
@@ -127,12 +129,18 @@ impl Default for EngineLimits {
     }
 }
 
-/// A trap's one-line reason (the trap code, or the host's error), without the wasm backtrace.
+/// A trap's one-line reason (the trap code, or the host's error), without the wasm backtrace,
+/// bounded (a host error can quote the guest).
 fn concise(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
-        None => error.root_cause().to_string(),
+        None => clip(&error.root_cause().to_string(), MAX_MESSAGE_BYTES),
     }
+}
+
+/// A load error's text, bounded: wasmtime's messages quote names from the binary.
+fn bounded(error: &wasmtime::Error) -> String {
+    clip(&format!("{error:#}"), MAX_ERROR_BYTES)
 }
 
 /// Errors of loading or calling a component.
@@ -140,9 +148,9 @@ fn concise(error: &wasmtime::Error) -> String {
 pub enum ComponentError {
     #[error("could not set up the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
-    #[error("{0} is not a valid WebAssembly component: {1:#}")]
+    #[error("{} is not a valid WebAssembly component: {}", .0, bounded(.1))]
     Invalid(String, wasmtime::Error),
-    #[error("{0} does not implement the wallex:projection world: {1:#}")]
+    #[error("{} does not implement the wallex:projection world: {}", .0, bounded(.1))]
     World(String, wasmtime::Error),
     #[error("projection {projection} {limit} in {function}")]
     Limit {
@@ -159,6 +167,7 @@ pub enum ComponentError {
     #[error("projection {projection} rejected the batch{}: {message}", position.map(|p| format!(" at position {p}")).unwrap_or_default())]
     Rejected {
         projection: String,
+        /// The component's own text, clipped to [`MAX_MESSAGE_BYTES`].
         message: String,
         position: Option<i64>,
     },
@@ -272,8 +281,9 @@ impl ProjectionRuntime {
         let info = loaded.call("describe", &self.limits, |projection, store| {
             projection.call_describe(store)
         })?;
-        loaded.name = info.name.clone();
-        tracing::debug!(origin = %loaded.origin, projection = %info.name, "component described");
+        // Until the declaration is validated the name is only text for messages: bounded.
+        loaded.name = clip(&info.name, MAX_NAME_BYTES);
+        tracing::debug!(origin = %loaded.origin, projection = %loaded.name, "component described");
         loaded.info = Some(info);
         Ok(loaded)
     }
@@ -340,7 +350,7 @@ impl LoadedComponent {
             Ok(mutations) => Ok(mutations),
             Err(error) => Err(ComponentError::Rejected {
                 projection: self.name.clone(),
-                message: error.message,
+                message: clip(&error.message, MAX_MESSAGE_BYTES),
                 position: error.global_position,
             }),
         }
@@ -443,6 +453,7 @@ fn forward_stdio(projection: &str, stream: &'static str, pipe: &MemoryOutputPipe
         return;
     }
     for line in String::from_utf8_lossy(&bytes).lines() {
+        let line = clip(line, LOG_MESSAGE_MAX_BYTES);
         tracing::info!(target: GUEST_LOG_TARGET, projection, stream, "{line}");
     }
 }
@@ -525,14 +536,8 @@ impl bindings::wallex::projection::host::Host for GuestState {
                 self.max_log_lines, self.max_log_bytes
             )));
         }
-        let mut message = message;
-        if message.len() > LOG_MESSAGE_MAX_BYTES {
-            let mut end = LOG_MESSAGE_MAX_BYTES;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        // One line, bounded: control characters (line breaks included) are escaped.
+        let message = clip(&message, LOG_MESSAGE_MAX_BYTES);
         let projection = self.projection.as_str();
         match level {
             wit::LogLevel::Trace => {

@@ -16,6 +16,8 @@ pub mod guest_pool;
 pub mod mutation;
 pub mod registry;
 pub mod schema;
+pub mod search;
+pub mod text;
 pub mod watch;
 pub mod worker;
 

@@ -14,6 +14,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::engine::wit;
+use super::text::quoted;
 use super::schema::{quote, ColumnType, ProjectionSchema, TableSchema};
 
 /// Most mutations one `handle` call may return.
@@ -32,7 +33,7 @@ pub enum MutationError {
     OverCount { count: usize, limit: usize },
     #[error("the call returned more than {limit} bytes of mutations")]
     OverBytes { limit: usize },
-    #[error("mutation #{index} ({op} on table {table:?}): {problem}")]
+    #[error("mutation #{index} ({op} on table {table}): {problem}")]
     Invalid {
         index: usize,
         op: &'static str,
@@ -306,6 +307,13 @@ pub fn check_budget(
     Ok(())
 }
 
+/// Approximate size of a call's output: names and values of all its mutations.
+pub fn output_bytes(mutations: &[wit::Mutation]) -> usize {
+    mutations
+        .iter()
+        .fold(0_usize, |sum, m| sum.saturating_add(mutation_bytes(m)))
+}
+
 /// Approximate size of a mutation: its names and values.
 fn mutation_bytes(mutation: &wit::Mutation) -> usize {
     fn value(v: &wit::Value) -> usize {
@@ -573,6 +581,65 @@ pub async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<u64, sqlx::Er
     Ok(affected)
 }
 
+/// SQLSTATE classes of errors that validated mutations can still meet in PostgreSQL and that
+/// say something about the data, not the database: 21 cardinality violation (a row touched twice
+/// by keys PostgreSQL finds equal), 22 data exception (an overflowing `accumulate` or `add`), 23
+/// integrity constraint violation (an `insert` of an existing key), 54 program limit exceeded (a
+/// key too large for its index). The worker attributes them to the events that caused them.
+pub const DATA_ERROR_CLASSES: [&str; 4] = ["21", "22", "23", "54"];
+/// Savepoint around a range's statements while the worker attributes a data error.
+const RANGE_SAVEPOINT: &str = "wallex_range";
+
+/// PostgreSQL's message if `error` is a data error of a mutation (see [`DATA_ERROR_CLASSES`]),
+/// bounded: it can quote values.
+pub fn data_rejection(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    let code = db.code()?;
+    DATA_ERROR_CLASSES
+        .iter()
+        .any(|class| code.starts_with(class))
+        .then(|| {
+            format!(
+                "PostgreSQL rejected the mutations: {} (SQLSTATE {code})",
+                super::text::clip(db.message(), super::text::MAX_MESSAGE_BYTES)
+            )
+        })
+}
+
+/// Runs a plan inside a savepoint of the caller's transaction: `Ok(None)` when applied,
+/// `Ok(Some(reason))` when PostgreSQL rejected its data (nothing of it applied, the transaction
+/// usable), `Err` for any other database error.
+pub async fn apply_or_reject(
+    conn: &mut PgConnection,
+    plan: &Plan,
+) -> Result<Option<String>, sqlx::Error> {
+    if plan.statements.is_empty() {
+        return Ok(None);
+    }
+    sqlx::query(&format!("SAVEPOINT {RANGE_SAVEPOINT}"))
+        .execute(&mut *conn)
+        .await?;
+    let applied = apply(conn, plan).await;
+    let reason = match applied {
+        Ok(_) => None,
+        Err(error) => match data_rejection(&error) {
+            Some(reason) => Some(reason),
+            None => return Err(error),
+        },
+    };
+    if reason.is_some() {
+        sqlx::query(&format!("ROLLBACK TO SAVEPOINT {RANGE_SAVEPOINT}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(&format!("RELEASE SAVEPOINT {RANGE_SAVEPOINT}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(reason)
+}
+
 fn op_name(mutation: &wit::Mutation) -> (&'static str, &str) {
     match mutation {
         wit::Mutation::Insert(op) => ("insert", &op.table),
@@ -591,7 +658,7 @@ fn validate(
     let fail = |problem: String| MutationError::Invalid {
         index,
         op,
-        table: table_name.to_owned(),
+        table: quoted(table_name),
         problem,
     };
     let table_index = projection
@@ -617,22 +684,22 @@ fn validate(
             .map(|cv| {
                 let c = table
                     .column(&cv.column)
-                    .ok_or_else(|| fail(format!("unknown column {:?}", cv.column)))?;
+                    .ok_or_else(|| fail(format!("unknown column {}", quoted(&cv.column))))?;
                 if !seen.insert(c) {
-                    return Err(fail(format!("column {:?} given twice", cv.column)));
+                    return Err(fail(format!("column {} given twice", quoted(&cv.column))));
                 }
                 let column = &table.columns[c];
                 let value = validate_value(column.ty, &cv.value).map_err(|problem| {
                     fail(format!(
-                        "column {:?} ({}): {problem}",
-                        column.name,
+                        "column {} ({}): {problem}",
+                        quoted(&column.name),
                         column.ty.name()
                     ))
                 })?;
                 if is_null(&value) && (!column.nullable || table.is_key(c)) {
                     return Err(fail(format!(
-                        "column {:?} is NOT NULL but got null",
-                        column.name
+                        "column {} is NOT NULL but got null",
+                        quoted(&column.name)
                     )));
                 }
                 Ok((c, value))
@@ -646,11 +713,12 @@ fn validate(
         for &k in &table.primary_key {
             let (_, value) = values.iter().find(|(c, _)| *c == k).ok_or_else(|| {
                 fail(format!(
-                    "missing primary key column {:?}",
-                    table.columns[k].name
+                    "missing primary key column {}",
+                    quoted(&table.columns[k].name)
                 ))
             })?;
-            key.push_str(&format!("{value:?}\u{1f}"));
+            key.push_str(&key_part(table.columns[k].ty, value));
+            key.push('\u{1f}');
         }
         Ok(key)
     };
@@ -658,8 +726,8 @@ fn validate(
         for (c, column) in table.columns.iter().enumerate() {
             if !column.nullable && !values.iter().any(|(given, _)| *given == c) {
                 return Err(fail(format!(
-                    "missing value for NOT NULL column {:?}",
-                    column.name
+                    "missing value for NOT NULL column {}",
+                    quoted(&column.name)
                 )));
             }
         }
@@ -670,12 +738,12 @@ fn validate(
         for name in names {
             let c = table
                 .column(name)
-                .ok_or_else(|| fail(format!("{what} names unknown column {name:?}")))?;
+                .ok_or_else(|| fail(format!("{what} names unknown column {}", quoted(name))))?;
             if table.is_key(c) {
-                return Err(fail(format!("{what} names primary key column {name:?}")));
+                return Err(fail(format!("{what} names primary key column {}", quoted(name))));
             }
             if out.contains(&c) {
-                return Err(fail(format!("{what} names column {name:?} twice")));
+                return Err(fail(format!("{what} names column {} twice", quoted(name))));
             }
             out.push(c);
         }
@@ -707,15 +775,15 @@ fn validate(
                 let column = &table.columns[c];
                 if !column.ty.is_numeric() {
                     return Err(fail(format!(
-                        "accumulate on non-numeric column {:?} ({})",
-                        column.name,
+                        "accumulate on non-numeric column {} ({})",
+                        quoted(&column.name),
                         column.ty.name()
                     )));
                 }
                 if !values.iter().any(|(given, v)| *given == c && !is_null(v)) {
                     return Err(fail(format!(
-                        "accumulate column {:?} has no value",
-                        column.name
+                        "accumulate column {} has no value",
+                        quoted(&column.name)
                     )));
                 }
             }
@@ -723,14 +791,14 @@ fn validate(
                 let column = &table.columns[c];
                 if column.nullable || !values.iter().any(|(given, _)| *given == c) {
                     return Err(fail(format!(
-                        "guard column {:?} must be NOT NULL and given",
-                        column.name
+                        "guard column {} must be NOT NULL and given",
+                        quoted(&column.name)
                     )));
                 }
                 if accumulate.contains(&c) {
                     return Err(fail(format!(
-                        "guard column {:?} is also accumulated",
-                        column.name
+                        "guard column {} is also accumulated",
+                        quoted(&column.name)
                     )));
                 }
             }
@@ -792,23 +860,23 @@ fn validate(
                 let column = &table.columns[c];
                 if table.is_key(c) {
                     return Err(fail(format!(
-                        "cannot change primary key column {:?}",
-                        column.name
+                        "cannot change primary key column {}",
+                        quoted(&column.name)
                     )));
                 }
                 if !seen.insert(c) {
-                    return Err(fail(format!("column {:?} changed twice", column.name)));
+                    return Err(fail(format!("column {} changed twice", quoted(&column.name))));
                 }
                 if is_add {
                     if !column.ty.is_numeric() {
                         return Err(fail(format!(
-                            "add on non-numeric column {:?} ({})",
-                            column.name,
+                            "add on non-numeric column {} ({})",
+                            quoted(&column.name),
                             column.ty.name()
                         )));
                     }
                     if is_null(&value) {
-                        return Err(fail(format!("add of null to column {:?}", column.name)));
+                        return Err(fail(format!("add of null to column {}", quoted(&column.name))));
                     }
                     adds.push((c, value));
                 } else {
@@ -851,6 +919,37 @@ fn validate(
     }
 }
 
+/// A key value as PostgreSQL compares it, so that two mutations of one row are recognised
+/// (one statement must not touch a row twice): `1.50` and `1.5` are one `numeric`, `-0` and `0`
+/// one `float8`.
+fn key_part(ty: ColumnType, value: &SqlValue) -> String {
+    match (ty, value) {
+        (ColumnType::Decimal, SqlValue::Text(Some(text))) => canonical_decimal(text),
+        (_, SqlValue::F64(Some(x))) if *x == 0.0 => "F64(0)".to_owned(),
+        _ => format!("{value:?}"),
+    }
+}
+
+/// A validated decimal (`-?digits(.digits)?`) without leading zeros, trailing fraction zeros or
+/// the sign of zero.
+fn canonical_decimal(text: &str) -> String {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let zero = int == "0" && frac.is_empty();
+    let sign = if negative && !zero { "-" } else { "" };
+    if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
 fn is_null(value: &SqlValue) -> bool {
     match value {
         SqlValue::Bool(v) => v.is_none(),
@@ -878,7 +977,9 @@ fn value_kind(value: &wit::Value) -> &'static str {
     }
 }
 
-/// Checks that `value` fits a column of type `ty` and converts it.
+/// Checks that `value` fits a column of type `ty` and converts it. Everything PostgreSQL would
+/// refuse is refused here, before any SQL runs: NUL in text and in JSON strings (the `\u0000`
+/// escape), JSON numbers outside `numeric`'s range, timestamps outside `timestamptz`'s range.
 fn validate_value(ty: ColumnType, value: &wit::Value) -> Result<SqlValue, String> {
     use wit::Value as V;
     let no_nul = |text: &str| {
@@ -907,23 +1008,34 @@ fn validate_value(ty: ColumnType, value: &wit::Value) -> Result<SqlValue, String
         }
         (ColumnType::Decimal, V::Decimal(s)) => {
             if !is_decimal(s) {
-                return Err(format!("{s:?} is not a decimal (-?digits[.digits])"));
+                return Err(format!(
+                    "{} is not a decimal (-?digits[.digits])",
+                    quoted(s)
+                ));
             }
             SqlValue::Text(Some(s.clone()))
         }
         (ColumnType::Json, V::Json(s)) => {
             no_nul(s)?;
-            serde_json::from_str::<serde::de::IgnoredAny>(s)
-                .map_err(|e| format!("invalid JSON: {e}"))?;
+            let document: serde_json::Value =
+                serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
+            check_jsonb(&document)?;
             SqlValue::Text(Some(s.clone()))
         }
-        (ColumnType::Timestamp, V::Timestamp(s)) => SqlValue::Timestamp(Some(
-            DateTime::parse_from_rfc3339(s)
-                .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp: {e}"))?
-                .with_timezone(&Utc),
-        )),
+        (ColumnType::Timestamp, V::Timestamp(s)) => {
+            let instant = DateTime::parse_from_rfc3339(s)
+                .map_err(|e| format!("{} is not an RFC 3339 timestamp: {e}", quoted(s)))?
+                .with_timezone(&Utc);
+            if !timestamp_in_range(&instant) {
+                return Err(format!(
+                    "{} is outside PostgreSQL's timestamp range (4714-11-24 BC to 294276-12-31)",
+                    quoted(s)
+                ));
+            }
+            SqlValue::Timestamp(Some(instant))
+        }
         (ColumnType::Uuid, V::Uuid(s)) => SqlValue::Uuid(Some(
-            Uuid::parse_str(s).map_err(|e| format!("{s:?} is not a UUID: {e}"))?,
+            Uuid::parse_str(s).map_err(|e| format!("{} is not a UUID: {e}", quoted(s)))?,
         )),
         (ColumnType::Bytes, V::Bytes(b)) => SqlValue::Bytes(Some(b.clone())),
         (ty, value) => {
@@ -934,6 +1046,74 @@ fn validate_value(ty: ColumnType, value: &wit::Value) -> Result<SqlValue, String
             ))
         }
     })
+}
+
+/// Most digits before the decimal point of a `numeric`.
+pub const NUMERIC_MAX_INTEGER_DIGITS: i64 = 131_072;
+/// Most digits after the decimal point of a `numeric`.
+pub const NUMERIC_MAX_FRACTION_DIGITS: i64 = 16_383;
+
+/// Whether PostgreSQL's `jsonb` stores `document`: no `\u0000` in a string or key, every number
+/// within `numeric`'s range.
+fn check_jsonb(document: &serde_json::Value) -> Result<(), String> {
+    let mut pending = vec![document];
+    while let Some(value) = pending.pop() {
+        match value {
+            serde_json::Value::String(text) if text.contains('\0') => {
+                return Err(
+                    "JSON string contains \\u0000, which PostgreSQL's jsonb cannot store".into(),
+                )
+            }
+            serde_json::Value::Number(number) if !numeric_fits(&number.to_string()) => {
+                return Err(format!(
+                    "JSON number {} is outside PostgreSQL's numeric range",
+                    super::text::clip(&number.to_string(), super::text::MAX_NAME_BYTES)
+                ))
+            }
+            serde_json::Value::Array(items) => pending.extend(items),
+            serde_json::Value::Object(fields) => {
+                if fields.keys().any(|key| key.contains('\0')) {
+                    return Err(
+                        "JSON key contains \\u0000, which PostgreSQL's jsonb cannot store".into(),
+                    );
+                }
+                pending.extend(fields.values());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a JSON number's text (`-?int(.frac)?([eE][+-]?exp)?`) fits PostgreSQL's `numeric`.
+fn numeric_fits(text: &str) -> bool {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+        None => (unsigned, "0"),
+    };
+    let Ok(exponent) = exponent.parse::<i64>() else {
+        // Longer than i64: far outside the range.
+        return false;
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let int = int.trim_start_matches('0');
+    let int_len = i64::try_from(int.len()).unwrap_or(i64::MAX);
+    let frac_len = i64::try_from(frac.len()).unwrap_or(i64::MAX);
+    // Zero is zero whatever its exponent; otherwise the digits move by the exponent.
+    if int.is_empty() && frac.bytes().all(|b| b == b'0') {
+        return frac_len.saturating_sub(exponent).max(0) <= NUMERIC_MAX_FRACTION_DIGITS;
+    }
+    int_len.saturating_add(exponent) <= NUMERIC_MAX_INTEGER_DIGITS
+        && frac_len.saturating_sub(exponent) <= NUMERIC_MAX_FRACTION_DIGITS
+}
+
+/// Whether PostgreSQL's `timestamptz` holds `instant`: from 4714-11-24 00:00 UTC BC (Julian day
+/// 0, year -4713 in chrono's astronomical numbering) to the end of 294276.
+fn timestamp_in_range(instant: &DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    let first = chrono::NaiveDate::from_ymd_opt(-4713, 11, 24);
+    first.is_some_and(|first| instant.date_naive() >= first) && instant.year() <= 294_276
 }
 
 /// `-?digits(.digits)?`, bounded in length.
@@ -1160,6 +1340,108 @@ mod tests {
             changes: vec![wit::Change::Add(cv("note", wit::Value::Text("x".into())))],
         });
         assert_eq!(problem(m), "add on non-numeric column \"note\" (text)");
+    }
+
+    #[test]
+    fn values_postgresql_would_refuse_are_refused_here() {
+        let json = |text: &str| validate_value(ColumnType::Json, &wit::Value::Json(text.into()));
+        assert!(json(r#"{"a":"x\u0000y"}"#).unwrap_err().contains("\\u0000"));
+        assert!(json(r#"{"a\u0000":1}"#).unwrap_err().contains("key"));
+        // The bounds, as PostgreSQL 15 draws them.
+        assert!(json(r#"[1e131072]"#).unwrap_err().contains("numeric range"));
+        assert!(json(r#"[1e-16384]"#).is_err());
+        assert!(json(r#"[0e-16384]"#).is_err());
+        assert!(json(r#"[1e2147483648]"#).is_err());
+        assert!(json(r#"[1e99999999999999999999]"#).is_err());
+        assert!(json(r#"[1e131071, 9e131071, 1e-16383, 0e-16383, 0e200000, -2.5e-999]"#).is_ok());
+        let stamp = |text: &str| {
+            validate_value(ColumnType::Timestamp, &wit::Value::Timestamp(text.into()))
+        };
+        // RFC 3339 has years 0000 to 9999 only, all within PostgreSQL's range; the range check
+        // guards the conversion all the same.
+        assert!(stamp("0000-01-01T00:00:00+23:59").is_ok());
+        assert!(stamp("-5000-01-01T00:00:00Z").is_err());
+        let at = |y, m, d| {
+            chrono::NaiveDate::from_ymd_opt(y, m, d)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+                .expect("date")
+        };
+        assert!(timestamp_in_range(&at(-4713, 11, 24)));
+        assert!(!timestamp_in_range(&at(-4713, 11, 23)));
+        assert!(timestamp_in_range(&at(262_142, 12, 31)));
+        assert!(validate_value(ColumnType::Text, &wit::Value::Text("a\0b".into())).is_err());
+    }
+
+    #[test]
+    fn keys_compare_as_postgresql_compares_them() {
+        assert_eq!(canonical_decimal("001.500"), "1.5");
+        assert_eq!(canonical_decimal("-0.00"), "0");
+        assert_eq!(canonical_decimal("-12"), "-12");
+        assert_eq!(canonical_decimal("0.10"), "0.1");
+        // Two upserts of one numeric key written differently never share a statement.
+        let s = ProjectionSchema::from_info(&wit::ProjectionInfo {
+            name: "p".into(),
+            schema_version: 1,
+            subscribes_to: vec!["*".into()],
+            tables: vec![wit::Table {
+                name: "accounts".into(),
+                columns: vec![
+                    wit::Column {
+                        name: "id".into(),
+                        type_: wit::ColumnType::Text,
+                        nullable: false,
+                    },
+                    wit::Column {
+                        name: "balance".into(),
+                        type_: wit::ColumnType::Decimal,
+                        nullable: false,
+                    },
+                    wit::Column {
+                        name: "version".into(),
+                        type_: wit::ColumnType::S64,
+                        nullable: false,
+                    },
+                ],
+                primary_key: vec!["balance".into()],
+                indexes: vec![],
+            }],
+        })
+        .unwrap();
+        let by_balance = |balance: &str| {
+            wit::Mutation::Upsert(wit::UpsertOp {
+                table: "accounts".into(),
+                values: vec![
+                    cv("id", wit::Value::Text("a".into())),
+                    cv("balance", wit::Value::Decimal(balance.into())),
+                    cv("version", wit::Value::S64(1)),
+                ],
+                accumulate: vec![],
+                guard: vec![],
+            })
+        };
+        let plan = plan(&s, &[by_balance("1.50"), by_balance("1.5")]).unwrap();
+        assert_eq!(plan.statements.len(), 2);
+    }
+
+    #[test]
+    fn errors_quote_component_names_bounded() {
+        let huge = "t".repeat(1 << 20);
+        let error = problem(wit::Mutation::Insert(wit::InsertOp {
+            table: huge.clone(),
+            values: vec![cv(&huge, wit::Value::Text(huge.clone()))],
+        }));
+        assert!(error.len() < 1024, "{}", error.len());
+        let error = problem(wit::Mutation::Insert(wit::InsertOp {
+            table: "accounts".into(),
+            values: vec![cv(&huge, wit::Value::Null)],
+        }));
+        assert!(error.len() < 1024, "{}", error.len());
+        let error = problem(wit::Mutation::Insert(wit::InsertOp {
+            table: "accounts".into(),
+            values: vec![cv("opened", wit::Value::Timestamp(huge))],
+        }));
+        assert!(error.len() < 1024, "{}", error.len());
     }
 
     #[test]

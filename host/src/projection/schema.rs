@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Connection, PgConnection};
 
 use super::engine::wit;
+use super::text::quoted;
 
 /// Longest SQL identifier PostgreSQL keeps.
 pub const IDENTIFIER_MAX_LEN: usize = 63;
@@ -19,20 +20,31 @@ pub const MAX_TABLES: usize = 32;
 pub const MAX_COLUMNS: usize = 128;
 pub const MAX_INDEXES_PER_TABLE: usize = 16;
 pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// Longest subscribed event type.
+pub const EVENT_TYPE_MAX_LEN: usize = 128;
 /// Subscribes to every event type.
 pub const ALL_EVENT_TYPES: &str = "*";
 /// Serialises DDL of concurrently starting processes (a transaction-scoped advisory lock key).
 const DDL_LOCK_KEY: i64 = 0x7761_6c6c_6578_0001;
 
-/// A declaration the host refuses.
+/// A declaration the host refuses. Names in it are already quoted and clipped
+/// ([`super::text::quoted`]): a component chooses them and they can be of any size.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
-    #[error("invalid projection name {0:?}: expected [a-z][a-z0-9_-]{{0,40}}")]
+    #[error("invalid projection name {0}: expected [a-z][a-z0-9_-]{{0,40}}")]
     ProjectionName(String),
-    #[error("invalid identifier {0:?}: expected [a-z][a-z0-9_]{{0,62}}")]
+    #[error("invalid identifier {0}: expected [a-z][a-z0-9_]{{0,62}}")]
     Identifier(String),
     #[error("{what} declared twice: {name}")]
     Duplicate { what: &'static str, name: String },
+    #[error("invalid subscribed event type {0}: expected 1 to {EVENT_TYPE_MAX_LEN} visible ASCII characters")]
+    EventType(String),
+    #[error("relation name {name} is used twice in the projection's schema: by {first} and by {second} (tables, indexes and primary keys share one namespace)")]
+    Collision {
+        name: String,
+        first: String,
+        second: String,
+    },
     #[error("table {table}: {message}")]
     Table { table: String, message: String },
     #[error("too many {what}: {count} > {max}")]
@@ -226,7 +238,7 @@ impl ProjectionSchema {
     /// Validates what `describe()` returned.
     pub fn from_info(info: &wit::ProjectionInfo) -> Result<Self, SchemaError> {
         if !is_projection_name(&info.name) {
-            return Err(SchemaError::ProjectionName(info.name.clone()));
+            return Err(SchemaError::ProjectionName(quoted(&info.name)));
         }
         let namespace = namespace_base(&info.name, info.schema_version);
         check_identifier(&namespace)?;
@@ -238,6 +250,9 @@ impl ProjectionSchema {
             info.subscribes_to.len(),
             MAX_SUBSCRIPTIONS,
         )?;
+        if let Some(bad) = info.subscribes_to.iter().find(|t| !is_event_type(t)) {
+            return Err(SchemaError::EventType(quoted(bad)));
+        }
         let subscriptions = if info.subscribes_to.iter().any(|t| t == ALL_EVENT_TYPES) {
             Subscriptions::All
         } else {
@@ -251,11 +266,12 @@ impl ProjectionSchema {
             if by_name.insert(table.name.clone(), tables.len()).is_some() {
                 return Err(SchemaError::Duplicate {
                     what: "table",
-                    name: table.name,
+                    name: quoted(&table.name),
                 });
             }
             tables.push(table);
         }
+        check_relation_names(&tables)?;
         Ok(Self {
             name: info.name.clone(),
             schema_version: info.schema_version,
@@ -288,7 +304,8 @@ impl ProjectionSchema {
                 })
                 .collect();
             columns.push(format!(
-                "PRIMARY KEY ({})",
+                "CONSTRAINT {} PRIMARY KEY ({})",
+                quote(&primary_key_name(&table.name)),
                 column_list(table, &table.primary_key)
             ));
             statements.push(format!(
@@ -329,7 +346,7 @@ fn table_schema(
 ) -> Result<TableSchema, SchemaError> {
     check_identifier(&table.name)?;
     let fail = |message: String| SchemaError::Table {
-        table: table.name.clone(),
+        table: quoted(&table.name),
         message,
     };
     too_many("columns", table.columns.len(), MAX_COLUMNS)?;
@@ -339,7 +356,7 @@ fn table_schema(
     for column in &table.columns {
         check_identifier(&column.name)?;
         if by_name.insert(column.name.clone(), columns.len()).is_some() {
-            return Err(fail(format!("column {} declared twice", column.name)));
+            return Err(fail(format!("column {} declared twice", quoted(&column.name))));
         }
         columns.push(ColumnSchema {
             name: column.name.clone(),
@@ -355,12 +372,11 @@ fn table_schema(
         names
             .iter()
             .map(|name| {
-                let index = by_name
-                    .get(name)
-                    .copied()
-                    .ok_or_else(|| fail(format!("{what} names unknown column {name}")))?;
+                let index = by_name.get(name).copied().ok_or_else(|| {
+                    fail(format!("{what} names unknown column {}", quoted(name)))
+                })?;
                 if !seen.insert(index) {
-                    return Err(fail(format!("{what} names column {name} twice")));
+                    return Err(fail(format!("{what} names column {} twice", quoted(name))));
                 }
                 Ok(index)
             })
@@ -373,12 +389,12 @@ fn table_schema(
         if !index_names.insert(index.name.clone()) {
             return Err(SchemaError::Duplicate {
                 what: "index",
-                name: index.name.clone(),
+                name: quoted(&index.name),
             });
         }
         indexes.push(IndexSchema {
             name: index.name.clone(),
-            columns: resolve(&index.columns, &format!("index {}", index.name))?,
+            columns: resolve(&index.columns, &format!("index {}", quoted(&index.name)))?,
             unique: index.unique,
         });
     }
@@ -446,8 +462,60 @@ fn check_identifier(name: &str) -> Result<(), SchemaError> {
     if is_identifier(name) {
         Ok(())
     } else {
-        Err(SchemaError::Identifier(name.to_owned()))
+        Err(SchemaError::Identifier(quoted(name)))
     }
+}
+
+/// A subscribed event type: 1 to [`EVENT_TYPE_MAX_LEN`] visible ASCII characters.
+pub fn is_event_type(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= EVENT_TYPE_MAX_LEN
+        && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The name of a table's primary-key constraint (and its index), as PostgreSQL would choose it:
+/// `<table>_pkey`, the table's part cut so that the whole fits an identifier. The DDL states it,
+/// so PostgreSQL never picks another one silently.
+pub fn primary_key_name(table: &str) -> String {
+    const SUFFIX: &str = "_pkey";
+    let keep = table.len().min(IDENTIFIER_MAX_LEN - SUFFIX.len());
+    format!("{}{SUFFIX}", &table[..keep])
+}
+
+/// Tables, indexes and primary-key constraints share PostgreSQL's relation namespace of the
+/// projection's schema, and `IF NOT EXISTS` would skip a clash silently: every name must be
+/// unique among all of them.
+fn check_relation_names(tables: &[TableSchema]) -> Result<(), SchemaError> {
+    let mut owners: HashMap<String, String> = HashMap::new();
+    let mut claim = |name: String, owner: String| -> Result<(), SchemaError> {
+        match owners.get(&name) {
+            Some(first) => Err(SchemaError::Collision {
+                name: quoted(&name),
+                first: first.clone(),
+                second: owner,
+            }),
+            None => {
+                owners.insert(name, owner);
+                Ok(())
+            }
+        }
+    };
+    for table in tables {
+        claim(table.name.clone(), format!("table {}", quoted(&table.name)))?;
+    }
+    for table in tables {
+        claim(
+            primary_key_name(&table.name),
+            format!("the primary key of table {}", quoted(&table.name)),
+        )?;
+        for index in &table.indexes {
+            claim(
+                index.name.clone(),
+                format!("index {} of table {}", quoted(&index.name), quoted(&table.name)),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Quotes a validated identifier. Validation already excludes `"`, quoting keeps reserved words
@@ -511,7 +579,7 @@ mod tests {
         assert_eq!(schema.namespace, "proj_my_proj_v2");
         assert_eq!(
             schema.ddl()[1],
-            "CREATE TABLE IF NOT EXISTS \"proj_my_proj_v2\".\"t\" (\"id\" TEXT NOT NULL, \"n\" BIGINT, PRIMARY KEY (\"id\"))"
+            "CREATE TABLE IF NOT EXISTS \"proj_my_proj_v2\".\"t\" (\"id\" TEXT NOT NULL, \"n\" BIGINT, CONSTRAINT \"t_pkey\" PRIMARY KEY (\"id\"))"
         );
     }
 
@@ -520,7 +588,7 @@ mod tests {
         for bad in ["T", "1t", "t;drop", "t\"x", ""] {
             assert_eq!(
                 ProjectionSchema::from_info(&info(table(bad, &["id"]))),
-                Err(SchemaError::Identifier(bad.into()))
+                Err(SchemaError::Identifier(quoted(bad)))
             );
         }
         assert!(matches!(
@@ -537,5 +605,54 @@ mod tests {
             ProjectionSchema::from_info(&bad_name),
             Err(SchemaError::ProjectionName(_))
         ));
+    }
+
+    #[test]
+    fn relation_names_cannot_collide() {
+        let mut both = info(table("t", &["id"]));
+        both.tables.push(table("t_pkey", &["id"]));
+        let error = ProjectionSchema::from_info(&both).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "relation name \"t_pkey\" is used twice in the projection's schema: by table \"t_pkey\" and by the primary key of table \"t\" (tables, indexes and primary keys share one namespace)"
+        );
+        let mut index_like_table = info(table("a", &["id"]));
+        index_like_table.tables.push(table("b", &["id"]));
+        index_like_table.tables[0].indexes.push(wit::Index {
+            name: "b".into(),
+            columns: vec!["n".into()],
+            unique: false,
+        });
+        assert!(matches!(
+            ProjectionSchema::from_info(&index_like_table),
+            Err(SchemaError::Collision { .. })
+        ));
+        // Long table names: PostgreSQL's cut of `<table>_pkey` is what is checked.
+        let long = "x".repeat(63);
+        let mut cut = info(table(&long, &["id"]));
+        cut.tables.push(table(&format!("{}_pkey", &long[..58]), &["id"]));
+        assert!(matches!(
+            ProjectionSchema::from_info(&cut),
+            Err(SchemaError::Collision { .. })
+        ));
+        assert_eq!(primary_key_name(&long).len(), 63);
+    }
+
+    #[test]
+    fn errors_quote_names_bounded() {
+        let huge = "N".repeat(16 << 20);
+        let mut bad = info(table("t", &["id"]));
+        bad.name = huge.clone();
+        let text = ProjectionSchema::from_info(&bad).unwrap_err().to_string();
+        assert!(text.len() < 512, "{}", text.len());
+        let mut bad = info(table("t", &["id"]));
+        bad.subscribes_to = vec![huge.clone()];
+        let text = ProjectionSchema::from_info(&bad).unwrap_err().to_string();
+        assert!(text.starts_with("invalid subscribed event type"), "{text}");
+        assert!(text.len() < 512, "{}", text.len());
+        let text = ProjectionSchema::from_info(&info(table(&huge, &["id"])))
+            .unwrap_err()
+            .to_string();
+        assert!(text.len() < 512, "{}", text.len());
     }
 }

@@ -11,9 +11,10 @@
 //! 3. sleeps until PostgreSQL notifies a new outbox row (LISTEN/NOTIFY) or the poll interval
 //!    elapses, whichever comes first.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -22,12 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::checkpoint::{self, CheckpointError, Status};
-use super::config::{OnPoison, Policy};
+use super::config::Policy;
 use super::engine::{to_guest_event, wit, ComponentError, LoadedComponent, RuntimeLimits};
 use super::guest_pool::{GuestPool, GuestPoolError};
 use super::mutation::{self, MutationError};
 use super::registry::REGISTRY_CHANNEL;
 use super::schema::ProjectionSchema;
+use super::search::Search;
 use super::Projections;
 use crate::outbox::{self, OutboxCursor, OutboxError};
 
@@ -38,9 +40,17 @@ pub const LEASE_PREFIX: &str = "wallex-projection:";
 /// How long to wait before re-checking when committed rows are not readable yet because an older
 /// transaction is still running (the reader's gap-safety horizon).
 pub const HIDDEN_ROWS_RETRY: Duration = Duration::from_millis(5);
-/// After a failed batch, the worker waits at least this many times the guest time the batch
-/// burned before retrying.
+/// After a batch in which calls failed, the worker waits at least this many times the guest time
+/// those calls burned before its next batch (under `skip` too): a component failing at its limit
+/// gets at most 1/(1+penalty) of a guest thread.
 pub const FAILED_GUEST_TIME_PENALTY: u32 = 9;
+/// A failing call that burned at least this much guest time sends its component to the
+/// quarantine thread for [`QUARANTINE_WINDOW`].
+pub const QUARANTINE_BURN: Duration = Duration::from_millis(100);
+/// How long a component stays on the quarantine thread after an expensive failing call (renewed
+/// by every further one), so that a component failing now and then (`skip`) cannot come back to
+/// the shared guest threads between its failures.
+pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
 /// Pause after the listener connection fails, before it reconnects.
 pub const LISTENER_RETRY: Duration = Duration::from_millis(500);
 
@@ -104,6 +114,10 @@ pub enum BatchError {
     },
     #[error(transparent)]
     Guest(#[from] GuestPoolError),
+    /// PostgreSQL refused data of validated mutations (see [`mutation::data_rejection`]); the
+    /// worker then applies the batch range by range to attribute it.
+    #[error("{0}")]
+    Data(String),
 }
 
 impl BatchError {
@@ -117,6 +131,7 @@ impl BatchError {
                     | ComponentError::Limit { .. }
                     | ComponentError::Rejected { .. }
             ) | Self::Mutation(_)
+                | Self::Data(_)
         )
     }
 
@@ -167,14 +182,8 @@ impl BatchHandler for LoadedComponent {
     }
 }
 
-/// A batch's outcome before it touches the database: what to apply, and the poison events
-/// (index in the batch, error) to record as dead letters.
-struct Evaluated {
-    plan: mutation::Plan,
-    poison: Vec<(usize, String)>,
-}
-
-/// Runs the handler on a batch and validates its output against the limits and the declaration.
+/// Runs the handler on (part of) a batch and validates its output against the limits and the
+/// declaration.
 fn attempt(
     handler: &dyn BatchHandler,
     schema: &ProjectionSchema,
@@ -187,96 +196,43 @@ fn attempt(
     Ok((mutations, plan))
 }
 
-/// Splits a failing batch in halves until every failing event is alone, collecting the good
-/// events' mutations in order and the poison events' indexes.
-fn bisect(
-    handler: &dyn BatchHandler,
-    schema: &ProjectionSchema,
-    limits: &RuntimeLimits,
-    batch: &[wit::Event],
-    offset: usize,
-    good: &mut Vec<wit::Mutation>,
-    poison: &mut Vec<(usize, String)>,
-) {
-    match attempt(handler, schema, limits, batch) {
-        Ok((mutations, _)) => good.extend(mutations),
-        Err(error) if batch.len() == 1 => poison.push((offset, error.to_string())),
-        Err(_) => {
-            let middle = batch.len() / 2;
-            bisect(
-                handler,
-                schema,
-                limits,
-                &batch[..middle],
-                offset,
-                good,
-                poison,
-            );
-            bisect(
-                handler,
-                schema,
-                limits,
-                &batch[middle..],
-                offset + middle,
-                good,
-                poison,
-            );
+/// What a call on a range of the batch returned, and the guest time it took.
+type CallOutcome = (Result<(Vec<wit::Mutation>, mutation::Plan), BatchError>, Duration);
+
+/// What the evaluation of a batch settled (see [`Search`]).
+struct Evaluation {
+    /// Events `[0, settled)` of the guest batch are settled.
+    settled: usize,
+    /// What to apply for them (empty when applied range by range already).
+    plan: mutation::Plan,
+    /// Poison events (index in the guest batch, why) to dead-letter, under `skip`.
+    poison: Vec<(usize, String)>,
+    /// Under `pause`: the first poison event, reported after the prefix before it commits.
+    paused: Option<BatchError>,
+    /// Size the unresolved rest was narrowed to, when something is left.
+    narrowed: Option<usize>,
+}
+
+impl Evaluation {
+    fn whole(len: usize, plan: mutation::Plan) -> Self {
+        Self {
+            settled: len,
+            plan,
+            poison: Vec::new(),
+            paused: None,
+            narrowed: None,
         }
     }
 }
 
-/// Evaluates a batch: the whole of it, or (when the component fails it) bisected to the poison
-/// events, which fail the batch under `pause` and become dead letters under `skip`.
-fn evaluate(
-    handler: &dyn BatchHandler,
-    schema: &ProjectionSchema,
-    policy: &Policy,
-    batch: &[wit::Event],
-) -> Result<Evaluated, BatchError> {
-    let error = match attempt(handler, schema, &policy.limits, batch) {
-        Ok((_, plan)) => {
-            return Ok(Evaluated {
-                plan,
-                poison: Vec::new(),
-            })
-        }
-        Err(error) if !error.is_component_failure() => return Err(error),
-        Err(error) => error,
-    };
-    let mut good = Vec::new();
-    let mut poison = Vec::new();
-    if batch.len() == 1 {
-        poison.push((0, error.to_string()));
-    } else {
-        bisect(
-            handler,
-            schema,
-            &policy.limits,
-            batch,
-            0,
-            &mut good,
-            &mut poison,
-        );
-    }
-    let Some((index, message)) = poison.first().cloned() else {
-        // Every part succeeds on its own (a limit only the whole batch exceeds): not one event's
-        // fault, so it fails as a batch.
-        return Err(error);
-    };
-    match policy.on_poison {
-        OnPoison::Pause => {
-            let event = &batch[index];
-            Err(BatchError::Poison {
-                position: event.global_position,
-                event_id: event.event_id.clone(),
-                event_type: event.event_type.clone(),
-                message,
-            })
-        }
-        OnPoison::Skip => Ok(Evaluated {
-            plan: mutation::plan(schema, &good)?,
-            poison,
-        }),
+/// The index in `batch` of the event a component's error names, if it names one.
+fn named_event(error: &BatchError, batch: &[wit::Event]) -> Option<usize> {
+    match error {
+        BatchError::Component(ComponentError::Rejected {
+            position: Some(position),
+            ..
+        }) => batch.iter().position(|e| e.global_position == *position),
+        _ => None,
     }
 }
 
@@ -323,6 +279,24 @@ pub enum Track {
     Rebuild,
 }
 
+impl Track {
+    fn index(self) -> usize {
+        match self {
+            Self::Live => 0,
+            Self::Rebuild => 1,
+        }
+    }
+}
+
+/// What one batch of a track did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Outbox rows consumed (0 when caught up).
+    pub consumed: usize,
+    /// Whether more rows are known to wait (the batch was full, or only part of it settled).
+    pub more: bool,
+}
+
 /// A projection and its worker's shared state.
 pub struct Projector {
     name: String,
@@ -343,10 +317,16 @@ pub struct Projector {
     guests: Arc<GuestPool>,
     /// Counters since this process started (`GET /metrics`).
     pub counters: Counters,
-    /// Guest time of the last batch evaluation, in microseconds (the retry penalty of a failure).
-    last_guest_micros: AtomicU64,
-    /// Whether the last batch evaluation failed: the next runs on the quarantine thread.
-    quarantined: AtomicBool,
+    /// Guest time burned by failing calls since the worker last looked, in microseconds (the
+    /// base of its penalty wait).
+    burned_micros: AtomicU64,
+    /// Whether the last call failed: the next runs on the quarantine thread.
+    last_call_failed: AtomicBool,
+    /// Until when the component runs on the quarantine thread after an expensive failure.
+    quarantined_until: std::sync::Mutex<Option<Instant>>,
+    /// Per track ([`Track::index`]): the batch size a search narrowed the next batch to (0: the
+    /// configured size).
+    size_hint: [AtomicUsize; 2],
 }
 
 /// What a projector did in this process, for metrics.
@@ -355,6 +335,10 @@ pub struct Counters {
     pub batches_applied: AtomicU64,
     pub batches_failed: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Guest time of all calls, in microseconds.
+    pub guest_micros: AtomicU64,
+    /// Guest time of the calls that failed, in microseconds.
+    pub failed_guest_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for Projector {
@@ -371,8 +355,10 @@ impl Projector {
         Self {
             guests,
             counters: Counters::default(),
-            last_guest_micros: AtomicU64::new(0),
-            quarantined: AtomicBool::new(false),
+            burned_micros: AtomicU64::new(0),
+            last_call_failed: AtomicBool::new(false),
+            quarantined_until: std::sync::Mutex::new(None),
+            size_hint: [AtomicUsize::new(0), AtomicUsize::new(0)],
             name: desired.active.schema.name.clone(),
             config,
             desired: std::sync::RwLock::new(desired),
@@ -454,28 +440,66 @@ impl Projector {
         self.progress.subscribe()
     }
 
-    /// Applies at most one live batch on `conn` (which must hold the lease). Returns the number
-    /// of outbox rows consumed (0 when caught up).
-    pub async fn apply_batch(&self, conn: &mut PgConnection) -> Result<usize, BatchError> {
+    /// Applies at most one live batch on `conn` (which must hold the lease); `pool` records a
+    /// failure as soon as it is seen.
+    pub async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        pool: &PgPool,
+    ) -> Result<BatchOutcome, BatchError> {
         let active = self.active();
-        self.apply_track(conn, Track::Live, &active, self.config.batch_size)
+        self.apply_track(conn, pool, Track::Live, &active, self.config.batch_size)
             .await
     }
 
-    /// Applies at most one batch of `track` with `version` on `conn`.
+    /// Applies at most one batch of `track` with `version` on `conn`. When PostgreSQL refuses the
+    /// data of a batch, it is applied again range by range (savepoints) so that the refusal is
+    /// attributed to its event(s) like any failure of the component.
     pub async fn apply_track(
         &self,
         conn: &mut PgConnection,
+        pool: &PgPool,
         track: Track,
         version: &Active,
         batch_size: u32,
-    ) -> Result<usize, BatchError> {
+    ) -> Result<BatchOutcome, BatchError> {
+        let first = self
+            .apply_track_once(conn, pool, track, version, batch_size, false)
+            .await;
+        let reason = match first {
+            Err(BatchError::Data(reason)) => reason,
+            other => return other,
+        };
+        tracing::info!(
+            projection = self.name(),
+            ?track,
+            %reason,
+            "PostgreSQL refused the batch's data; applying it range by range to find the events"
+        );
+        self.apply_track_once(conn, pool, track, version, batch_size, true)
+            .await
+    }
+
+    async fn apply_track_once(
+        &self,
+        conn: &mut PgConnection,
+        pool: &PgPool,
+        track: Track,
+        version: &Active,
+        batch_size: u32,
+        careful: bool,
+    ) -> Result<BatchOutcome, BatchError> {
         let name = self.name();
         let key = match track {
             Track::Live => name.to_owned(),
             Track::Rebuild => checkpoint::rebuild_key(name),
         };
         let schema = &version.schema;
+        let hint = self.size_hint[track.index()].load(Ordering::Relaxed);
+        let limit = match u32::try_from(hint) {
+            Ok(hint) if hint > 0 => hint.min(batch_size),
+            _ => batch_size,
+        };
         let started = std::time::Instant::now();
         let mut tx = conn.begin().await?;
         if track == Track::Rebuild {
@@ -486,9 +510,9 @@ impl Projector {
                 .await?;
         }
         let cursor = checkpoint::cursor(&mut tx, &key).await?;
-        let events = outbox::read_batch(&mut *tx, cursor, batch_size).await?;
+        let events = outbox::read_batch(&mut *tx, cursor, limit).await?;
         let read = started.elapsed();
-        let Some(last) = events.last().map(|e| e.cursor()) else {
+        if events.is_empty() {
             tx.rollback().await?;
             if track == Track::Live {
                 // Another process may have moved the checkpoint while it held the lease.
@@ -498,41 +522,57 @@ impl Projector {
                     changed
                 });
             }
-            return Ok(0);
-        };
+            return Ok(BatchOutcome {
+                consumed: 0,
+                more: false,
+            });
+        }
+        // The guest batch, and where each of its events is in the outbox rows read.
+        let mut rows_of = Vec::new();
         let batch: Vec<_> = events
             .iter()
-            .filter(|e| schema.subscriptions.includes(&e.event_type))
-            .map(to_guest_event)
+            .enumerate()
+            .filter(|(_, e)| schema.subscriptions.includes(&e.event_type))
+            .map(|(row, e)| {
+                rows_of.push(row);
+                to_guest_event(e)
+            })
             .collect();
         let mut rows = 0;
         let (mut handled, mut applied) = (read, read);
+        let mut consumed = events.len();
+        let mut paused = None;
+        let mut narrowed = None;
         if !batch.is_empty() {
-            let handler = Arc::clone(&version.handler);
-            let evaluated_schema = Arc::clone(schema);
-            let policy = version.policy;
-            let guest_started = std::time::Instant::now();
-            // The batch travels to the guest thread and back (no copy of the events).
-            let job = move || {
-                let evaluated = evaluate(&*handler, &evaluated_schema, &policy, &batch);
-                evaluated.map(|evaluated| (evaluated, batch))
-            };
-            // A component whose last batch failed runs in quarantine until it succeeds again.
-            let evaluated = if self.quarantined.load(Ordering::Relaxed) {
-                self.guests.run_quarantined(job).await
-            } else {
-                self.guests.run(job).await
-            };
-            let failed = !matches!(evaluated, Ok(Ok(_)));
-            self.quarantined.store(failed, Ordering::Relaxed);
-            self.last_guest_micros.store(
-                u64::try_from(guest_started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
-            let (evaluated, batch) = evaluated??;
+            let batch = Arc::new(batch);
+            let evaluation = self
+                .evaluate(&mut tx, pool, &key, version, &batch, careful)
+                .await?;
             handled = started.elapsed();
-            rows = mutation::apply(&mut tx, &evaluated.plan).await?;
-            for (index, error) in &evaluated.poison {
+            paused = evaluation.paused;
+            narrowed = evaluation.narrowed;
+            if let Some(&row) = rows_of.get(evaluation.settled) {
+                // Only the rows before the first unsettled event are consumed.
+                consumed = row;
+            }
+            if consumed == 0 {
+                // Nothing settled: the first event is the poison (under `pause`).
+                tx.rollback().await?;
+                self.size_hint[track.index()].store(1, Ordering::Relaxed);
+                return Err(paused.unwrap_or_else(|| {
+                    BatchError::Data("no event of the batch could be settled".to_owned())
+                }));
+            }
+            rows = match mutation::apply(&mut tx, &evaluation.plan).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    return Err(match mutation::data_rejection(&error) {
+                        Some(reason) if !careful => BatchError::Data(reason),
+                        _ => BatchError::Database(error),
+                    })
+                }
+            };
+            for (index, error) in &evaluation.poison {
                 let event = &batch[*index];
                 record_dead_letter(&mut tx, name, event, error).await?;
                 tracing::warn!(
@@ -546,12 +586,13 @@ impl Projector {
             }
             self.counters
                 .dead_letters
-                .fetch_add(evaluated.poison.len() as u64, Ordering::Relaxed);
+                .fetch_add(evaluation.poison.len() as u64, Ordering::Relaxed);
             applied = started.elapsed();
         }
+        let last = events[consumed - 1].cursor();
         crate::failpoint::hit("projection-after-apply").await;
-        let consumed = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, consumed).await?;
+        let counted = i64::try_from(consumed).unwrap_or(i64::MAX);
+        checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, counted).await?;
         crate::failpoint::hit("projection-before-commit").await;
         tx.commit().await?;
         crate::failpoint::hit("projection-after-commit").await;
@@ -561,13 +602,26 @@ impl Projector {
             .fetch_add(1, Ordering::Relaxed);
         if track == Track::Live {
             self.events_applied
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
+                .fetch_add(consumed as u64, Ordering::Relaxed);
             self.progress.send_replace(last);
         }
+        // The next batch: as narrowed by the search, or growing back to the configured size.
+        let next_hint = match (paused.is_some(), narrowed, hint) {
+            (true, _, _) => 1,
+            (false, Some(size), _) => size.max(1),
+            (false, None, 0) => 0,
+            (false, None, hint) => hint.saturating_mul(2),
+        };
+        let next_hint = if next_hint >= batch_size as usize {
+            0
+        } else {
+            next_hint
+        };
+        self.size_hint[track.index()].store(next_hint, Ordering::Relaxed);
         tracing::debug!(
             projection = name,
             ?track,
-            events = events.len(),
+            events = consumed,
             rows,
             to = ?last,
             read_us = read.as_micros(),
@@ -576,7 +630,182 @@ impl Projector {
             committed_us = committed.as_micros(),
             "batch applied"
         );
-        Ok(events.len())
+        if let Some(poison) = paused {
+            return Err(poison);
+        }
+        Ok(BatchOutcome {
+            consumed,
+            more: events.len() >= limit as usize || consumed < events.len(),
+        })
+    }
+
+    /// Whether the component's calls run on the quarantine thread now.
+    pub fn in_quarantine(&self) -> bool {
+        if self.last_call_failed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let until = match self.quarantined_until.lock() {
+            Ok(until) => *until,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Guest time burned by failing calls since the last look, and resets it.
+    fn take_burned(&self) -> Duration {
+        Duration::from_micros(self.burned_micros.swap(0, Ordering::Relaxed))
+    }
+
+    /// Calls the component on `range` of `batch` on a guest thread (the quarantine thread while
+    /// it is quarantined) and keeps the books of failing calls.
+    async fn call_range(
+        &self,
+        version: &Active,
+        batch: &Arc<Vec<wit::Event>>,
+        range: Range<usize>,
+    ) -> Result<CallOutcome, BatchError> {
+        let handler = Arc::clone(&version.handler);
+        let schema = Arc::clone(&version.schema);
+        let limits = version.policy.limits;
+        let events = Arc::clone(batch);
+        // The events travel to the guest thread by reference count (no copy).
+        let job = move || {
+            let started = Instant::now();
+            let outcome = attempt(&*handler, &schema, &limits, &events[range]);
+            (outcome, started.elapsed())
+        };
+        let (outcome, elapsed) = if self.in_quarantine() {
+            self.guests.run_quarantined(job).await?
+        } else {
+            self.guests.run(job).await?
+        };
+        let failed = matches!(&outcome, Err(error) if error.is_component_failure());
+        self.last_call_failed.store(failed, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.counters
+            .guest_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        if failed {
+            self.burned_micros.fetch_add(micros, Ordering::Relaxed);
+            self.counters
+                .failed_guest_micros
+                .fetch_add(micros, Ordering::Relaxed);
+            if elapsed >= QUARANTINE_BURN {
+                let until = Instant::now() + QUARANTINE_WINDOW;
+                match self.quarantined_until.lock() {
+                    Ok(mut slot) => *slot = Some(until),
+                    Err(poisoned) => *poisoned.into_inner() = Some(until),
+                }
+            }
+        }
+        Ok((outcome, elapsed))
+    }
+
+    /// Evaluates a batch: the whole of it in one call, or, when that fails because of the
+    /// component, a bounded [`Search`] for the poison events. With `careful`, every range's
+    /// statements run in a savepoint as soon as its call succeeds, so that a refusal by PostgreSQL
+    /// counts as that range failing.
+    async fn evaluate(
+        &self,
+        conn: &mut PgConnection,
+        pool: &PgPool,
+        key: &str,
+        version: &Active,
+        batch: &Arc<Vec<wit::Event>>,
+        careful: bool,
+    ) -> Result<Evaluation, BatchError> {
+        let len = batch.len();
+        let (whole, _) = self.call_range(version, batch, 0..len).await?;
+        let failure = match whole {
+            Ok((_, plan)) => {
+                if !careful {
+                    return Ok(Evaluation::whole(len, plan));
+                }
+                let rejected = mutation::apply_or_reject(conn, &plan).await?;
+                match rejected {
+                    None => return Ok(Evaluation::whole(len, mutation::Plan::default())),
+                    Some(reason) => BatchError::Data(reason),
+                }
+            }
+            Err(error) if error.is_component_failure() => error,
+            Err(error) => return Err(error),
+        };
+        let message = failure.to_string();
+        // Shown from the first failed call on, not only once the search is over.
+        if let Err(error) = checkpoint::mark_failing(pool, key, &message).await {
+            tracing::warn!(%error, "cannot record the failing call");
+        }
+        let policy = version.policy;
+        let mut search = Search::after_whole_failure(
+            len,
+            policy.limits.call_timeout,
+            policy.on_poison,
+            message,
+            named_event(&failure, batch),
+        );
+        let mut good: Vec<wit::Mutation> = Vec::new();
+        let mut good_bytes = 0_usize;
+        while let Some(range) = search.next_range() {
+            let (outcome, elapsed) = self.call_range(version, batch, range.clone()).await?;
+            match outcome {
+                Ok((_, plan)) if careful => {
+                    let rejected = mutation::apply_or_reject(conn, &plan).await?;
+                    match rejected {
+                        None => search.succeeded(range, elapsed),
+                        Some(reason) => search.failed(range, elapsed, reason, None),
+                    }
+                }
+                Ok((mutations, _)) => {
+                    let bytes = mutation::output_bytes(&mutations);
+                    let over = good.len().saturating_add(mutations.len())
+                        > policy.limits.max_mutations
+                        || good_bytes.saturating_add(bytes) > policy.limits.max_batch_bytes;
+                    if over && !good.is_empty() {
+                        // What is kept stays within one call's output limits.
+                        search.output_full(elapsed);
+                        break;
+                    }
+                    good.extend(mutations);
+                    good_bytes = good_bytes.saturating_add(bytes);
+                    search.succeeded(range, elapsed);
+                }
+                Err(error) if error.is_component_failure() => {
+                    let named = named_event(&error, batch);
+                    search.failed(range, elapsed, error.to_string(), named);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        tracing::info!(
+            projection = self.name(),
+            calls = search.calls(),
+            guest_ms = search.spent().as_millis(),
+            settled = search.settled(),
+            of = len,
+            "searched a failing batch for its poison events"
+        );
+        let plan = if careful {
+            mutation::Plan::default()
+        } else {
+            mutation::plan(&version.schema, &good)?
+        };
+        let paused = search.paused_at().map(|(index, message)| {
+            let event = &batch[*index];
+            BatchError::Poison {
+                position: event.global_position,
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.clone(),
+                message: message.clone(),
+            }
+        });
+        let settled = search.settled();
+        Ok(Evaluation {
+            settled,
+            plan,
+            poison: search.take_poison(),
+            paused,
+            narrowed: (settled < len).then(|| search.narrowed()),
+        })
     }
 
     /// Runs one event through `version` on a guest thread and validates the result (dead-letter
@@ -586,13 +815,8 @@ impl Projector {
         version: &Active,
         event: wit::Event,
     ) -> Result<mutation::Plan, BatchError> {
-        let handler = Arc::clone(&version.handler);
-        let schema = Arc::clone(&version.schema);
-        let limits = version.policy.limits;
-        let (_, plan) = self
-            .guests
-            .run(move || attempt(&*handler, &schema, &limits, &[event]))
-            .await??;
+        let (outcome, _) = self.call_range(version, &Arc::new(vec![event]), 0..1).await?;
+        let (_, plan) = outcome?;
         Ok(plan)
     }
 
@@ -622,7 +846,7 @@ async fn record_dead_letter(
     .bind(event.global_position)
     .bind(event_id)
     .bind(&event.event_type)
-    .bind(error)
+    .bind(super::text::clip(error, super::text::MAX_ERROR_BYTES))
     .execute(conn)
     .await?;
     Ok(())
@@ -841,12 +1065,18 @@ async fn process(
         let mut errored = false;
         if !live.gave_up {
             match projector
-                .apply_track(conn, Track::Live, &desired.active, config.batch_size)
+                .apply_track(
+                    conn,
+                    &ctx.pool,
+                    Track::Live,
+                    &desired.active,
+                    config.batch_size,
+                )
                 .await
             {
-                Ok(consumed) => {
+                Ok(outcome) => {
                     live = Failures::default();
-                    busy |= consumed >= config.batch_size as usize;
+                    busy |= outcome.more;
                 }
                 Err(error) => {
                     match handle_failure(projector, conn, ctx, Track::Live, &mut live, error).await
@@ -860,10 +1090,16 @@ async fn process(
         if let Some(target) = desired.rebuild.filter(|t| !t.failed) {
             if !rebuild.gave_up {
                 match projector
-                    .apply_track(conn, Track::Rebuild, &target.active, rebuild_batch)
+                    .apply_track(
+                        conn,
+                        &ctx.pool,
+                        Track::Rebuild,
+                        &target.active,
+                        rebuild_batch,
+                    )
                     .await
                 {
-                    Ok(consumed) if consumed < rebuild_batch as usize => {
+                    Ok(outcome) if !outcome.more => {
                         rebuild = Failures::default();
                         // Caught up with the log: switch readers and the live checkpoint over.
                         match ctx
@@ -903,17 +1139,22 @@ async fn process(
                 }
             }
         }
-        if busy && !errored {
+        // Calls that failed burned guest time (under `skip` too, where the batch itself
+        // succeeds): the worker waits several times that long before its next batch, so a
+        // component failing at its limit gets at most 1/(1+penalty) of a guest thread, whatever
+        // the configured backoff.
+        let burned = projector.take_burned();
+        let penalised = !burned.is_zero();
+        if busy && !errored && !penalised {
             continue;
         }
-        let delay = if errored {
-            // A failed batch that burned guest time waits several times that long: a component
-            // spinning to its deadline gets at most 1/(1+penalty) of a guest thread, whatever
-            // the configured backoff.
-            let burned = Duration::from_micros(projector.last_guest_micros.load(Ordering::Relaxed));
-            config
-                .backoff(live.count.max(rebuild.count).max(1))
-                .max(burned.saturating_mul(FAILED_GUEST_TIME_PENALTY))
+        let delay = if errored || penalised {
+            let backoff = if errored {
+                config.backoff(live.count.max(rebuild.count).max(1))
+            } else {
+                Duration::ZERO
+            };
+            backoff.max(burned.saturating_mul(FAILED_GUEST_TIME_PENALTY))
         } else {
             match has_hidden_rows(&ctx.pool, projector).await {
                 Ok(true) => HIDDEN_ROWS_RETRY,
@@ -925,7 +1166,7 @@ async fn process(
             }
         };
         tokio::select! {
-            _ = ctx.wake.changed(), if !errored => {}
+            _ = ctx.wake.changed(), if !errored && !penalised => {}
             _ = control.changed() => {}
             _ = tokio::time::sleep(delay) => {}
             _ = projector.stopped.cancelled() => return Outcome::Stop,
