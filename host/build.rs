@@ -132,7 +132,9 @@ fn target_installed(rustc: &std::ffi::OsStr) -> Result<bool, String> {
     let output = Command::new(rustc)
         .args(["--print", "target-libdir", "--target", GUEST_TARGET])
         .output()
-        .map_err(|error| format!("could not run rustc to find the {GUEST_TARGET} target: {error}"))?;
+        .map_err(|error| {
+            format!("could not run rustc to find the {GUEST_TARGET} target: {error}")
+        })?;
     if !output.status.success() {
         // An unknown target (a rustc too old for it) also ends here: treat it as missing.
         return Ok(false);
@@ -140,10 +142,12 @@ fn target_installed(rustc: &std::ffi::OsStr) -> Result<bool, String> {
     let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     Ok(libdir
         .read_dir()
-        .map(|mut entries| entries.any(|entry| {
-            entry
-                .map(|entry| entry.file_name().to_string_lossy().starts_with("libcore-"))
-                .unwrap_or(false)
-        }))
+        .map(|mut entries| {
+            entries.any(|entry| {
+                entry
+                    .map(|entry| entry.file_name().to_string_lossy().starts_with("libcore-"))
+                    .unwrap_or(false)
+            })
+        })
         .unwrap_or(false))
 }

@@ -12,108 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, fresh_id, get, post_wallet, read, wallet_body, Reply, Server, TestDb};
+use common::{
+    admin_get, admin_post, admin_put, client, fresh_id, get, post_wallet, read, seen,
+    wait_caught_up, wait_for, wallet_body, wasm, ComponentDir, Server, TestDb,
+    ADMIN_TOKEN as TOKEN, PATIENCE,
+};
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
-
-const TOKEN: &str = "test-admin-token-0123456789";
-const PATIENCE: Duration = Duration::from_secs(120);
-
-fn wasm(file: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/{file}", wallex::projection::bundled::WASM_DIR))
-        .expect("component built by build.rs")
-}
-
-/// A temporary projections directory holding the given fixture files.
-struct ComponentDir(std::path::PathBuf);
-
-impl ComponentDir {
-    fn new(files: &[&str]) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("wallex-fault-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        for file in files {
-            std::fs::write(dir.join(file), wasm(file)).expect("copy component");
-        }
-        Self(dir)
-    }
-
-    fn path(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for ComponentDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn admin_get(server: &Server, path: &str) -> serde_json::Value {
-    let reply = read(
-        client()
-            .get(server.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{path}: {}", reply.text());
-    reply.json()
-}
-
-async fn admin_put(server: &Server, path: &str, component: Vec<u8>) -> Reply {
-    read(
-        client()
-            .put(server.url(path))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/wasm")
-            .body(component)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await
-}
-
-async fn admin_post(server: &Server, path: &str) -> Reply {
-    read(
-        client()
-            .post(server.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await
-}
-
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the projection's checkpoint is the last outbox row.
-async fn wait_caught_up(server: &Server, name: &str) {
-    wait_for(&format!("{name} to catch up"), async || {
-        admin_get(server, &format!("/admin/projections/{name}")).await["lagEvents"] == 0
-    })
-    .await;
-}
-
-async fn seen(pool: &PgPool, projection: &str) -> Vec<String> {
-    sqlx::query_scalar(&format!(
-        "SELECT wallet_id FROM projection_{}.seen ORDER BY 1",
-        projection.replace('-', "_")
-    ))
-    .fetch_all(pool)
-    .await
-    .expect("seen")
-}
 
 /// Hostile fixtures and the words their failure must be reported with.
 const HOSTILE: [(&str, &str); 12] = [

@@ -130,7 +130,38 @@ impl Server {
     /// Like [`Server::spawn`], but `None` if the process exits before it listens (a crash
     /// failpoint hit during start-up).
     pub fn try_spawn(database_url: &str, env: &[(&str, &str)]) -> Option<Server> {
+        Self::spawn_inner(database_url, env, None)
+    }
+
+    /// Like [`Server::spawn`], under a limit on the process's data segment (`RLIMIT_DATA`, as
+    /// `prlimit --data`): an allocation past it fails, and the server aborts.
+    pub fn spawn_with_data_limit(database_url: &str, env: &[(&str, &str)], bytes: u64) -> Server {
+        Self::spawn_inner(database_url, env, Some(bytes)).expect("wallex exited before it listened")
+    }
+
+    fn spawn_inner(
+        database_url: &str,
+        env: &[(&str, &str)],
+        data_limit: Option<u64>,
+    ) -> Option<Server> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wallex"));
+        if let Some(bytes) = data_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_DATA, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         for name in WALLEX_ENV {
             command.env_remove(name);
         }
@@ -199,6 +230,21 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A field of `/proc/<pid>/status` in bytes (`VmData`, `VmRSS`, …), if readable.
+    pub fn vm_bytes(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(&format!("{field}:")))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// kill -9.
@@ -366,4 +412,107 @@ pub fn wallet_body(wallet_id: &str) -> String {
 /// A fresh id usable as wallet id and idempotency key.
 pub fn fresh_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Bearer token of the admin API in tests.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// How long a test waits for a projection to reach a state.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+/// The token the admin helpers send.
+const TOKEN: &str = ADMIN_TOKEN;
+
+pub fn wasm(file: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/{file}", wallex::projection::bundled::WASM_DIR))
+        .expect("component built by build.rs")
+}
+
+/// A temporary projections directory holding the given fixture files.
+pub struct ComponentDir(pub std::path::PathBuf);
+
+impl ComponentDir {
+    pub fn new(files: &[&str]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("wallex-fault-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for file in files {
+            std::fs::write(dir.join(file), wasm(file)).expect("copy component");
+        }
+        Self(dir)
+    }
+
+    pub fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for ComponentDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn admin_get(server: &Server, path: &str) -> serde_json::Value {
+    let reply = read(
+        client()
+            .get(server.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    reply.json()
+}
+
+pub async fn admin_put(server: &Server, path: &str, component: Vec<u8>) -> Reply {
+    read(
+        client()
+            .put(server.url(path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/wasm")
+            .body(component)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await
+}
+
+pub async fn admin_post(server: &Server, path: &str) -> Reply {
+    read(
+        client()
+            .post(server.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await
+}
+
+pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the projection's checkpoint is the last outbox row.
+pub async fn wait_caught_up(server: &Server, name: &str) {
+    wait_for(&format!("{name} to catch up"), async || {
+        admin_get(server, &format!("/admin/projections/{name}")).await["lagEvents"] == 0
+    })
+    .await;
+}
+
+pub async fn seen(pool: &PgPool, projection: &str) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "SELECT wallet_id FROM projection_{}.seen ORDER BY 1",
+        projection.replace('-', "_")
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("seen")
 }

@@ -59,7 +59,11 @@ pub enum DeployError {
     Schema(#[from] super::schema::SchemaError),
     #[error("the component is named {}, not {}", quoted(actual), quoted(expected))]
     NameMismatch { expected: String, actual: String },
-    #[error("{} would share the tables of projection {} (`-` and `_` map to the same schema name)", quoted(name), quoted(other))]
+    #[error(
+        "{} would share the tables of projection {} (`-` and `_` map to the same schema name)",
+        quoted(name),
+        quoted(other)
+    )]
     NameCollision { name: String, other: String },
     #[error("version {schema_version} declares different tables than the live version: bump schema_version to rebuild into new tables")]
     TablesChanged { schema_version: u32 },

@@ -14,8 +14,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::engine::wit;
-use super::text::quoted;
 use super::schema::{quote, ColumnType, ProjectionSchema, TableSchema};
+use super::text::quoted;
 
 /// Most mutations one `handle` call may return.
 pub const MAX_MUTATIONS_PER_BATCH: usize = 100_000;
@@ -740,7 +740,10 @@ fn validate(
                 .column(name)
                 .ok_or_else(|| fail(format!("{what} names unknown column {}", quoted(name))))?;
             if table.is_key(c) {
-                return Err(fail(format!("{what} names primary key column {}", quoted(name))));
+                return Err(fail(format!(
+                    "{what} names primary key column {}",
+                    quoted(name)
+                )));
             }
             if out.contains(&c) {
                 return Err(fail(format!("{what} names column {} twice", quoted(name))));
@@ -748,6 +751,15 @@ fn validate(
             out.push(c);
         }
         Ok(out)
+    };
+    // The statements bind key values in the primary key's declared order, which need not be
+    // the columns' order (a key declared as (b, a)). `key_of` has checked they are all there.
+    let in_key_order = |values: Vec<(usize, SqlValue)>| -> Vec<SqlValue> {
+        table
+            .primary_key
+            .iter()
+            .filter_map(|k| values.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone()))
+            .collect()
     };
     match mutation {
         wit::Mutation::Insert(op) => {
@@ -865,7 +877,10 @@ fn validate(
                     )));
                 }
                 if !seen.insert(c) {
-                    return Err(fail(format!("column {} changed twice", quoted(&column.name))));
+                    return Err(fail(format!(
+                        "column {} changed twice",
+                        quoted(&column.name)
+                    )));
                 }
                 if is_add {
                     if !column.ty.is_numeric() {
@@ -876,7 +891,10 @@ fn validate(
                         )));
                     }
                     if is_null(&value) {
-                        return Err(fail(format!("add of null to column {}", quoted(&column.name))));
+                        return Err(fail(format!(
+                            "add of null to column {}",
+                            quoted(&column.name)
+                        )));
                     }
                     adds.push((c, value));
                 } else {
@@ -885,7 +903,7 @@ fn validate(
             }
             sets.sort_by_key(|(c, _)| *c);
             adds.sort_by_key(|(c, _)| *c);
-            let mut values: Vec<SqlValue> = key_values.into_iter().map(|(_, v)| v).collect();
+            let mut values = in_key_order(key_values);
             let (set, set_values): (Vec<usize>, Vec<SqlValue>) = sets.into_iter().unzip();
             let (add, add_values): (Vec<usize>, Vec<SqlValue>) = adds.into_iter().unzip();
             values.extend(set_values);
@@ -911,7 +929,7 @@ fn validate(
             let key = key_of(&key_values)?;
             Ok(Row {
                 shape: Shape::Delete { table: table_index },
-                values: key_values.into_iter().map(|(_, v)| v).collect(),
+                values: in_key_order(key_values),
                 key,
                 guard: None,
             })
@@ -1354,9 +1372,8 @@ mod tests {
         assert!(json(r#"[1e2147483648]"#).is_err());
         assert!(json(r#"[1e99999999999999999999]"#).is_err());
         assert!(json(r#"[1e131071, 9e131071, 1e-16383, 0e-16383, 0e200000, -2.5e-999]"#).is_ok());
-        let stamp = |text: &str| {
-            validate_value(ColumnType::Timestamp, &wit::Value::Timestamp(text.into()))
-        };
+        let stamp =
+            |text: &str| validate_value(ColumnType::Timestamp, &wit::Value::Timestamp(text.into()));
         // RFC 3339 has years 0000 to 9999 only, all within PostgreSQL's range; the range check
         // guards the conversion all the same.
         assert!(stamp("0000-01-01T00:00:00+23:59").is_ok());
@@ -1371,6 +1388,63 @@ mod tests {
         assert!(!timestamp_in_range(&at(-4713, 11, 23)));
         assert!(timestamp_in_range(&at(262_142, 12, 31)));
         assert!(validate_value(ColumnType::Text, &wit::Value::Text("a\0b".into())).is_err());
+    }
+
+    #[test]
+    fn key_values_bind_in_the_declared_key_order() {
+        // Found by tests/component_output_fuzz.rs: a key declared (n, id) against columns
+        // (id, n) bound the values crosswise (a panic, or the wrong row with equal types).
+        let s = ProjectionSchema::from_info(&wit::ProjectionInfo {
+            name: "p".into(),
+            schema_version: 1,
+            subscribes_to: vec!["*".into()],
+            tables: vec![wit::Table {
+                name: "t".into(),
+                columns: vec![
+                    wit::Column {
+                        name: "id".into(),
+                        type_: wit::ColumnType::Text,
+                        nullable: false,
+                    },
+                    wit::Column {
+                        name: "n".into(),
+                        type_: wit::ColumnType::S64,
+                        nullable: false,
+                    },
+                ],
+                primary_key: vec!["n".into(), "id".into()],
+                indexes: vec![],
+            }],
+        })
+        .unwrap();
+        let key = vec![
+            cv("id", wit::Value::Text("a".into())),
+            cv("n", wit::Value::S64(7)),
+        ];
+        for mutation in [
+            wit::Mutation::Delete(wit::DeleteOp {
+                table: "t".into(),
+                key: key.clone(),
+            }),
+            wit::Mutation::Update(wit::UpdateOp {
+                table: "t".into(),
+                key: vec![key[1].clone(), key[0].clone()],
+                changes: vec![],
+            }),
+        ] {
+            let Ok(plan) = plan(&s, std::slice::from_ref(&mutation)) else {
+                // An update without changes is refused; the delete must plan.
+                assert!(matches!(mutation, wit::Mutation::Update(_)));
+                continue;
+            };
+            assert_eq!(
+                plan.statements[0].params,
+                [
+                    ColumnArray::I64(vec![Some(7)]),
+                    ColumnArray::Text(vec![Some("a".into())])
+                ]
+            );
+        }
     }
 
     #[test]

@@ -356,7 +356,10 @@ fn table_schema(
     for column in &table.columns {
         check_identifier(&column.name)?;
         if by_name.insert(column.name.clone(), columns.len()).is_some() {
-            return Err(fail(format!("column {} declared twice", quoted(&column.name))));
+            return Err(fail(format!(
+                "column {} declared twice",
+                quoted(&column.name)
+            )));
         }
         columns.push(ColumnSchema {
             name: column.name.clone(),
@@ -372,9 +375,10 @@ fn table_schema(
         names
             .iter()
             .map(|name| {
-                let index = by_name.get(name).copied().ok_or_else(|| {
-                    fail(format!("{what} names unknown column {}", quoted(name)))
-                })?;
+                let index = by_name
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| fail(format!("{what} names unknown column {}", quoted(name))))?;
                 if !seen.insert(index) {
                     return Err(fail(format!("{what} names column {} twice", quoted(name))));
                 }
@@ -511,7 +515,11 @@ fn check_relation_names(tables: &[TableSchema]) -> Result<(), SchemaError> {
         for index in &table.indexes {
             claim(
                 index.name.clone(),
-                format!("index {} of table {}", quoted(&index.name), quoted(&table.name)),
+                format!(
+                    "index {} of table {}",
+                    quoted(&index.name),
+                    quoted(&table.name)
+                ),
             )?;
         }
     }
@@ -630,7 +638,8 @@ mod tests {
         // Long table names: PostgreSQL's cut of `<table>_pkey` is what is checked.
         let long = "x".repeat(63);
         let mut cut = info(table(&long, &["id"]));
-        cut.tables.push(table(&format!("{}_pkey", &long[..58]), &["id"]));
+        cut.tables
+            .push(table(&format!("{}_pkey", &long[..58]), &["id"]));
         assert!(matches!(
             ProjectionSchema::from_info(&cut),
             Err(SchemaError::Collision { .. })

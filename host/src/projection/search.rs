@@ -292,7 +292,8 @@ mod tests {
 
     #[test]
     fn a_named_event_is_tried_right_away() {
-        let mut search = Search::after_whole_failure(100, LIMIT, OnPoison::Pause, "x".into(), Some(40));
+        let mut search =
+            Search::after_whole_failure(100, LIMIT, OnPoison::Pause, "x".into(), Some(40));
         assert_eq!(search.next_range(), Some(0..40));
         search.succeeded(0..40, Duration::from_millis(1));
         assert_eq!(search.next_range(), Some(40..100));

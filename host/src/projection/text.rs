@@ -85,7 +85,11 @@ mod tests {
         assert_eq!(clipped, format!("ééééé…[+{} bytes]", (2 << 20) - 10));
         assert!(clipped.len() <= 11 + MARKER_MAX_BYTES);
         let names = quoted(&"n".repeat(16 << 20));
-        assert!(names.len() <= MAX_NAME_BYTES + MARKER_MAX_BYTES + 4, "{}", names.len());
+        assert!(
+            names.len() <= MAX_NAME_BYTES + MARKER_MAX_BYTES + 4,
+            "{}",
+            names.len()
+        );
         // Escapes count against the bound too.
         let nuls = clip(&"\0".repeat(10_000), 100);
         assert!(nuls.len() <= 100 + MARKER_MAX_BYTES, "{}", nuls.len());

@@ -197,7 +197,10 @@ fn attempt(
 }
 
 /// What a call on a range of the batch returned, and the guest time it took.
-type CallOutcome = (Result<(Vec<wit::Mutation>, mutation::Plan), BatchError>, Duration);
+type CallOutcome = (
+    Result<(Vec<wit::Mutation>, mutation::Plan), BatchError>,
+    Duration,
+);
 
 /// What the evaluation of a batch settled (see [`Search`]).
 struct Evaluation {
@@ -815,7 +818,9 @@ impl Projector {
         version: &Active,
         event: wit::Event,
     ) -> Result<mutation::Plan, BatchError> {
-        let (outcome, _) = self.call_range(version, &Arc::new(vec![event]), 0..1).await?;
+        let (outcome, _) = self
+            .call_range(version, &Arc::new(vec![event]), 0..1)
+            .await?;
         let (_, plan) = outcome?;
         Ok(plan)
     }
