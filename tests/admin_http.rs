@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{client, fresh_id, get, post_wallet, read, wallet_body, Reply, Server, TestDb};
+use common::{
+    client, fresh_id, get, post_wallet, read, spawn_creator, wallet_body, Reply, Server, TestDb,
+};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -94,30 +96,6 @@ async fn wait_caught_up(server: &Server, name: &str) -> serde_json::Value {
 
 async fn rows(pool: &PgPool, sql: &str) -> Vec<String> {
     sqlx::query_scalar(sql).fetch_all(pool).await.expect(sql)
-}
-
-/// A writer creating wallets until stopped; returns how many it created.
-fn spawn_writer(
-    server: &Server,
-    stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<u32> {
-    let base = server.base.clone();
-    tokio::spawn(async move {
-        let client = client();
-        let mut created = 0;
-        while !stop.is_cancelled() {
-            let response = client
-                .post(format!("{base}/wallets"))
-                .header("content-type", "application/json")
-                .body(wallet_body(&fresh_id("load")))
-                .send()
-                .await
-                .expect("create");
-            assert_eq!(response.status(), 201);
-            created += 1;
-        }
-        created
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +355,7 @@ async fn deploys_under_write_load_lose_nothing_and_apply_nothing_twice() {
     let pool = db.pool().await;
     let server = Server::spawn(&db.url, FAST_ENV);
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = spawn_writer(&server, stop.clone());
+    let writer = spawn_creator(&server.base, stop.clone());
     let ledger = wasm("wallex_projection_ledger.wasm");
     let mut last = String::new();
     for round in 0..4 {
@@ -439,7 +417,7 @@ async fn blue_green_rebuild_under_load_never_shows_readers_a_partial_table() {
     wait_caught_up(&server, "read-model").await;
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = spawn_writer(&server, stop.clone());
+    let writer = spawn_creator(&server.base, stop.clone());
     let reader_stop = stop.clone();
     let reader_url = db.url.clone();
     let reader = tokio::spawn(async move {

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
     admin_get, admin_post, admin_put, client, fresh_id, get, post_wallet, read, seen,
-    wait_caught_up, wait_for, wallet_body, wasm, ComponentDir, Server, TestDb, ADMIN_TOKEN,
+    spawn_creator, wait_caught_up, wait_for, wallet_body, wasm, ComponentDir, Server, TestDb,
+    ADMIN_TOKEN,
 };
 
 /// Call limit the hostile components get in these tests.
@@ -37,6 +36,22 @@ async fn dead_letters(server: &Server, projection: &str) -> Vec<serde_json::Valu
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// A server with the admin API, these components in its watched directory and these
+/// `PROJECTOR_OVERRIDES`.
+fn serve(db: &TestDb, files: &[&str], overrides: &str) -> (Server, ComponentDir) {
+    let dir = ComponentDir::new(files);
+    let dir_path = dir.path();
+    let server = Server::spawn(
+        &db.url,
+        &[
+            ("WALLEX_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("WALLEX_PROJECTIONS_DIR", &dir_path),
+            ("PROJECTOR_OVERRIDES", overrides),
+        ],
+    );
+    (server, dir)
 }
 
 async fn create(server: &Server, wallet: &str) -> i64 {
@@ -128,43 +143,19 @@ async fn a_component_failing_every_event_costs_bounded_guest_time_and_shows_at_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_mode_spinners_are_penalised_and_quarantined_while_the_read_model_keeps_up() {
     let db = TestDb::migrated().await;
-    let dir = ComponentDir::new(&[
-        "wallex_projection_read_model.wasm",
-        "wallex_projection_hostile_spin_some.wasm",
-    ]);
-    let dir_path = dir.path();
-    let server = Server::spawn(
-        &db.url,
+    let (server, dir) = serve(
+        &db,
         &[
-            ("WALLEX_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("WALLEX_PROJECTIONS_DIR", &dir_path),
-            (
-                "PROJECTOR_OVERRIDES",
-                "hostile-spin-some.on_poison=skip,hostile-spin-some.call_timeout_ms=200",
-            ),
+            "wallex_projection_read_model.wasm",
+            "wallex_projection_hostile_spin_some.wasm",
         ],
+        "hostile-spin-some.on_poison=skip,hostile-spin-some.call_timeout_ms=200",
     );
     let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = tokio_util::sync::CancellationToken::new();
     // Writers: every 100th event makes the hostile component spin to its limit.
     let writers: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            let base = server.base.clone();
-            tokio::spawn(async move {
-                let client = client();
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = client
-                        .post(format!("{base}/wallets"))
-                        .header("content-type", "application/json")
-                        .body(wallet_body(&fresh_id("load")))
-                        .send()
-                        .await
-                        .expect("create");
-                    assert_eq!(reply.status(), 201);
-                }
-            })
-        })
+        .map(|_| spawn_creator(&server.base, stop.clone()))
         .collect();
     // Read-after-write on the read model keeps working the whole time.
     let mut probes = 0;
@@ -185,7 +176,7 @@ async fn skip_mode_spinners_are_penalised_and_quarantined_while_the_read_model_k
         probes += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
     for writer in writers {
         writer.await.expect("writer");
     }
@@ -235,18 +226,10 @@ async fn a_batch_over_the_byte_limit_is_applied_in_parts_and_only_an_oversized_e
 {
     let db = TestDb::migrated().await;
     let pool = db.pool().await;
-    let dir = ComponentDir::new(&["wallex_projection_hostile_bytes.wasm"]);
-    let dir_path = dir.path();
-    let server = Server::spawn(
-        &db.url,
-        &[
-            ("WALLEX_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("WALLEX_PROJECTIONS_DIR", &dir_path),
-            (
-                "PROJECTOR_OVERRIDES",
-                "hostile-bytes.on_poison=skip,hostile-bytes.max_batch_bytes=16384",
-            ),
-        ],
+    let (server, dir) = serve(
+        &db,
+        &["wallex_projection_hostile_bytes.wasm"],
+        "hostile-bytes.on_poison=skip,hostile-bytes.max_batch_bytes=16384",
     );
     let path = "/admin/projections/hostile-bytes";
     assert_eq!(
@@ -296,15 +279,7 @@ fn longest_line(server: &Server) -> usize {
 async fn oversized_component_text_stays_bounded_and_the_server_survives_a_data_limit() {
     // The normal peak: a server with the read model under a little load.
     let normal_db = TestDb::migrated().await;
-    let normal_dir = ComponentDir::new(&["wallex_projection_read_model.wasm"]);
-    let normal_path = normal_dir.path();
-    let normal = Server::spawn(
-        &normal_db.url,
-        &[
-            ("WALLEX_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("WALLEX_PROJECTIONS_DIR", &normal_path),
-        ],
-    );
+    let (normal, normal_dir) = serve(&normal_db, &["wallex_projection_read_model.wasm"], "");
     let mut peak = normal.vm_bytes("VmData").expect("VmData");
     for i in 0..50 {
         create(&normal, &format!("n-{i}")).await;
@@ -393,18 +368,13 @@ async fn oversized_component_text_stays_bounded_and_the_server_survives_a_data_l
 async fn values_postgresql_refuses_are_refused_first_or_attributed_to_their_events() {
     let db = TestDb::migrated().await;
     let pool = db.pool().await;
-    let dir = ComponentDir::new(&[
-        "wallex_projection_read_model.wasm",
-        "wallex_projection_hostile_pg_reject.wasm",
-    ]);
-    let dir_path = dir.path();
-    let server = Server::spawn(
-        &db.url,
+    let (server, dir) = serve(
+        &db,
         &[
-            ("WALLEX_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("WALLEX_PROJECTIONS_DIR", &dir_path),
-            ("PROJECTOR_OVERRIDES", "hostile-pg-reject.on_poison=skip"),
+            "wallex_projection_read_model.wasm",
+            "wallex_projection_hostile_pg_reject.wasm",
         ],
+        "hostile-pg-reject.on_poison=skip",
     );
     let path = "/admin/projections/hostile-pg-reject";
     assert_eq!(

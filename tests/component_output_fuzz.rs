@@ -391,7 +391,7 @@ fn any_component_output_is_refused_applied_or_attributed_never_a_database_failur
             let mut conn = conn.borrow_mut();
             runtime.block_on(async {
                 // A declaration the host accepts is one PostgreSQL creates.
-                schema.create(&mut *conn).await.map_err(|e| {
+                schema.create(&mut conn).await.map_err(|e| {
                     TestCaseError::fail(format!("DDL refused: {e}\n{:?}", schema.ddl()))
                 })?;
                 let mutations: Vec<wit::Mutation> =

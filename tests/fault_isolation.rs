@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     admin_get, admin_post, admin_put, client, fresh_id, get, post_wallet, read, seen,
-    wait_caught_up, wait_for, wallet_body, wasm, ComponentDir, Server, TestDb,
+    spawn_creator, wait_caught_up, wait_for, wallet_body, wasm, ComponentDir, Server, TestDb,
     ADMIN_TOKEN as TOKEN, PATIENCE,
 };
 use sqlx::PgPool;
@@ -82,31 +82,8 @@ async fn hostile_components_fail_precisely_while_everything_else_carries_on() {
         ],
     );
     // Wallet creation runs the whole time and must keep succeeding.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = Arc::clone(&stop);
-        let base = server.base.clone();
-        tokio::spawn(async move {
-            let client = client();
-            let mut created = 0_u32;
-            while !stop.load(Ordering::Relaxed) {
-                let response = client
-                    .post(format!("{base}/wallets"))
-                    .header("content-type", "application/json")
-                    .body(wallet_body(&fresh_id("calm")))
-                    .send()
-                    .await
-                    .expect("create");
-                assert_eq!(
-                    response.status(),
-                    201,
-                    "wallet creation failed under attack"
-                );
-                created += 1;
-            }
-            created
-        })
-    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = spawn_creator(&server.base, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let poison = post_wallet(&client(), &server, &wallet_body("poison-1"), &[]).await;
     assert_eq!(poison.status, 201);
@@ -134,7 +111,7 @@ async fn hostile_components_fail_precisely_while_everything_else_carries_on() {
         );
         reasons.insert(name, error);
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
     let created = writer.await.expect("writer");
     assert!(created > 10, "wallet creation stalled: {created}");
 

@@ -516,3 +516,28 @@ pub async fn seen(pool: &PgPool, projection: &str) -> Vec<String> {
     .await
     .expect("seen")
 }
+
+/// A task that creates wallets against `base` until `stop` is cancelled, asserting that every
+/// create answers 201; returns how many it created.
+pub fn spawn_creator(
+    base: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u32> {
+    let base = base.to_owned();
+    tokio::spawn(async move {
+        let client = client();
+        let mut created = 0_u32;
+        while !stop.is_cancelled() {
+            let response = client
+                .post(format!("{base}/wallets"))
+                .header("content-type", "application/json")
+                .body(wallet_body(&fresh_id("load")))
+                .send()
+                .await
+                .expect("create");
+            assert_eq!(response.status(), 201, "wallet creation failed under load");
+            created += 1;
+        }
+        created
+    })
+}

@@ -6,7 +6,7 @@
 //! database at scrape time (one cheap query).
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::header;
@@ -54,73 +54,62 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         }
     }
     let projectors = state.projections.all();
-    let counter = |out: &mut String,
-                   metric: &str,
-                   help: &str,
-                   read: &dyn Fn(&crate::projection::worker::Projector) -> u64| {
-        let _ = writeln!(out, "# HELP {metric} {help}");
-        let _ = writeln!(out, "# TYPE {metric} counter");
-        for projector in &projectors {
-            let _ = writeln!(
-                out,
-                "{metric}{{projection=\"{}\"}} {}",
-                projector.name(),
-                read(projector)
-            );
-        }
+    let counter =
+        |out: &mut String,
+         metric: &str,
+         help: &str,
+         value: &dyn Fn(&crate::projection::worker::Projector) -> String| {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for projector in &projectors {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{projection=\"{}\"}} {}",
+                    projector.name(),
+                    value(projector)
+                );
+            }
+        };
+    let count = |n: &AtomicU64| n.load(Ordering::Relaxed).to_string();
+    let seconds = |micros: &AtomicU64| {
+        let micros = micros.load(Ordering::Relaxed);
+        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
     };
     counter(
         &mut out,
         "projector_batches_applied_total",
         "Batches committed by this process.",
-        &|p| p.counters.batches_applied.load(Ordering::Relaxed),
+        &|p| count(&p.counters.batches_applied),
     );
     counter(
         &mut out,
         "projector_batches_failed_total",
         "Failed batch attempts in this process.",
-        &|p| p.counters.batches_failed.load(Ordering::Relaxed),
+        &|p| count(&p.counters.batches_failed),
     );
     counter(
         &mut out,
         "projector_dead_letters_total",
         "Events dead-lettered by this process (on_poison = skip).",
-        &|p| p.counters.dead_letters.load(Ordering::Relaxed),
+        &|p| count(&p.counters.dead_letters),
     );
     counter(
         &mut out,
         "projector_events_applied_total",
         "Outbox rows committed by this process.",
-        &|p| p.events_applied(),
+        &|p| p.events_applied().to_string(),
     );
-    let seconds = |out: &mut String,
-                   metric: &str,
-                   help: &str,
-                   read: &dyn Fn(&crate::projection::worker::Projector) -> u64| {
-        let _ = writeln!(out, "# HELP {metric} {help}");
-        let _ = writeln!(out, "# TYPE {metric} counter");
-        for projector in &projectors {
-            let micros = read(projector);
-            let _ = writeln!(
-                out,
-                "{metric}{{projection=\"{}\"}} {}.{:06}",
-                projector.name(),
-                micros / 1_000_000,
-                micros % 1_000_000
-            );
-        }
-    };
-    seconds(
+    counter(
         &mut out,
         "projector_guest_seconds_total",
         "Guest time of the projection's calls in this process.",
-        &|p| p.counters.guest_micros.load(Ordering::Relaxed),
+        &|p| seconds(&p.counters.guest_micros),
     );
-    seconds(
+    counter(
         &mut out,
         "projector_failed_guest_seconds_total",
         "Guest time burned by calls that failed (the base of the penalty wait).",
-        &|p| p.counters.failed_guest_micros.load(Ordering::Relaxed),
+        &|p| seconds(&p.counters.failed_guest_micros),
     );
     let _ = writeln!(
         out,

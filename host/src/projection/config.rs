@@ -137,7 +137,7 @@ pub enum OnPoison {
     /// Retry with backoff, then stop the projection (`failed`) at the event.
     #[default]
     Pause,
-    /// Find the event by bisecting the batch, record it as a dead letter and carry on.
+    /// Find the event by searching the batch, record it as a dead letter and carry on.
     Skip,
 }
 

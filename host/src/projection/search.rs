@@ -193,7 +193,8 @@ mod tests {
         fails: impl Fn(&Range<usize>) -> bool,
         cost: impl Fn(&Range<usize>, bool) -> Duration,
     ) -> (Search, Vec<Range<usize>>) {
-        let mut called = vec![0..len];
+        let mut called = Vec::new();
+        called.push(0..len);
         assert!(fails(&(0..len)), "the whole batch must fail");
         let mut search = Search::after_whole_failure(len, LIMIT, on_poison, "x".into(), None);
         while let Some(range) = search.next_range() {

@@ -122,7 +122,7 @@ pub enum BatchError {
 
 impl BatchError {
     /// Whether the component (not the database or the host) caused the failure: the kind a
-    /// single poison event explains, found by bisecting the batch.
+    /// single poison event explains, found by searching the batch (see `search.rs`).
     fn is_component_failure(&self) -> bool {
         matches!(
             self,
