@@ -27,7 +27,7 @@ const FAST_ENV: &[(&str, &str)] = &[
 ];
 
 fn wasm(file: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/{file}", wallex::projection::bundled::WASM_DIR))
+    std::fs::read(format!("{}/{file}", wallex_runtime::bundled::WASM_DIR))
         .expect("component built by build.rs")
 }
 

@@ -802,10 +802,10 @@ async fn the_event_carries_ids_metadata_and_lands_in_the_outbox() {
         r#"{"walletId":"w-ev","ownerId":"o-ev","initialBalance":"42.50","currency":"GBP"}"#,
     )
     .expect("json");
-    let fingerprint = wallex::idempotency::fingerprint(&body);
+    let fingerprint = wallex_core::idempotency::fingerprint(&body);
     assert_eq!(
         event_id,
-        wallex::eventstore::deterministic_event_id("POST /wallets", "ev-key", &fingerprint, 0)
+        wallex_core::eventstore::deterministic_event_id("POST /wallets", "ev-key", &fingerprint, 0)
     );
     assert_eq!(
         (stream.as_str(), version, event_type.as_str()),
@@ -895,7 +895,7 @@ async fn migrate_command_is_idempotent_and_bad_configuration_fails_in_one_line()
     let pool = db.pool().await;
     assert_eq!(
         count(&pool, "SELECT count(*) FROM _sqlx_migrations").await,
-        wallex::db::MIGRATOR.iter().count() as i64
+        wallex_core::db::MIGRATOR.iter().count() as i64
     );
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_wallex"))

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::TestDb;
 use sqlx::{PgPool, Postgres, Transaction};
-use wallex::eventstore::{EventMetadata, RecordedEvent};
-use wallex::outbox::{self, OutboxCursor, OutboxEvent};
+use wallex_core::eventstore::{EventMetadata, RecordedEvent};
+use wallex_core::outbox::{self, OutboxCursor, OutboxEvent};
 
 fn event(position: i64) -> RecordedEvent {
     RecordedEvent {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use projection_support::{create_wallet, last_cursor, table_snapshot, wait_caught_up, TestDb};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
-use wallex::projection::{bundled, checkpoint, ProjectionConfig, Projections};
+use wallex_runtime::{bundled, checkpoint, ProjectionConfig, Projections};
 
 const BUNDLED_NAMES: [&str; 3] = ["read-model", "ledger", "audit"];
 
@@ -270,7 +270,7 @@ async fn read_after_write_waits_for_the_checkpoint() {
     // Only notifications can make a read fast: polling alone would take 10 s.
     config.defaults.poll_interval = Duration::from_secs(10);
     let (projections, stop) = start(&db, config).await;
-    let app = wallex::projection::api::router::<()>(projections.clone());
+    let app = wallex_http::projections::router::<()>(projections.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -351,11 +351,12 @@ async fn outbox_is_read_in_numeric_transaction_id_order() {
         .await
         .unwrap();
     }
-    let first = wallex::outbox::read_batch(&db.pool, wallex::outbox::OutboxCursor::START, 1)
-        .await
-        .unwrap();
+    let first =
+        wallex_core::outbox::read_batch(&db.pool, wallex_core::outbox::OutboxCursor::START, 1)
+            .await
+            .unwrap();
     assert_eq!(first[0].xact_id, 999);
-    let rest = wallex::outbox::read_batch(&db.pool, first[0].cursor(), 10)
+    let rest = wallex_core::outbox::read_batch(&db.pool, first[0].cursor(), 10)
         .await
         .unwrap();
     assert_eq!(rest.len(), 1);
@@ -367,7 +368,7 @@ async fn outbox_is_read_in_numeric_transaction_id_order() {
 async fn a_checkpoint_for_new_tables_restarts_and_stale_batches_cannot_commit() {
     let db = TestDb::new().await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let moved = wallex::outbox::OutboxCursor {
+    let moved = wallex_core::outbox::OutboxCursor {
         xact_id: 42,
         position: 7,
     };
@@ -386,7 +387,7 @@ async fn a_checkpoint_for_new_tables_restarts_and_stale_batches_cannot_commit() 
         .await
         .unwrap();
     let bumped = checkpoint::read(&db.pool, "p").await.unwrap().unwrap();
-    assert_eq!(bumped.cursor, wallex::outbox::OutboxCursor::START);
+    assert_eq!(bumped.cursor, wallex_core::outbox::OutboxCursor::START);
     assert_eq!(bumped.schema_version, 2);
     assert_eq!(bumped.namespace, "proj_p_v2");
     // A batch that started from an older cursor cannot move the checkpoint...
@@ -396,7 +397,7 @@ async fn a_checkpoint_for_new_tables_restarts_and_stale_batches_cannot_commit() 
         "{stale:?}"
     );
     // ...nor can one that wrote into the old tables.
-    let start = wallex::outbox::OutboxCursor::START;
+    let start = wallex_core::outbox::OutboxCursor::START;
     let old_tables = checkpoint::advance_from(&mut conn, "p", "proj_p_v1", start, moved, 1).await;
     assert!(
         matches!(old_tables, Err(checkpoint::CheckpointError::Moved(_))),

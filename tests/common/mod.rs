@@ -76,7 +76,7 @@ impl TestDb {
     pub async fn migrated() -> TestDb {
         let db = TestDb::new().await;
         let pool = db.pool().await;
-        wallex::db::MIGRATOR.run(&pool).await.expect("migrate");
+        wallex_core::db::MIGRATOR.run(&pool).await.expect("migrate");
         pool.close().await;
         db
     }
@@ -422,7 +422,7 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 const TOKEN: &str = ADMIN_TOKEN;
 
 pub fn wasm(file: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/{file}", wallex::projection::bundled::WASM_DIR))
+    std::fs::read(format!("{}/{file}", wallex_runtime::bundled::WASM_DIR))
         .expect("component built by build.rs")
 }
 

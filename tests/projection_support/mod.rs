@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use wallex::eventstore::postgres::PgEventStore;
-use wallex::eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
-use wallex::outbox::{self, OutboxCursor};
+use wallex_core::eventstore::postgres::PgEventStore;
+use wallex_core::eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use wallex_core::outbox::{self, OutboxCursor};
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const POOL_SIZE: u32 = 8;
@@ -41,7 +41,7 @@ impl TestDb {
             .connect_with(options.disable_statement_logging())
             .await
             .expect("pool");
-        sqlx::migrate!("../migrations/postgres")
+        wallex_core::db::MIGRATOR
             .run(&pool)
             .await
             .expect("migrations");
@@ -128,7 +128,7 @@ pub async fn wait_caught_up(pool: &PgPool, projections: &[&str], target: OutboxC
     loop {
         let mut done = true;
         for name in projections {
-            let checkpoint = wallex::projection::checkpoint::read(pool, name)
+            let checkpoint = wallex_runtime::checkpoint::read(pool, name)
                 .await
                 .expect("checkpoint");
             if checkpoint.map(|c| c.cursor) != Some(target) {

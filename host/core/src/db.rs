@@ -1,0 +1,110 @@
+//! The PostgreSQL pool and schema migrations.
+//!
+//! Why it exists: one place creates the pool with the configured limits (size, acquire timeout,
+//! statement timeout), creates the database when it is missing, and applies the migrations embedded
+//! from `migrations/postgres` — at `serve` start and with `wallex migrate`.
+
+use std::str::FromStr;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// Default database when `DATABASE_URL` is not set: the local PostgreSQL of the quickstart.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/wallex";
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL. The database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Maximum connections in the pool. Few connections commit faster than many on a small
+    /// machine (README: Performance); raise it with the database's cores.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
+
+    /// How long a request waits for a pooled connection before it gets a 503, in milliseconds.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Server-side limit on any one SQL statement, in milliseconds.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub database_statement_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_acquire_timeout_ms)
+    }
+}
+
+/// The migrations, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Errors of setting up the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("cannot reach PostgreSQL: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot create the database: {0}")]
+    Create(#[source] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Creates the database if it does not exist yet.
+pub async fn ensure_database(config: &DatabaseConfig) -> Result<(), DbError> {
+    PgConnectOptions::from_str(&config.database_url).map_err(DbError::InvalidUrl)?;
+    let exists = Postgres::database_exists(&config.database_url)
+        .await
+        .map_err(DbError::Connect)?;
+    if !exists {
+        tracing::info!("database does not exist; creating it");
+        Postgres::create_database(&config.database_url)
+            .await
+            .map_err(DbError::Create)?;
+    }
+    Ok(())
+}
+
+/// A pool with the configured limits. Connections are opened lazily, so a database outage at
+/// start-up surfaces as errors on use (503s) rather than a crash.
+pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let statement_timeout = format!("{}ms", config.database_statement_timeout_ms);
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .map_err(DbError::InvalidUrl)?
+        .application_name("wallex")
+        .options([("statement_timeout", statement_timeout.as_str())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database_pool_size)
+        .acquire_timeout(config.acquire_timeout())
+        .connect_lazy_with(options))
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Whether every embedded migration has been applied successfully.
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    Ok(MIGRATOR
+        .iter()
+        .all(|migration| applied.iter().any(|(v,)| *v == migration.version)))
+}

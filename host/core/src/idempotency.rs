@@ -1,0 +1,329 @@
+//! Idempotency keys (draft-ietf-httpapi-idempotency-key-header, with Stripe's semantics).
+//!
+//! Why it exists: a client may retry a write any number of times with the same `Idempotency-Key`
+//! and get the first outcome back, byte for byte, without the write happening twice.
+//!
+//! How: a key is scoped to method + path. A request holding a key takes a transaction-scoped
+//! advisory lock on `hash(scope, key)` inside its write transaction; that lock *is* the in-flight
+//! claim, so it disappears with the transaction whatever happens to the process (commit, rollback,
+//! crash, lost connection) and a key can never stay stuck. The completed response is stored in the
+//! same transaction as the write itself. A second request with the key finds either the lock taken
+//! (409, retry later) or the stored response (replay if the body's fingerprint matches, 422 if not).
+//! Requests rejected by validation never reach this module, so they store nothing.
+
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{PgExecutor, PgPool};
+use tokio_util::sync::CancellationToken;
+
+/// Idempotency-key handling.
+#[derive(Debug, Clone, Args)]
+pub struct IdempotencyConfig {
+    /// How long a completed request's response is kept for replay, in hours.
+    #[arg(long, env = "IDEMPOTENCY_TTL_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(1..=8760))]
+    pub idempotency_ttl_hours: u32,
+
+    /// Reject writes that carry no `Idempotency-Key` header (400).
+    #[arg(long, env = "IDEMPOTENCY_KEY_REQUIRED", default_value_t = false, action = ArgAction::Set)]
+    pub idempotency_key_required: bool,
+
+    /// How often expired keys are deleted, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_CLEANUP_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idempotency_cleanup_interval_secs: u64,
+
+    /// At most this many expired keys are deleted per statement.
+    #[arg(long, env = "IDEMPOTENCY_CLEANUP_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub idempotency_cleanup_batch_size: u32,
+}
+
+impl IdempotencyConfig {
+    pub fn ttl(&self) -> chrono::Duration {
+        chrono::Duration::hours(i64::from(self.idempotency_ttl_hours))
+    }
+}
+
+/// Longest accepted key.
+pub const MAX_KEY_LEN: usize = 255;
+/// `Retry-After` (seconds) for a request whose key is still in flight.
+pub const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
+/// Pause between two cleanup batches when a sweep finds many expired keys.
+const CLEANUP_BATCH_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why an `Idempotency-Key` header is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the Idempotency-Key header must be sent at most once")]
+    Repeated,
+    #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters")]
+    Malformed,
+}
+
+/// A validated idempotency key together with the operation it is scoped to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedKey {
+    /// Method and path, e.g. `POST /wallets`.
+    pub scope: String,
+    pub key: String,
+}
+
+impl ScopedKey {
+    /// The 64-bit advisory-lock id of this key.
+    pub fn lock_id(&self) -> i64 {
+        let digest = Sha256::new()
+            .chain_update(b"wallex-idempotency\n")
+            .chain_update(self.scope.as_bytes())
+            .chain_update(b"\n")
+            .chain_update(self.key.as_bytes())
+            .finalize();
+        let mut first = [0_u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(first)
+    }
+}
+
+/// Parses the header values of `Idempotency-Key`: none → `None`; one value of 1–255 printable
+/// ASCII characters, bare or as a structured-field string (`"…"`) → the key.
+pub fn parse_key_header<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<String>, KeyError> {
+    let Some(raw) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(KeyError::Repeated);
+    }
+    let inner = match raw {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => raw,
+    };
+    let printable = inner.iter().all(|b| (0x20..=0x7e).contains(b));
+    if inner.is_empty() || inner.len() > MAX_KEY_LEN || !printable {
+        return Err(KeyError::Malformed);
+    }
+    // Printable ASCII is UTF-8.
+    String::from_utf8(inner.to_vec())
+        .map(Some)
+        .map_err(|_| KeyError::Malformed)
+}
+
+/// SHA-256 of the canonical form of a JSON body: object keys sorted, no insignificant whitespace,
+/// numbers as written. Two bodies that differ only in formatting or key order are the same request.
+pub fn fingerprint(body: &serde_json::Value) -> Vec<u8> {
+    // serde_json's map is ordered by key, so serialising the parsed value is canonical.
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
+    Sha256::digest(&canonical).to_vec()
+}
+
+/// A stored response, replayed for later requests with the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A row of `idempotency_keys` as read back: fingerprint, status, headers, body.
+type StoredRow = (Vec<u8>, i16, sqlx::types::Json<Vec<StoredHeader>>, Vec<u8>);
+
+#[derive(Serialize, Deserialize)]
+struct StoredHeader {
+    name: String,
+    value: String,
+}
+
+/// A completed request of a key: the fingerprint of its body and its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedRequest {
+    pub fingerprint: Vec<u8>,
+    pub response: StoredResponse,
+}
+
+/// The outcome recorded for a key, if it completed and has not expired.
+pub async fn find_completed<'e>(
+    executor: impl PgExecutor<'e>,
+    key: &ScopedKey,
+) -> Result<Option<CompletedRequest>, sqlx::Error> {
+    let row: Option<StoredRow> = sqlx::query_as(
+        "SELECT fingerprint, status_code, response_headers, response_body
+         FROM idempotency_keys
+         WHERE scope = $1 AND idempotency_key = $2 AND expires_at > now()",
+    )
+    .bind(&key.scope)
+    .bind(&key.key)
+    .fetch_optional(executor)
+    .await?;
+    Ok(
+        row.map(|(fingerprint, status, headers, body)| CompletedRequest {
+            fingerprint,
+            response: StoredResponse {
+                status: u16::try_from(status).unwrap_or(500),
+                headers: headers
+                    .0
+                    .into_iter()
+                    .map(|header| (header.name, header.value))
+                    .collect(),
+                body,
+            },
+        }),
+    )
+}
+
+/// Tries to claim `key` for the caller's transaction. `false`: another request holds it.
+pub async fn try_claim<'e>(
+    executor: impl PgExecutor<'e>,
+    key: &ScopedKey,
+) -> Result<bool, sqlx::Error> {
+    let (claimed,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(key.lock_id())
+        .fetch_one(executor)
+        .await?;
+    Ok(claimed)
+}
+
+/// Records the completed response of `key` in the caller's transaction. An expired record of the
+/// same key is replaced: after expiry the key is new again. `false`: a live record exists already
+/// (a request with the key completed between the caller's first look and its claim); the caller
+/// must roll back and answer from that record.
+pub async fn store<'e>(
+    executor: impl PgExecutor<'e>,
+    key: &ScopedKey,
+    fingerprint: &[u8],
+    response: &StoredResponse,
+    expires_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let headers: Vec<StoredHeader> = response
+        .headers
+        .iter()
+        .map(|(name, value)| StoredHeader {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    let stored = sqlx::query(
+        "INSERT INTO idempotency_keys
+             (scope, idempotency_key, fingerprint, status_code, response_headers, response_body, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (scope, idempotency_key) DO UPDATE
+             SET fingerprint = EXCLUDED.fingerprint,
+                 status_code = EXCLUDED.status_code,
+                 response_headers = EXCLUDED.response_headers,
+                 response_body = EXCLUDED.response_body,
+                 created_at = now(),
+                 expires_at = EXCLUDED.expires_at
+             WHERE idempotency_keys.expires_at <= now()",
+    )
+    .bind(&key.scope)
+    .bind(&key.key)
+    .bind(fingerprint)
+    .bind(i16::try_from(response.status).unwrap_or(i16::MAX))
+    .bind(sqlx::types::Json(headers))
+    .bind(&response.body)
+    .bind(expires_at)
+    .execute(executor)
+    .await?;
+    Ok(stored.rows_affected() == 1)
+}
+
+/// Deletes expired keys in batches of at most `batch_size` until none are left. Returns how many.
+pub async fn delete_expired(pool: &PgPool, batch_size: u32) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let batch = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                 SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT $1))",
+        )
+        .bind(i64::from(batch_size))
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += batch;
+        if batch < u64::from(batch_size) {
+            return Ok(deleted);
+        }
+        tokio::time::sleep(CLEANUP_BATCH_PAUSE).await;
+    }
+}
+
+/// Runs [`delete_expired`] every `interval` until `shutdown` is cancelled.
+pub async fn run_cleanup(
+    pool: PgPool,
+    interval: Duration,
+    batch_size: u32,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match delete_expired(&pool, batch_size).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted expired idempotency keys"),
+            Err(error) => tracing::warn!(%error, "idempotency key cleanup failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(values: &[&[u8]]) -> Result<Option<String>, KeyError> {
+        parse_key_header(values.iter().copied())
+    }
+
+    #[test]
+    fn keys_are_printable_ascii_up_to_255() {
+        assert_eq!(parse(&[]), Ok(None));
+        assert_eq!(parse(&[b"abc"]), Ok(Some("abc".into())));
+        assert_eq!(parse(&[b"\"abc\""]), Ok(Some("abc".into())));
+        assert_eq!(parse(&[b"\"\""]), Err(KeyError::Malformed));
+        assert_eq!(parse(&[b"a b"]), Ok(Some("a b".into())));
+        assert_eq!(parse(&[&[b'k'; 255]]), Ok(Some("k".repeat(255))));
+        assert_eq!(parse(&[&[b'k'; 256]]), Err(KeyError::Malformed));
+        assert_eq!(parse(&[b""]), Err(KeyError::Malformed));
+        assert_eq!(parse(&[b"a\tb"]), Err(KeyError::Malformed));
+        assert_eq!(parse(&["é".as_bytes()]), Err(KeyError::Malformed));
+        assert_eq!(parse(&[b"a", b"b"]), Err(KeyError::Repeated));
+    }
+
+    #[test]
+    fn fingerprint_ignores_formatting_and_key_order() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":"x"}"#).expect("json");
+        let b: serde_json::Value =
+            serde_json::from_str("{ \"b\": \"x\",\n \"a\": 1 }").expect("json");
+        let c: serde_json::Value = serde_json::from_str(r#"{"a":2,"b":"x"}"#).expect("json");
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    #[test]
+    fn lock_ids_differ_by_scope_and_key() {
+        let key = |scope: &str, key: &str| ScopedKey {
+            scope: scope.into(),
+            key: key.into(),
+        };
+        assert_ne!(
+            key("POST /wallets", "k").lock_id(),
+            key("POST /other", "k").lock_id()
+        );
+        assert_ne!(
+            key("POST /wallets", "k").lock_id(),
+            key("POST /wallets", "k2").lock_id()
+        );
+        assert_eq!(
+            key("POST /wallets", "k").lock_id(),
+            key("POST /wallets", "k").lock_id()
+        );
+    }
+}

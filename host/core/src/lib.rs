@@ -1,0 +1,31 @@
+//! wallex-core: the write side of wallex — what a wallet is, how a create is made idempotent
+//! and durable, and where its events go.
+//!
+//! How it narrows the problem: everything here is PostgreSQL and plain Rust; it knows nothing of
+//! HTTP (no axum) or WebAssembly (no wasmtime). The HTTP layer (`wallex-http`) turns requests into
+//! calls of [`write_path`]; the projection runtime (`wallex-runtime`) reads what [`outbox`]
+//! enqueued.
+//!
+//! # Layout
+//!
+//! - [`wallet`] — the domain: `CreateWallet` validation (ids, exact money, currency), the
+//!   snapshot and its response body.
+//! - [`currency`] — the ISO 4217 codes accepted.
+//! - [`idempotency`] — key parsing, body fingerprint, the claim (advisory lock), stored responses,
+//!   the expiry task. Owns `idempotency_keys`.
+//! - [`write_path`] — the create-wallet transaction. Owns `wallets`.
+//! - [`eventstore`] — the `EventStore` seam and its PostgreSQL implementation. Owns `events`.
+//! - [`outbox`] — enqueue and the gap-safe reader. Owns `outbox`.
+//! - [`db`] — the pool, database creation and the embedded migrations.
+//! - [`failpoint`] — test-only crash injection (`failpoints` feature).
+
+#![warn(missing_docs)]
+
+pub mod currency;
+pub mod db;
+pub mod eventstore;
+pub mod failpoint;
+pub mod idempotency;
+pub mod outbox;
+pub mod wallet;
+pub mod write_path;

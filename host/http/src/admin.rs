@@ -1,0 +1,553 @@
+//! The admin API: operating projections by name over HTTP, under `/admin`.
+//!
+//! Why it exists: operators (and `wallex projections …`) deploy, reload, rebuild, pause, resume,
+//! roll back and delete projections on a running service. Every route needs
+//! `Authorization: Bearer <WALLEX_ADMIN_TOKEN>`; with no token configured the whole API is off
+//! (404). Errors are RFC 9457 problems; every action is logged and recorded in `admin_actions`
+//! with who did it (`X-Wallex-Actor`, default `admin`).
+//!
+//! Routes:
+//! - `GET /admin/projections`, `GET /admin/projections/{name}`: status.
+//! - `PUT /admin/projections/{name}` (`application/wasm`, optional `Content-Digest`): deploy.
+//! - `DELETE /admin/projections/{name}[?drop_tables=true]`: stop it everywhere.
+//! - `POST /admin/projections/{name}/{reload|rebuild|pause|resume|rollback}`.
+//! - `DELETE /admin/projections/{name}/rebuild`: cancel a rebuild.
+//! - `GET /admin/projections/{name}/dead-letters[?all=true]`, `POST …/dead-letters/replay`.
+//! - `GET /admin/outbox/stats`, `GET /admin/actions[?projection=&limit=]`.
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256, Sha512};
+use wallex_runtime::text::{clip, MAX_ERROR_BYTES};
+
+use crate::problem::Problem;
+use crate::wallets::read_body_within;
+use wallex_runtime::config::ProjectionSettings;
+use wallex_runtime::control::UPLOAD_SOURCE;
+use wallex_runtime::schema::is_projection_name;
+use wallex_runtime::{registry, DeployError, Projections};
+
+/// Media type of a component upload.
+pub const WASM_CONTENT_TYPE: &str = "application/wasm";
+/// Header naming who performs an admin action (recorded in the audit trail).
+pub const ACTOR_HEADER: &str = "x-wallex-actor";
+/// Longest accepted actor name.
+pub const MAX_ACTOR_LEN: usize = 64;
+/// Shortest accepted admin token: a guessable token is refused at start-up.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Most audit entries returned by one `GET /admin/actions`.
+pub const MAX_ACTIONS_LISTED: i64 = 1_000;
+
+/// Shared state of the admin routes.
+#[derive(Clone)]
+pub struct AdminState {
+    pub projections: Projections,
+    /// SHA-256 of the configured token (`None`: admin is off).
+    token_digest: Option<[u8; 32]>,
+}
+
+impl AdminState {
+    pub fn new(projections: Projections, token: Option<&str>) -> Self {
+        Self {
+            projections,
+            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+}
+
+/// The `/admin` routes.
+pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> {
+    Router::new()
+        .route("/admin/projections", get(list))
+        .route(
+            "/admin/projections/{name}",
+            get(status).put(deploy).delete(delete),
+        )
+        .route(
+            "/admin/projections/{name}/rebuild",
+            post(rebuild).delete(cancel_rebuild),
+        )
+        .route("/admin/projections/{name}/{action}", post(action))
+        .route("/admin/projections/{name}/dead-letters", get(dead_letters))
+        .route(
+            "/admin/projections/{name}/dead-letters/replay",
+            post(replay_dead_letters),
+        )
+        .route("/admin/outbox/stats", get(outbox_stats))
+        .route("/admin/actions", get(actions))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .with_state(state)
+}
+
+/// Who is acting: `X-Wallex-Actor` if printable and short, else `admin`.
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|a| {
+            !a.is_empty()
+                && a.len() <= MAX_ACTOR_LEN
+                && a.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        })
+        .map(|a| format!("admin:{a}"))
+        .unwrap_or_else(|| "admin".to_owned())
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.token_digest else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "admin-disabled",
+            "Admin API disabled",
+            "Set WALLEX_ADMIN_TOKEN to enable the admin API.",
+        )
+        .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| -> [u8; 32] { Sha256::digest(token.trim().as_bytes()).into() });
+    // Comparing fixed-size digests byte by byte without an early exit: no timing hint.
+    let authorized = presented.is_some_and(|digest| {
+        digest
+            .iter()
+            .zip(expected.iter())
+            .fold(0_u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
+    if !authorized {
+        tracing::warn!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            "admin request refused: missing or wrong token"
+        );
+        let mut response = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "A valid `Authorization: Bearer <WALLEX_ADMIN_TOKEN>` header is required.",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Maps an operation's error onto the API's problems. The detail is clipped: an operation's error
+/// can quote what a component declared.
+fn problem(error: DeployError) -> Problem {
+    let detail = || clip(&error.to_string(), MAX_ERROR_BYTES);
+    match &error {
+        DeployError::TooLarge { .. } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "component-too-large",
+            "Component too large",
+            detail(),
+        ),
+        e if e.is_invalid_component() => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-component",
+            "Invalid component",
+            detail(),
+        ),
+        DeployError::NotFound(_) => Problem::not_found(detail()),
+        DeployError::Conflict(_) => Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflicting operation",
+            detail(),
+        ),
+        DeployError::Database(e) => Problem::from_sqlx(e),
+        _ => Problem::internal(&error),
+    }
+}
+
+fn bad_request(slug: &'static str, title: &'static str, detail: String) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, slug, title, detail)
+}
+
+fn check_name(name: &str) -> Result<(), Problem> {
+    if is_projection_name(name) {
+        Ok(())
+    } else {
+        Err(bad_request(
+            "invalid-projection-name",
+            "Invalid projection name",
+            format!("{name:?} is not a projection name ([a-z][a-z0-9_-], at most 41 characters)"),
+        ))
+    }
+}
+
+async fn list(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {
+    let items = state.projections.admin_list().await.map_err(problem)?;
+    Ok(Json(json!({ "projections": items })))
+}
+
+async fn status(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    check_name(&name)?;
+    Ok(Json(
+        state
+            .projections
+            .admin_status(&name)
+            .await
+            .map_err(problem)?,
+    ))
+}
+
+/// Records an admin action's outcome, logs it and answers with the projection's new status.
+async fn done(
+    state: &AdminState,
+    actor: &str,
+    action: &str,
+    name: &str,
+    result: Result<serde_json::Value, DeployError>,
+) -> Result<Response, Problem> {
+    match result {
+        Ok(outcome) => {
+            tracing::info!(actor, action, projection = name, %outcome, "admin action");
+            let status = state
+                .projections
+                .admin_status(name)
+                .await
+                .map_err(problem)?;
+            Ok(Json(json!({ "outcome": outcome, "projection": status })).into_response())
+        }
+        Err(error) => {
+            tracing::warn!(actor, action, projection = name, %error, "admin action refused");
+            let recorded = match state.projections.pool().acquire().await {
+                Ok(mut conn) => {
+                    registry::record_action(
+                        &mut conn,
+                        actor,
+                        action,
+                        Some(name),
+                        "refused",
+                        &json!({ "error": clip(&error.to_string(), MAX_ERROR_BYTES) }),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "cannot record the refused admin action");
+            }
+            Err(problem(error))
+        }
+    }
+}
+
+async fn deploy(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    settings: Result<Query<ProjectionSettings>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let settings = settings
+        .map_err(|rejection| {
+            bad_request(
+                "invalid-settings",
+                "Invalid deploy settings",
+                format!(
+                    "{} (keys: on_poison=pause|skip, memory_mib, call_timeout_ms, fuel, max_mutations, max_batch_bytes, log_lines, log_bytes)",
+                    rejection.body_text()
+                ),
+            )
+        })?
+        .0;
+    let settings = (!settings.is_empty()).then_some(settings);
+    let actor = actor(&headers);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if !content_type.is_some_and(|t| t.eq_ignore_ascii_case(WASM_CONTENT_TYPE)) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("A component upload must be sent as {WASM_CONTENT_TYPE}."),
+        ));
+    }
+    let limit = state.projections.config().max_component_bytes;
+    let bytes = read_body_within(&headers, body, limit, || {
+        problem(DeployError::TooLarge {
+            size: limit.saturating_add(1),
+            limit,
+        })
+    })
+    .await?;
+    if let Some(digest) = headers.get("content-digest") {
+        verify_digest(digest, &bytes)?;
+    }
+    let projections = &state.projections;
+    let result = match projections
+        .validate(Vec::from(bytes), &format!("upload:{name}"))
+        .await
+    {
+        Ok(candidate) => projections
+            .activate_with(
+                candidate,
+                UPLOAD_SOURCE,
+                &actor,
+                Some(&name),
+                settings.as_ref(),
+            )
+            .await
+            .map(|a| json!(a)),
+        Err(error) => Err(error),
+    };
+    done(&state, &actor, "deploy", &name, result).await
+}
+
+/// Verifies an RFC 9530 `Content-Digest` (`sha-256` or `sha-512`; other algorithms are ignored,
+/// but at least one known one must be present).
+fn verify_digest(header_value: &HeaderValue, body: &[u8]) -> Result<(), Problem> {
+    let invalid = |detail: String| bad_request("invalid-digest", "Invalid Content-Digest", detail);
+    let text = header_value
+        .to_str()
+        .map_err(|_| invalid("Content-Digest is not ASCII".to_owned()))?;
+    let mut checked = false;
+    for member in text.split(',') {
+        let Some((algorithm, value)) = member.trim().split_once('=') else {
+            return Err(invalid(format!(
+                "malformed Content-Digest member {member:?}"
+            )));
+        };
+        let algorithm = algorithm.trim().to_ascii_lowercase();
+        let computed: Vec<u8> = match algorithm.as_str() {
+            "sha-256" => Sha256::digest(body).to_vec(),
+            "sha-512" => Sha512::digest(body).to_vec(),
+            _ => continue,
+        };
+        let encoded = value
+            .trim()
+            .strip_prefix(':')
+            .and_then(|v| v.strip_suffix(':'))
+            .ok_or_else(|| invalid(format!("{algorithm} must be a byte sequence (:base64:)")))?;
+        let expected = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| invalid(format!("{algorithm} is not valid base64")))?;
+        if expected != computed {
+            return Err(bad_request(
+                "digest-mismatch",
+                "Content-Digest mismatch",
+                format!("the body's {algorithm} digest does not match Content-Digest"),
+            ));
+        }
+        checked = true;
+    }
+    if checked {
+        Ok(())
+    } else {
+        Err(invalid(
+            "Content-Digest has no sha-256 or sha-512 member".to_owned(),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    drop_tables: bool,
+}
+
+async fn delete(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let actor = actor(&headers);
+    let result = state
+        .projections
+        .delete(&name, query.drop_tables, &actor)
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(actor, projection = %name, drop_tables = query.drop_tables, "projection deleted");
+            Ok(
+                Json(json!({ "outcome": "deleted", "dropTables": query.drop_tables }))
+                    .into_response(),
+            )
+        }
+        Err(error) => done(&state, &actor, "delete", &name, Err(error)).await,
+    }
+}
+
+async fn rebuild(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let actor = actor(&headers);
+    let result = state
+        .projections
+        .rebuild(&name, &actor)
+        .await
+        .map(|a| json!(a));
+    done(&state, &actor, "rebuild", &name, result).await
+}
+
+async fn cancel_rebuild(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let actor = actor(&headers);
+    let result = state
+        .projections
+        .cancel_rebuild(&name, &actor)
+        .await
+        .map(|()| json!("rebuild-cancelled"));
+    done(&state, &actor, "cancel-rebuild", &name, result).await
+}
+
+async fn action(
+    State(state): State<AdminState>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let actor = actor(&headers);
+    let projections = &state.projections;
+    let result = match action.as_str() {
+        "reload" => projections
+            .reload(&name, &actor)
+            .await
+            .map(|()| json!("reloaded")),
+        "pause" => projections
+            .set_paused(&name, true, &actor)
+            .await
+            .map(|()| json!("paused")),
+        "resume" => projections
+            .set_paused(&name, false, &actor)
+            .await
+            .map(|()| json!("resumed")),
+        "rollback" => projections.rollback(&name, &actor).await.map(|a| json!(a)),
+        other => {
+            return Err(Problem::not_found(format!(
+                "no admin action {other:?} (reload, rebuild, pause, resume, rollback)"
+            )))
+        }
+    };
+    done(&state, &actor, &action, &name, result).await
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn dead_letters(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    check_name(&name)?;
+    let letters = state
+        .projections
+        .dead_letters(&name, query.all)
+        .await
+        .map_err(problem)?;
+    Ok(Json(json!({ "deadLetters": letters })))
+}
+
+async fn replay_dead_letters(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let actor = actor(&headers);
+    let result = state.projections.replay_dead_letters(&name, &actor).await;
+    done(&state, &actor, "replay-dead-letters", &name, result).await
+}
+
+async fn outbox_stats(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {
+    Ok(Json(
+        state.projections.outbox_stats().await.map_err(problem)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionsQuery {
+    projection: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn actions(
+    State(state): State<AdminState>,
+    Query(query): Query<ActionsQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_ACTIONS_LISTED);
+    let actions =
+        registry::recent_actions(state.projections.pool(), query.projection.as_deref(), limit)
+            .await
+            .map_err(|e| Problem::from_sqlx(&e))?;
+    Ok(Json(json!({ "actions": actions })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_header(algorithm: &str, bytes: &[u8]) -> HeaderValue {
+        let digest = match algorithm {
+            "sha-256" => Sha256::digest(bytes).to_vec(),
+            _ => Sha512::digest(bytes).to_vec(),
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(digest);
+        HeaderValue::from_str(&format!("{algorithm}=:{encoded}:")).expect("header")
+    }
+
+    #[test]
+    fn content_digest_is_verified() {
+        let body = b"component bytes";
+        assert!(verify_digest(&digest_header("sha-256", body), body).is_ok());
+        assert!(verify_digest(&digest_header("sha-512", body), body).is_ok());
+        let mismatch = verify_digest(&digest_header("sha-256", b"other"), body).unwrap_err();
+        assert_eq!(mismatch.slug, "digest-mismatch");
+        let unknown = verify_digest(&HeaderValue::from_static("md5=:AAAA:"), body).unwrap_err();
+        assert_eq!(unknown.slug, "invalid-digest");
+        let malformed = verify_digest(&HeaderValue::from_static("sha-256=abc"), body).unwrap_err();
+        assert_eq!(malformed.slug, "invalid-digest");
+    }
+
+    #[test]
+    fn actor_is_sanitised() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(actor(&headers), "admin");
+        headers.insert(ACTOR_HEADER, HeaderValue::from_static("alice"));
+        assert_eq!(actor(&headers), "admin:alice");
+        headers.insert(ACTOR_HEADER, HeaderValue::from_static("x\ty"));
+        assert_eq!(actor(&headers), "admin");
+    }
+}

@@ -1,0 +1,98 @@
+//! The HTTP API: router, shared state and the layers every request goes through.
+//!
+//! Why it exists: it maps HTTP onto the write path and the read side and nothing else; business
+//! rules live in `wallet`, `write_path` and `idempotency`.
+
+pub mod admin;
+pub mod health;
+pub mod metrics;
+pub mod problem;
+pub mod projections;
+pub mod wallets;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+use problem::Problem;
+use wallex_core::write_path::WritePath;
+
+/// What the HTTP layer is configured with (from `wallex serve`'s configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Upper bound on handling one request (503 after it).
+    pub request_timeout: std::time::Duration,
+    /// Reject writes that carry no `Idempotency-Key` header (400).
+    pub idempotency_key_required: bool,
+}
+
+/// Handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub write_path: WritePath,
+    pub config: Arc<HttpConfig>,
+    /// The loaded projections (their workers may run in this process or another).
+    pub projections: wallex_runtime::Projections,
+    pub admin: crate::admin::AdminState,
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> Router {
+    let request_timeout = state.config.request_timeout;
+    Router::new()
+        .route("/wallets", post(wallets::create_wallet))
+        .route("/wallets/{id}", get(wallets::get_wallet))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(crate::projections::router(state.projections.clone()))
+        .merge(crate::admin::router(state.admin.clone()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            timeout_as_problem(request, next, request_timeout)
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("No resource at this path.")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "This resource does not support the request's method.",
+    )
+}
+
+/// Bounds every request; one that takes longer gets a 503 problem.
+async fn timeout_as_problem(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: std::time::Duration,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request-timeout",
+            "Request timed out",
+            format!(
+                "The request did not complete within {} ms.",
+                limit.as_millis()
+            ),
+        )
+        .with_retry_after(1)
+        .into_response(),
+    }
+}

@@ -1,0 +1,258 @@
+//! HTTP endpoints of the projections: status, and reads from projection tables with
+//! read-after-write.
+//!
+//! Why it exists: a client that just wrote (the POST returned the event's global position in
+//! `X-Global-Position`) must be able to read its own write from an eventually consistent
+//! projection. `GET /projections/{projection}/{table}/{key}?minPosition=P` waits (bounded) until
+//! the projection's checkpoint has passed the outbox row at position P, then reads the row.
+//!
+//! Shape:
+//! - `GET /projections` → `{"projections": [status...]}`; `GET /projections/{projection}` → status.
+//! - `GET /projections/{projection}/{table}/{key}` (tables with a one-column primary key) →
+//!   `200` with the row as a JSON object and `X-Projection-Position` (the checkpoint position it
+//!   was read at); `404` problem if no such row/table/projection; with `minPosition=P` (or header
+//!   `X-Min-Position: P`) and optional `timeoutMs` (default `READ_AFTER_WRITE_TIMEOUT_MS`, capped
+//!   at 30 s): `503` problem `projection-behind` with `Retry-After` if the checkpoint does not reach
+//!   P in time. Errors are RFC 9457 `application/problem+json`.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::problem::Problem;
+use wallex_core::outbox;
+use wallex_runtime::checkpoint::{self, Checkpoint};
+use wallex_runtime::schema::{quote, ColumnType};
+use wallex_runtime::text::quoted;
+use wallex_runtime::worker::Projector;
+use wallex_runtime::Projections;
+
+/// How often a waiting read re-reads the checkpoint (another process may hold the lease).
+pub const READ_AFTER_WRITE_POLL: Duration = Duration::from_millis(20);
+/// Request header alternative to the `minPosition` query parameter.
+pub const MIN_POSITION_HEADER: &str = "x-min-position";
+/// Response header: the checkpoint position the row was read at.
+pub const PROJECTION_POSITION_HEADER: &str = "x-projection-position";
+
+/// The projection routes, mergeable into any router.
+pub fn router<S: Clone + Send + Sync + 'static>(projections: Projections) -> Router<S> {
+    Router::new()
+        .route("/projections", get(list))
+        .route("/projections/{projection}", get(status))
+        .route("/projections/{projection}/{table}/{key}", get(read_row))
+        .with_state(projections)
+}
+
+fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_json::Value {
+    let active = projector.active();
+    let schema = &active.schema;
+    json!({
+        "name": schema.name,
+        "schemaVersion": schema.schema_version,
+        "namespace": schema.namespace,
+        "stableNamespace": schema.stable_namespace(),
+        "sha256": active.sha256,
+        "origin": active.source,
+        "subscribesTo": schema.subscribes_to,
+        "tables": schema.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        "checkpoint": checkpoint.map(|c| json!({
+            "xactId": c.cursor.xact_id.to_string(),
+            "position": c.cursor.position,
+        })),
+        "status": checkpoint.map(|c| c.status),
+        "lastError": checkpoint.and_then(|c| c.last_error.clone()),
+        "errorCount": checkpoint.map(|c| c.error_count),
+        "updatedAt": checkpoint.map(|c| c.updated_at),
+        "leaseHeldHere": projector.lease_held(),
+        "eventsAppliedHere": projector.events_applied(),
+        "batchSize": projector.config.batch_size,
+    })
+}
+
+async fn list(State(projections): State<Projections>) -> Result<Json<serde_json::Value>, Problem> {
+    let checkpoints = checkpoint::read_all(projections.pool())
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let items: Vec<_> = projections
+        .all()
+        .iter()
+        .map(|p| status_json(p, checkpoints.iter().find(|c| c.projection == p.name())))
+        .collect();
+    Ok(Json(json!({ "projections": items })))
+}
+
+async fn status(
+    State(projections): State<Projections>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let projector = projections
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no projection named {name}")))?;
+    let checkpoint = checkpoint::read(projections.pool(), &name)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(status_json(&projector, checkpoint.as_ref())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadQuery {
+    min_position: Option<i64>,
+    timeout_ms: Option<u64>,
+}
+
+async fn read_row(
+    State(projections): State<Projections>,
+    Path((name, table_name, key)): Path<(String, String, String)>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let projector = projections
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no projection named {name}")))?;
+    let active = projector.active();
+    let schema = &active.schema;
+    let table = schema.table(&table_name).ok_or_else(|| {
+        Problem::not_found(format!("projection {name} has no table {table_name}"))
+    })?;
+    let bad_request = |detail: String| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            detail,
+        )
+    };
+    let [key_column] = table.primary_key.as_slice() else {
+        return Err(bad_request(format!(
+            "table {table_name} has a composite primary key and cannot be read by key"
+        )));
+    };
+    let key_column = &table.columns[*key_column];
+    let min_position = match query.min_position {
+        Some(p) => Some(p),
+        None => headers
+            .get(HeaderName::from_static(MIN_POSITION_HEADER))
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .ok_or_else(|| bad_request("X-Min-Position must be an integer".to_owned()))
+            })
+            .transpose()?,
+    };
+    let config = projections.config();
+    let timeout = query
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(config.read_after_write_timeout)
+        .min(Duration::from_millis(
+            wallex_runtime::config::MAX_READ_AFTER_WRITE_TIMEOUT_MS,
+        ));
+    let position = match min_position {
+        Some(p) if p < 0 => return Err(bad_request("minPosition must be >= 0".to_owned())),
+        Some(p) => wait_for(&projections, &projector, p, timeout).await?,
+        None => checkpoint::read(projections.pool(), &name)
+            .await
+            .map_err(|e| Problem::internal(&e))?
+            .map(|c| c.cursor.position)
+            .unwrap_or(0),
+    };
+    let sql = format!(
+        "SELECT to_jsonb(t) FROM {} AS t WHERE {} = $1",
+        schema.stable_qualified(table),
+        quote(&key_column.name)
+    );
+    let sql_query = sqlx::query_scalar::<_, serde_json::Value>(&sql);
+    let sql_query = match key_column.ty {
+        ColumnType::S64 => sql_query.bind(
+            key.parse::<i64>()
+                .map_err(|_| bad_request(format!("key {} is not an integer", quoted(&key))))?,
+        ),
+        ColumnType::Uuid => sql_query.bind(
+            uuid::Uuid::parse_str(&key)
+                .map_err(|_| bad_request(format!("key {} is not a UUID", quoted(&key))))?,
+        ),
+        // PostgreSQL's text cannot hold NUL: no row can have such a key, and binding one fails.
+        ColumnType::Text if key.contains('\0') => {
+            return Err(bad_request(
+                "key contains a NUL character, which no text key can hold".to_owned(),
+            ))
+        }
+        ColumnType::Text => sql_query.bind(key.clone()),
+        other => {
+            return Err(bad_request(format!(
+                "tables keyed by {} cannot be read by key",
+                other.name()
+            )))
+        }
+    };
+    let row = sql_query
+        .fetch_optional(projections.pool())
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .ok_or_else(|| {
+            Problem::not_found(format!("no row {} in {name}/{table_name}", quoted(&key)))
+        })?;
+    let mut response = Json(row).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static(PROJECTION_POSITION_HEADER),
+        HeaderValue::from(position),
+    );
+    Ok(response)
+}
+
+/// Waits until `projector`'s checkpoint is at or past the outbox row at `min_position`. Returns
+/// the checkpoint position reached.
+async fn wait_for(
+    projections: &Projections,
+    projector: &Projector,
+    min_position: i64,
+    timeout: Duration,
+) -> Result<i64, Problem> {
+    let deadline = Instant::now() + timeout;
+    let mut progress = projector.subscribe_progress();
+    let pool = projections.pool();
+    let mut target = None;
+    loop {
+        if target.is_none() {
+            target = outbox::cursor_of(pool, min_position)
+                .await
+                .map_err(|e| Problem::internal(&e))?;
+        }
+        if let Some(target) = target {
+            let checkpoint = checkpoint::read(pool, projector.name())
+                .await
+                .map_err(|e| Problem::internal(&e))?;
+            if let Some(checkpoint) = checkpoint.filter(|c| c.cursor >= target) {
+                return Ok(checkpoint.cursor.position);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projection-behind",
+                "Projection has not caught up",
+                format!(
+                    "projection {} did not reach position {min_position} within {} ms",
+                    projector.name(),
+                    timeout.as_millis()
+                ),
+            )
+            .with_retry_after(1));
+        }
+        let nap = READ_AFTER_WRITE_POLL.min(deadline - now);
+        tokio::select! {
+            _ = progress.changed() => {}
+            _ = tokio::time::sleep(nap) => {}
+        }
+    }
+}

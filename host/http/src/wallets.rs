@@ -1,0 +1,352 @@
+//! `POST /wallets` and `GET /wallets/{id}`.
+//!
+//! Why it exists: the HTTP edge of the write path — header and body validation in the order the
+//! API promises (415, 413, 400, 422 before anything is stored), idempotency headers, and the
+//! rendering of outcomes as responses.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use super::problem::Problem;
+use super::AppState;
+use wallex_core::idempotency::{self, ScopedKey, StoredResponse, IN_FLIGHT_RETRY_AFTER_SECS};
+use wallex_core::wallet::FieldError;
+use wallex_core::wallet::{validate_id, CreateWallet};
+use wallex_core::write_path::{
+    CreateResult, IdempotentRequest, RequestContext, WriteError, WriteOutcome,
+};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How much of a too-large body is read and discarded before answering 413.
+pub const MAX_DRAINED_BYTES: usize = 1024 * 1024;
+/// Longest accepted `X-Correlation-Id`.
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+/// Idempotency scope of wallet creation (method + path).
+pub const CREATE_WALLET_SCOPE: &str = "POST /wallets";
+
+pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+pub static GLOBAL_POSITION: HeaderName = HeaderName::from_static("x-global-position");
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+const JSON: &str = "application/json";
+
+/// `POST /wallets`.
+pub async fn create_wallet(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let correlation_id = match correlation_id(&headers) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut response = match create(&state, &headers, body, &correlation_id).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_ID.clone(), value);
+    }
+    response
+}
+
+async fn create(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    correlation_id: &str,
+) -> Result<Response, Problem> {
+    let key = idempotency::parse_key_header(
+        headers
+            .get_all(&IDEMPOTENCY_KEY)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+    .map_err(|error| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            error.to_string(),
+        )
+    })?;
+    if key.is_none() && state.config.idempotency_key_required {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency-key-required",
+            "Idempotency-Key required",
+            "This server requires an Idempotency-Key header on writes.",
+        ));
+    }
+    require_json_content_type(headers)?;
+    let bytes = read_body(headers, body).await?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            format!("The body is not valid JSON: {error}."),
+        )
+    })?;
+    let command = CreateWallet::from_json(&json).map_err(|errors| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "Validation failed",
+            "The request body has invalid fields; see errors.",
+        )
+        .with_errors(errors)
+    })?;
+
+    let context = RequestContext {
+        correlation_id: correlation_id.to_owned(),
+        idempotency: key.map(|key| IdempotentRequest {
+            fingerprint: idempotency::fingerprint(&json),
+            key: ScopedKey {
+                scope: CREATE_WALLET_SCOPE.to_owned(),
+                key,
+            },
+        }),
+    };
+    let outcome = state
+        .write_path
+        .create_wallet(&command, &context, render_create_result)
+        .await
+        .map_err(write_error_problem)?;
+    Ok(match outcome {
+        WriteOutcome::Completed(stored) => stored_response(&stored, false),
+        WriteOutcome::Replayed(stored) => stored_response(&stored, true),
+        WriteOutcome::KeyInFlight => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-flight",
+            "Request in progress",
+            "A request with this Idempotency-Key is still being processed; retry later.",
+        )
+        .with_retry_after(IN_FLIGHT_RETRY_AFTER_SECS)
+        .into_response(),
+        WriteOutcome::KeyReused => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            "This Idempotency-Key was used with a different request body.",
+        )
+        .into_response(),
+    })
+}
+
+/// `GET /wallets/{id}`: the snapshot from the write model (strongly consistent).
+pub async fn get_wallet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    validate_id(&id).map_err(|detail| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-wallet-id",
+            "Invalid wallet id",
+            format!("The wallet id {detail}."),
+        )
+        .with_errors(vec![FieldError::new("id", detail)])
+    })?;
+    let wallet = state.write_path.find_wallet(&id).await?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "wallet-not-found",
+            "Wallet not found",
+            format!("No wallet has id {id}."),
+        )
+    })?;
+    let body = wallet
+        .to_json_bytes()
+        .map_err(|error| Problem::internal(&error))?;
+    Ok(([(header::CONTENT_TYPE, JSON)], body).into_response())
+}
+
+/// The response of a create, as returned and stored for its key.
+fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteError> {
+    Ok(match result {
+        CreateResult::Created { wallet, position } => StoredResponse {
+            status: StatusCode::CREATED.as_u16(),
+            headers: vec![
+                (header::CONTENT_TYPE.to_string(), JSON.to_owned()),
+                (
+                    header::LOCATION.to_string(),
+                    format!("/wallets/{}", wallet.id),
+                ),
+                (GLOBAL_POSITION.to_string(), position.to_string()),
+            ],
+            body: wallet.to_json_bytes()?,
+        },
+        CreateResult::WalletExists { wallet_id } => {
+            let problem = Problem::new(
+                StatusCode::CONFLICT,
+                "wallet-exists",
+                "Wallet exists",
+                format!("A wallet with id {wallet_id} exists already."),
+            );
+            StoredResponse {
+                status: problem.status.as_u16(),
+                headers: vec![(
+                    header::CONTENT_TYPE.to_string(),
+                    super::problem::PROBLEM_CONTENT_TYPE.to_owned(),
+                )],
+                body: problem.body_bytes(),
+            }
+        }
+    })
+}
+
+fn stored_response(stored: &StoredResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, stored.body.clone()).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in &stored.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    if replayed {
+        headers.insert(
+            IDEMPOTENT_REPLAYED.clone(),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+fn write_error_problem(error: WriteError) -> Problem {
+    if let WriteError::StreamExists(_) = error {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "wallet-exists",
+            "Wallet exists",
+            "A wallet with this id exists already.",
+        );
+    }
+    source_sqlx(&error).map_or_else(|| Problem::internal(&error), Problem::from_sqlx)
+}
+
+/// The database error behind an event-store or outbox error, if any.
+fn source_sqlx(error: &WriteError) -> Option<&sqlx::Error> {
+    match error {
+        WriteError::Database(db)
+        | WriteError::Outbox(wallex_core::outbox::OutboxError::Database(db)) => Some(db),
+        WriteError::EventStore(wallex_core::eventstore::EventStoreError::Backend(source)) => {
+            source.downcast_ref()
+        }
+        _ => None,
+    }
+}
+
+fn correlation_id(headers: &HeaderMap) -> Result<String, Problem> {
+    let Some(value) = headers.get(&CORRELATION_ID) else {
+        return Ok(uuid::Uuid::new_v4().to_string());
+    };
+    let bytes = value.as_bytes();
+    let printable = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    if bytes.is_empty() || bytes.len() > MAX_CORRELATION_ID_LEN || !printable {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-correlation-id",
+            "Invalid X-Correlation-Id",
+            "X-Correlation-Id must be 1 to 128 visible ASCII characters.",
+        ));
+    }
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn require_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match essence.as_deref() {
+        Some(JSON) => Ok(()),
+        Some(other) if other.starts_with("application/") && other.ends_with("+json") => Ok(()),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "The body must be sent as Content-Type: application/json.",
+        )),
+    }
+}
+
+fn body_too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Body too large",
+        format!("The body must not exceed {MAX_BODY_BYTES} bytes."),
+    )
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Problem> {
+    read_body_within(headers, body, MAX_BODY_BYTES, body_too_large).await
+}
+
+/// Reads a request body of at most `limit` bytes; a larger one (declared or sent) is answered
+/// with `too_large()` after draining a bounded amount of it (see [`drain`]).
+pub async fn read_body_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    too_large: impl Fn() -> Problem,
+) -> Result<bytes::Bytes, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let mut body = body;
+    if declared.is_some_and(|length| length > limit as u64) {
+        drain(&mut body).await;
+        return Err(too_large());
+    }
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable body",
+                format!("The request body could not be read: {error}."),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                drain(&mut body).await;
+                return Err(too_large());
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and discards what is left of a rejected body, up to [`MAX_DRAINED_BYTES`], so that a
+/// client still sending it can read the 413 instead of seeing the connection reset. A larger body
+/// is cut off (the connection is closed).
+async fn drain(body: &mut Body) {
+    let mut drained = 0_usize;
+    while drained <= MAX_DRAINED_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, bytes::Bytes::len),
+            Some(Err(_)) | None => return,
+        }
+    }
+}

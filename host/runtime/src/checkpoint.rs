@@ -1,0 +1,332 @@
+//! Projection checkpoints: where each projection stands in the outbox, and its reported health.
+//!
+//! Why it exists: a projection's tables and its checkpoint change in the same transaction, so
+//! after any crash the checkpoint says exactly which events the tables include. The cursor is an
+//! [`OutboxCursor`] (transaction id, global position), the order of the gap-safe reader.
+
+use super::text::{clip, MAX_ERROR_BYTES};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor};
+
+use wallex_core::outbox::OutboxCursor;
+
+/// What the worker holding a projection's lease last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Applying batches normally.
+    Running,
+    /// The last batch failed; it is retried after the error backoff.
+    Failing,
+    /// The retries are exhausted; the worker waits for a fixed deploy or a reload.
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Failing => "failing",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "failing" => Self::Failing,
+            "failed" => Self::Failed,
+            _ => Self::Running,
+        }
+    }
+}
+
+/// A checkpoint row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub projection: String,
+    pub schema_version: i64,
+    /// The PostgreSQL schema whose tables this checkpoint describes.
+    pub namespace: String,
+    pub cursor: OutboxCursor,
+    /// Outbox rows applied under this checkpoint since it last started from the beginning.
+    pub events_applied: i64,
+    pub status: Status,
+    pub last_error: Option<String>,
+    pub error_count: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("checkpoint of {0} is missing")]
+    Missing(String),
+    #[error("checkpoint transaction id {0} is out of range")]
+    XactIdOutOfRange(String),
+    #[error(
+        "checkpoint of {0} moved during the batch (reset or another worker); the batch is retried"
+    )]
+    Moved(String),
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    projection: String,
+    schema_version: i64,
+    namespace: String,
+    events_applied: i64,
+    last_xact_id: String,
+    last_position: i64,
+    status: String,
+    last_error: Option<String>,
+    error_count: i32,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_checkpoint(self) -> Result<Checkpoint, CheckpointError> {
+        Ok(Checkpoint {
+            cursor: OutboxCursor {
+                xact_id: self
+                    .last_xact_id
+                    .parse()
+                    .map_err(|_| CheckpointError::XactIdOutOfRange(self.last_xact_id.clone()))?,
+                position: self.last_position,
+            },
+            projection: self.projection,
+            schema_version: self.schema_version,
+            namespace: self.namespace,
+            events_applied: self.events_applied,
+            status: Status::parse(&self.status),
+            last_error: self.last_error,
+            error_count: self.error_count,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT projection, schema_version, namespace, events_applied,
+        last_xact_id::text AS last_xact_id, last_position, status, last_error, error_count, updated_at
+    FROM projector_checkpoints";
+
+/// Suffix of the checkpoint key of a projection's blue/green rebuild (`#` is not allowed in
+/// projection names, so the keys cannot collide).
+pub const REBUILD_SUFFIX: &str = "#rebuild";
+
+/// The checkpoint key of `projection`'s rebuild.
+pub fn rebuild_key(projection: &str) -> String {
+    format!("{projection}{REBUILD_SUFFIX}")
+}
+
+/// Creates the checkpoint at the start of the outbox if missing. A checkpoint describing another
+/// namespace (new tables) restarts from the beginning; one for the same namespace is kept.
+pub async fn ensure(
+    conn: &mut PgConnection,
+    key: &str,
+    schema_version: u32,
+    namespace: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "INSERT INTO projector_checkpoints (projection, schema_version, namespace) VALUES ($1, $2, $3)
+         ON CONFLICT (projection) DO UPDATE
+            SET schema_version = EXCLUDED.schema_version, namespace = EXCLUDED.namespace,
+                last_xact_id = '0', last_position = 0, events_applied = 0,
+                status = 'running', last_error = NULL, error_count = 0, updated_at = now()
+            WHERE projector_checkpoints.namespace <> EXCLUDED.namespace",
+    )
+    .bind(key)
+    .bind(i64::from(schema_version))
+    .bind(namespace)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads a checkpoint on a connection (inside the caller's transaction).
+pub async fn read_in(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE projection = $1"))
+        .bind(projection)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Row::into_checkpoint).transpose()
+}
+
+/// Reads a checkpoint.
+pub async fn read<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE projection = $1"))
+        .bind(projection)
+        .fetch_optional(executor)
+        .await?;
+    row.map(Row::into_checkpoint).transpose()
+}
+
+/// Reads all checkpoints, by name.
+pub async fn read_all<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<Checkpoint>, CheckpointError> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "{SELECT} WHERE projection NOT LIKE '%{REBUILD_SUFFIX}' ORDER BY projection"
+    ))
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter().map(Row::into_checkpoint).collect()
+}
+
+/// The checkpoint's cursor, without locking it (the batch's [`advance_from`] checks it did not
+/// move). Not locking keeps the batch transaction without a transaction id while it reads the
+/// outbox, so it does not hold back the other projections' gap-safe horizon.
+pub async fn cursor(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<OutboxCursor, CheckpointError> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT last_xact_id::text, last_position FROM projector_checkpoints WHERE projection = $1",
+    )
+    .bind(projection)
+    .fetch_optional(conn)
+    .await?;
+    let (xact, position) = row.ok_or_else(|| CheckpointError::Missing(projection.to_owned()))?;
+    Ok(OutboxCursor {
+        xact_id: xact
+            .parse()
+            .map_err(|_| CheckpointError::XactIdOutOfRange(xact.clone()))?,
+        position,
+    })
+}
+
+/// Moves the checkpoint from `from` to `to` (in the caller's transaction), adds `events` to its
+/// count and marks the projection healthy; fails with [`CheckpointError::Moved`] if it is no
+/// longer at `from` or no longer describes `namespace` (a cut-over or a reset happened meanwhile).
+pub async fn advance_from(
+    conn: &mut PgConnection,
+    key: &str,
+    namespace: &str,
+    from: OutboxCursor,
+    to: OutboxCursor,
+    events: i64,
+) -> Result<(), CheckpointError> {
+    let updated = sqlx::query(
+        "UPDATE projector_checkpoints
+         SET last_xact_id = $4::text::xid8, last_position = $5, status = 'running',
+             last_error = NULL, error_count = 0, updated_at = now(),
+             events_applied = events_applied + $7
+         WHERE projection = $1 AND last_xact_id = $2::text::xid8 AND last_position = $3
+           AND namespace = $6",
+    )
+    .bind(key)
+    .bind(from.xact_id.to_string())
+    .bind(from.position)
+    .bind(to.xact_id.to_string())
+    .bind(to.position)
+    .bind(namespace)
+    .bind(events)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        Ok(())
+    } else {
+        Err(CheckpointError::Moved(key.to_owned()))
+    }
+}
+
+/// Moves the checkpoint (in the caller's transaction) and marks the projection healthy.
+pub async fn advance(
+    conn: &mut PgConnection,
+    projection: &str,
+    cursor: OutboxCursor,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET last_xact_id = $2::text::xid8, last_position = $3, status = 'running',
+             last_error = NULL, error_count = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(cursor.xact_id.to_string())
+    .bind(cursor.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed batch (outside the failed transaction, which rolled back). The error is
+/// clipped to [`MAX_ERROR_BYTES`].
+pub async fn record_failure<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+    status: Status,
+    error: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET status = $2, last_error = $3, error_count = error_count + 1, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(status.as_str())
+    .bind(clip(error, MAX_ERROR_BYTES))
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Marks a projection `failing` with `error` as soon as a call fails, while the worker still
+/// looks for the poison event (a `failed` projection stays `failed`; the count of failed batches
+/// is [`record_failure`]'s). Runs on its own connection: the batch's transaction is still open.
+pub async fn mark_failing(
+    pool: &sqlx::PgPool,
+    projection: &str,
+    error: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET status = CASE WHEN status = 'failed' THEN status ELSE 'failing' END,
+             last_error = $2, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(clip(error, MAX_ERROR_BYTES))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Sets a checkpoint back to the start of the outbox (replay). The tables are kept: projections
+/// must be idempotent.
+pub async fn reset<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET last_xact_id = '0', last_position = 0, events_applied = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Marks a projection as running again after an operator's reload or resume (the next failure,
+/// if any, is recorded afresh).
+pub async fn clear_failure(conn: &mut PgConnection, key: &str) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints SET status = 'running', error_count = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

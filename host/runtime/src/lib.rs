@@ -1,0 +1,667 @@
+//! Projections: WebAssembly components that turn the outbox into tables of their own.
+//!
+//! Why it exists: read models, the ledger and the audit log are written by different teams and
+//! shipped as `.wasm` files against the contract in `wit/projection.wit`. This module loads them
+//! ([`engine`]), gives each a namespace of tables ([`schema`]), checks and applies what they
+//! return ([`mutation`]) together with their checkpoint ([`checkpoint`]), runs one leased worker
+//! per projection ([`worker`]) and serves their tables and status over HTTP ([`api`]).
+
+pub mod bundled;
+pub mod checkpoint;
+pub mod config;
+pub mod control;
+pub mod engine;
+pub mod guest_pool;
+pub mod mutation;
+pub mod registry;
+pub mod schema;
+pub mod search;
+pub mod text;
+pub mod watch;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{ProjectionArgs, ProjectionConfig};
+pub use control::DeployError;
+use engine::{ComponentError, LoadedComponent, ProjectionRuntime};
+use registry::{Deployment, DeploymentState, Rebuild};
+use schema::{ProjectionSchema, SchemaError};
+use worker::{Active, BatchHandler, Desired, Projector, RebuildTarget, WorkerContext};
+
+/// Extension of component files in `WALLEX_PROJECTIONS_DIR`.
+pub const COMPONENT_EXTENSION: &str = "wasm";
+/// Most components loaded from one directory.
+pub const MAX_COMPONENTS: usize = 64;
+/// Components compiled at the same time (uploads, directory changes, other instances' deploys).
+pub const MAX_CONCURRENT_COMPILES: usize = 2;
+
+/// Errors of loading the projections.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error("{origin}: {source}")]
+    Schema {
+        origin: String,
+        #[source]
+        source: SchemaError,
+    },
+    #[error("cannot read projection components from {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("two components are named {0}")]
+    DuplicateName(String),
+    #[error("too many components in {0} (more than {MAX_COMPONENTS})")]
+    TooMany(String),
+    #[error("cannot create the tables of {projection}: {source}")]
+    Database {
+        projection: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("{origin}: {source}")]
+    Deploy {
+        origin: String,
+        #[source]
+        source: DeployError,
+    },
+    #[error("the registry cannot be read: {0}")]
+    Registry(#[source] sqlx::Error),
+    #[error("component {sha256} of {projection} is missing from the registry")]
+    MissingComponent { projection: String, sha256: String },
+}
+
+/// The projections of this process: what the registry says each one runs, their workers, and
+/// the operations that change them (see [`control`]).
+#[derive(Clone)]
+pub struct Projections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    config: ProjectionConfig,
+    runtime: ProjectionRuntime,
+    projectors: std::sync::RwLock<BTreeMap<String, Arc<Projector>>>,
+    /// Compiled components by SHA-256: what is live or being rebuilt, plus recent candidates.
+    compiled: std::sync::Mutex<HashMap<String, Arc<LoadedComponent>>>,
+    compile_slots: tokio::sync::Semaphore,
+    /// The low-priority threads every guest call runs on.
+    guests: Arc<guest_pool::GuestPool>,
+    /// One reconciliation at a time, so an older registry state never overwrites a newer one.
+    reconciling: tokio::sync::Mutex<()>,
+    /// SHA-256 of each directory file as start-up read it (by `directory:<file>` source): the
+    /// directory watch's starting point, so a change made before it first scans is not missed.
+    startup_files: std::sync::Mutex<HashMap<String, String>>,
+    /// Set by [`Projections::start`]: where projections deployed later go to get a worker.
+    /// (A channel rather than a direct spawn: a worker's own reconciliation may create
+    /// projectors, and a worker that spawns workers is a future that contains itself.)
+    workers: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<Projector>>>>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Projections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projections")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Projections {
+    fn empty(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
+        let runtime = ProjectionRuntime::with_engine_limits(config.limits, config.engine)?;
+        let guests = guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
+            .map_err(|e| ComponentError::Engine(e.into()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                runtime,
+                projectors: std::sync::RwLock::new(BTreeMap::new()),
+                compiled: std::sync::Mutex::new(HashMap::new()),
+                compile_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES),
+                guests,
+                reconciling: tokio::sync::Mutex::new(()),
+                startup_files: std::sync::Mutex::new(HashMap::new()),
+                workers: std::sync::Mutex::new(None),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// Loads the projections: registers the configured directory's components (or the bundled
+    /// three) in the registry where they are new or changed, then runs what the registry says,
+    /// which includes every earlier upload. Does not start workers.
+    pub async fn load(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
+        let sources = match &config.dir {
+            Some(dir) => read_dir(dir)?,
+            None => bundled::BUNDLED
+                .iter()
+                .map(|(origin, bytes)| ((*origin).to_owned(), bytes.to_vec()))
+                .collect(),
+        };
+        Self::load_sources(pool, config, sources).await
+    }
+
+    /// Like [`Projections::load`] with explicit `(source, bytes)` components.
+    pub async fn load_sources(
+        pool: PgPool,
+        config: ProjectionConfig,
+        sources: Vec<(String, Vec<u8>)>,
+    ) -> Result<Self, LoadError> {
+        let projections = Self::empty(pool, config)?;
+        let mut names = HashSet::new();
+        for (source, bytes) in sources {
+            let deploy = |source_error| LoadError::Deploy {
+                origin: source.clone(),
+                source: source_error,
+            };
+            if source.starts_with("directory:") {
+                let sha256 = registry::sha256_hex(&bytes);
+                match projections.inner.startup_files.lock() {
+                    Ok(mut files) => files.insert(source.clone(), sha256),
+                    Err(poisoned) => poisoned.into_inner().insert(source.clone(), sha256),
+                };
+            }
+            let candidate = match projections.validate(bytes, &source).await {
+                Ok(candidate) => candidate,
+                // A bad file in the directory changes nothing, at start-up as later (the registry
+                // keeps running what it has); a bad bundled component is a build bug.
+                Err(error) if source.starts_with("directory:") => {
+                    tracing::error!(%source, %error, "component file rejected; not deployed");
+                    continue;
+                }
+                Err(error) => return Err(deploy(error)),
+            };
+            if !names.insert(candidate.schema.name.clone()) {
+                return Err(LoadError::DuplicateName(candidate.schema.name.clone()));
+            }
+            projections
+                .sync_source(candidate, &source, control::STARTUP_ACTOR)
+                .await
+                .map_err(deploy)?;
+        }
+        projections.reconcile_all().await?;
+        Ok(projections)
+    }
+
+    /// Registers already-built handlers outside the registry (the benchmark's native baseline):
+    /// creates their tables and checkpoints. Does not start workers.
+    pub async fn with_handlers(
+        pool: PgPool,
+        config: ProjectionConfig,
+        handlers: Vec<(ProjectionSchema, Arc<dyn BatchHandler>)>,
+    ) -> Result<Self, LoadError> {
+        let projections = Self::empty(pool.clone(), config)?;
+        for (schema, handler) in handlers {
+            if projections.get(&schema.name).is_some() {
+                return Err(LoadError::DuplicateName(schema.name));
+            }
+            let database = |source| LoadError::Database {
+                projection: schema.name.clone(),
+                source,
+            };
+            let mut conn = pool.acquire().await.map_err(database)?;
+            schema.create(&mut conn).await.map_err(database)?;
+            for statement in schema.view_ddl() {
+                sqlx::raw_sql(&statement)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(database)?;
+            }
+            checkpoint::ensure(
+                &mut conn,
+                &schema.name,
+                schema.schema_version,
+                &schema.namespace,
+            )
+            .await?;
+            let desired = Desired {
+                active: Active {
+                    sha256: format!("native:{}", schema.name),
+                    source: handler.origin().to_owned(),
+                    policy: projections
+                        .inner
+                        .config
+                        .policy(&schema.name, &Default::default()),
+                    schema: Arc::new(schema),
+                    handler,
+                },
+                rebuild: None,
+                paused: false,
+                generation: 0,
+            };
+            projections.insert(desired);
+        }
+        Ok(projections)
+    }
+
+    pub fn config(&self) -> &ProjectionConfig {
+        &self.inner.config
+    }
+
+    /// What start-up read from the projections directory: `directory:<file>` → SHA-256.
+    pub fn startup_files(&self) -> HashMap<String, String> {
+        match self.inner.startup_files.lock() {
+            Ok(files) => files.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The projections this process knows, by name.
+    pub fn all(&self) -> Vec<Arc<Projector>> {
+        self.read_projectors().values().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Projector>> {
+        self.read_projectors().get(name).cloned()
+    }
+
+    fn read_projectors(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Projector>>> {
+        match self.inner.projectors.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn write_projectors(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Projector>>> {
+        match self.inner.projectors.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Adds a projector (and starts its worker if workers run).
+    fn insert(&self, desired: Desired) -> Arc<Projector> {
+        let name = desired.active.schema.name.clone();
+        let worker_config = self.inner.config.worker(&name);
+        let projector = Arc::new(Projector::new(
+            desired,
+            worker_config,
+            Arc::clone(&self.inner.guests),
+        ));
+        tracing::info!(
+            projection = %name,
+            sha256 = %projector.active().sha256,
+            namespace = %projector.active().schema.namespace,
+            "projection loaded"
+        );
+        self.write_projectors().insert(name, Arc::clone(&projector));
+        let spawner = match self.inner.workers.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(spawner) = spawner {
+            if spawner.send(Arc::clone(&projector)).is_err() {
+                tracing::warn!(
+                    projection = projector.name(),
+                    "workers are shutting down; not started"
+                );
+            }
+        }
+        projector
+    }
+
+    /// Starts the listener, the registry reconciliation, the directory watch and one worker per
+    /// projection; they stop when `shutdown` is cancelled. The returned task ends when all of them
+    /// have.
+    pub fn start(&self, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+        let (signals, listener) = worker::spawn_listener(self.inner.pool.clone(), shutdown.clone());
+        let context = WorkerContext {
+            connect: (*self.inner.pool.connect_options()).clone(),
+            pool: self.inner.pool.clone(),
+            wake: signals.outbox,
+            shutdown: shutdown.clone(),
+            projections: self.clone(),
+        };
+        let (spawner, mut to_start) = tokio::sync::mpsc::unbounded_channel::<Arc<Projector>>();
+        for projector in self.all() {
+            let _ = spawner.send(projector);
+        }
+        match self.inner.workers.lock() {
+            Ok(mut guard) => *guard = Some(spawner),
+            Err(poisoned) => *poisoned.into_inner() = Some(spawner),
+        }
+        let tasks = self.inner.tasks.clone();
+        let stop_spawning = shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    next = to_start.recv() => match next {
+                        Some(projector) => {
+                            tasks.spawn(worker::run(projector, context.clone()));
+                        }
+                        None => return,
+                    },
+                    _ = stop_spawning.cancelled() => return,
+                }
+            }
+        });
+        self.inner.tasks.spawn(
+            self.clone()
+                .reconcile_loop(signals.registry, shutdown.clone()),
+        );
+        if let (Some(dir), Some(interval)) =
+            (&self.inner.config.dir, self.inner.config.watch_interval)
+        {
+            self.inner.tasks.spawn(watch::run(
+                self.clone(),
+                dir.clone(),
+                interval,
+                shutdown.clone(),
+            ));
+        }
+        let tasks = self.inner.tasks.clone();
+        let done = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tasks.close();
+            tasks.wait().await;
+            let _ = listener.await;
+        });
+        vec![done]
+    }
+
+    /// Re-reads the registry whenever it announces a change, and every resync interval.
+    async fn reconcile_loop(
+        self,
+        mut registry: tokio::sync::watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                changed = registry.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(self.inner.config.registry_resync) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if let Err(error) = self.reconcile_all().await {
+                tracing::warn!(%error, "cannot reconcile with the projection registry");
+            }
+        }
+    }
+
+    /// Makes this process run what the registry says, for every projection.
+    pub async fn reconcile_all(&self) -> Result<(), LoadError> {
+        let pool = &self.inner.pool;
+        let deployments = registry::deployments(pool)
+            .await
+            .map_err(LoadError::Registry)?;
+        let mut rebuilds: HashMap<String, Rebuild> = registry::rebuilds(pool)
+            .await
+            .map_err(LoadError::Registry)?
+            .into_iter()
+            .map(|r| (r.projection.clone(), r))
+            .collect();
+        let known: HashSet<String> = deployments.iter().map(|d| d.projection.clone()).collect();
+        let mut referenced = HashSet::new();
+        for deployment in deployments {
+            referenced.insert(deployment.sha256.clone());
+            let rebuild = rebuilds.remove(&deployment.projection);
+            if let Some(r) = &rebuild {
+                referenced.insert(r.sha256.clone());
+            }
+            let name = deployment.projection.clone();
+            if let Err(error) = self.apply_registry(&name, Some(deployment), rebuild).await {
+                tracing::error!(projection = %name, %error, "cannot run the registry's version");
+            }
+        }
+        for projector in self.all() {
+            if !known.contains(projector.name()) {
+                self.apply_registry(projector.name(), None, None).await?;
+            }
+        }
+        self.prune_compiled(&referenced);
+        Ok(())
+    }
+
+    /// Makes this process run what the registry says for one projection.
+    pub async fn reconcile_one(&self, name: &str) -> Result<(), LoadError> {
+        let pool = &self.inner.pool;
+        let deployment = registry::deployment(pool, name)
+            .await
+            .map_err(LoadError::Registry)?;
+        let mut conn = pool.acquire().await.map_err(LoadError::Registry)?;
+        let rebuild = registry::rebuild(&mut conn, name)
+            .await
+            .map_err(LoadError::Registry)?;
+        drop(conn);
+        self.apply_registry(name, deployment, rebuild).await
+    }
+
+    async fn apply_registry(
+        &self,
+        name: &str,
+        deployment: Option<Deployment>,
+        rebuild: Option<Rebuild>,
+    ) -> Result<(), LoadError> {
+        let _one_at_a_time = self.inner.reconciling.lock().await;
+        let local = self.get(name);
+        let Some(deployment) = deployment.filter(|d| d.state() != DeploymentState::Deleted) else {
+            if let Some(local) = local.filter(|p| p.desired().generation > 0) {
+                tracing::info!(projection = name, "projection deleted; stopping its worker");
+                local.stop();
+                self.write_projectors().remove(name);
+            }
+            return Ok(());
+        };
+        if let Some(local) = &local {
+            if local.desired().generation >= deployment.generation {
+                return Ok(());
+            }
+        }
+        let live = self.compiled(name, &deployment.sha256).await?;
+        let policy = self.inner.config.policy(name, &deployment.settings());
+        let rebuild = match rebuild {
+            Some(r) => Some(RebuildTarget {
+                active: self
+                    .version(
+                        name,
+                        &r.sha256,
+                        r.namespace.clone(),
+                        r.source.clone(),
+                        policy,
+                    )
+                    .await?,
+                failed: r.failed(),
+            }),
+            None => None,
+        };
+        let desired = Desired {
+            active: Active {
+                schema: Arc::new(self.schema_of(&live, deployment.namespace.clone())?),
+                handler: live,
+                sha256: deployment.sha256.clone(),
+                source: deployment.source.clone(),
+                policy,
+            },
+            rebuild,
+            paused: deployment.state() == DeploymentState::Paused,
+            generation: deployment.generation,
+        };
+        match local {
+            Some(local) => {
+                let previous = local.active();
+                if previous.sha256 != desired.active.sha256
+                    || previous.schema.namespace != desired.active.schema.namespace
+                {
+                    tracing::info!(
+                        projection = name,
+                        from = %previous.sha256,
+                        to = %desired.active.sha256,
+                        namespace = %desired.active.schema.namespace,
+                        "activating a new version at the next batch"
+                    );
+                }
+                local.set_desired(desired);
+            }
+            None => {
+                self.insert(desired);
+            }
+        }
+        Ok(())
+    }
+
+    async fn version(
+        &self,
+        name: &str,
+        sha256: &str,
+        namespace: String,
+        source: String,
+        policy: config::Policy,
+    ) -> Result<Active, LoadError> {
+        let component = self.compiled(name, sha256).await?;
+        Ok(Active {
+            schema: Arc::new(self.schema_of(&component, namespace)?),
+            handler: component,
+            sha256: sha256.to_owned(),
+            source,
+            policy,
+        })
+    }
+
+    fn schema_of(
+        &self,
+        component: &LoadedComponent,
+        namespace: String,
+    ) -> Result<ProjectionSchema, LoadError> {
+        let info = component
+            .info()
+            .ok_or_else(|| ComponentError::Join("component was loaded without describe".into()))?;
+        ProjectionSchema::from_info(info)
+            .map(|schema| schema.with_namespace(namespace))
+            .map_err(|source| LoadError::Schema {
+                origin: component.origin().to_owned(),
+                source,
+            })
+    }
+
+    /// The compiled component stored under `sha256` (compiled once per process).
+    async fn compiled(&self, name: &str, sha256: &str) -> Result<Arc<LoadedComponent>, LoadError> {
+        if let Some(hit) = self.cached(sha256) {
+            return Ok(hit);
+        }
+        let bytes = registry::component_bytes(&self.inner.pool, sha256)
+            .await
+            .map_err(LoadError::Registry)?
+            .ok_or_else(|| LoadError::MissingComponent {
+                projection: name.to_owned(),
+                sha256: sha256.to_owned(),
+            })?;
+        let component = self
+            .compile(
+                format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]),
+                Arc::new(bytes),
+            )
+            .await
+            .map_err(|error| match error {
+                DeployError::Component(e) => LoadError::Component(e),
+                other => LoadError::Deploy {
+                    origin: name.to_owned(),
+                    source: other,
+                },
+            })?;
+        self.cache(sha256, Arc::clone(&component));
+        Ok(component)
+    }
+
+    fn cached(&self, sha256: &str) -> Option<Arc<LoadedComponent>> {
+        match self.inner.compiled.lock() {
+            Ok(map) => map.get(sha256).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(sha256).cloned(),
+        }
+    }
+
+    fn cache(&self, sha256: &str, component: Arc<LoadedComponent>) {
+        let mut map = match self.inner.compiled.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.insert(sha256.to_owned(), component);
+    }
+
+    fn prune_compiled(&self, referenced: &HashSet<String>) {
+        let mut map = match self.inner.compiled.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.retain(|sha, _| referenced.contains(sha));
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == COMPONENT_EXTENSION) {
+            paths.push(path);
+        }
+    }
+    if paths.len() > MAX_COMPONENTS {
+        return Err(LoadError::TooMany(dir.display().to_string()));
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok((watch::directory_source(&path), bytes))
+        })
+        .collect()
+}
+
+/// Compile-time check: the operations' futures are `Send` (axum handlers and spawned tasks need
+/// it, and a generic sqlx executor inside them can silently break it).
+#[cfg(test)]
+#[allow(dead_code)]
+fn send_probe(
+    p: Projections,
+    c: control::Candidate,
+    conn: &mut sqlx::PgConnection,
+    pr: &Projector,
+    a: &Active,
+) {
+    fn s<T: Send>(_: T) {}
+    s(p.reconcile_one("x"));
+    s(p.reconcile_all());
+    s(p.validate(vec![], "x"));
+    s(p.activate(c.clone(), "x", "y", None));
+    s(p.sync_source(c, "x", "y"));
+    s(p.rebuild("x", "y"));
+    s(p.admin_status("x"));
+    s(p.cut_over(conn, pr, a));
+    s(p.compiled("x", "y"));
+    s(p.apply_registry("x", None, None));
+    s(p.delete("x", true, "y"));
+    s(p.cancel_rebuild("x", "y"));
+    s(p.set_paused("x", true, "y"));
+    s(p.reload("x", "y"));
+    s(p.rollback("x", "y"));
+    s(p.admin_list());
+    s(p.outbox_stats());
+}

@@ -1,0 +1,559 @@
+//! `wallex projections …`: the operator's command line over the admin API.
+//!
+//! Why it exists: deploying, reloading, rebuilding, pausing, resuming and rolling back a
+//! projection on a running server should be one command with a readable answer (or `--json` for
+//! scripts), a one-line error and a non-zero exit code when it fails.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use wallex_http::admin::{ACTOR_HEADER, WASM_CONTENT_TYPE};
+use wallex_runtime::engine::{ProjectionRuntime, RuntimeLimits};
+
+/// Default server address of the CLI.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:3000";
+/// How often `rebuild --wait` polls the status.
+pub const REBUILD_POLL: Duration = Duration::from_millis(500);
+/// Upper bound of one admin request (uploads of large components included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Width of the progress bar, in characters.
+const BAR_WIDTH: usize = 30;
+
+/// Where the server is and how to talk to it.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionsCli {
+    /// Base URL of the wallex server.
+    #[arg(long, env = "WALLEX_URL", default_value = DEFAULT_URL, global = true)]
+    pub url: String,
+    /// Admin token (`WALLEX_ADMIN_TOKEN` of the server).
+    #[arg(
+        long,
+        env = "WALLEX_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of a summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: ProjectionsCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Every deployed projection, as a table.
+    List,
+    /// One projection's status.
+    Status { name: String },
+    /// Upload a component and make it live (in place, or by a blue/green rebuild for a new
+    /// schema version).
+    Deploy {
+        file: PathBuf,
+        /// The projection's name (default: what the component declares).
+        #[arg(long)]
+        name: Option<String>,
+        /// A limit or the poison policy for this deploy, e.g. `--set on_poison=skip
+        /// --set call_timeout_ms=500` (repeatable; see README "Security model").
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Restart a projection from its checkpoint on its registry version (after a failure).
+    Reload { name: String },
+    /// Rebuild a projection into fresh tables and cut over when caught up.
+    Rebuild {
+        name: String,
+        /// Follow the rebuild with a progress bar until it is live.
+        #[arg(long)]
+        wait: bool,
+        /// Cancel the rebuild in progress instead (drops its tables).
+        #[arg(long, conflicts_with = "wait")]
+        cancel: bool,
+    },
+    /// Stop applying events (every instance).
+    Pause { name: String },
+    /// Apply events again.
+    Resume { name: String },
+    /// Go back to the version that ran before.
+    Rollback { name: String },
+    /// Stop a projection everywhere (tables kept unless --drop-tables).
+    Delete {
+        name: String,
+        #[arg(long)]
+        drop_tables: bool,
+    },
+    /// Events in the outbox and each projection's lag.
+    Stats,
+    /// Events a projection skipped under `on_poison = skip`; `--replay` re-runs them with the
+    /// live version.
+    DeadLetters {
+        name: String,
+        /// Re-run the open dead letters (after deploying a fix).
+        #[arg(long)]
+        replay: bool,
+        /// Include resolved ones in the list.
+        #[arg(long, conflicts_with = "replay")]
+        all: bool,
+    },
+}
+
+/// Errors of the CLI: each prints as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{title} ({status}): {detail}")]
+    Problem {
+        status: u16,
+        title: String,
+        detail: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(cli: &ProjectionsCli) -> Result<Self, CliError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|source| CliError::Unreachable {
+                url: cli.url.clone(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base: cli.url.trim_end_matches('/').to_owned(),
+            token: cli.token.clone(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(Vec<u8>, String)>,
+    ) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Ok(user) = std::env::var("USER") {
+            request = request.header(ACTOR_HEADER, user);
+        }
+        if let Some((bytes, digest)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, WASM_CONTENT_TYPE)
+                .header("content-digest", digest)
+                .body(bytes);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|source| CliError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        Err(CliError::Problem {
+            status: status.as_u16(),
+            title: value["title"]
+                .as_str()
+                .unwrap_or(status.canonical_reason().unwrap_or("error"))
+                .to_owned(),
+            detail: value["detail"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string()),
+        })
+    }
+}
+
+/// Runs one `wallex projections` command.
+pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
+    let client = Client::new(&cli)?;
+    let get = reqwest::Method::GET;
+    let output = match &cli.command {
+        ProjectionsCommand::List => {
+            let value = client.send(get, "/admin/projections", None).await?;
+            if !cli.json {
+                print_table(&value);
+                return Ok(());
+            }
+            value
+        }
+        ProjectionsCommand::Status { name } => {
+            client
+                .send(get, &format!("/admin/projections/{name}"), None)
+                .await?
+        }
+        ProjectionsCommand::Deploy {
+            file,
+            name,
+            settings,
+        } => {
+            let query = settings_query(settings)?;
+            let bytes = std::fs::read(file).map_err(|source| CliError::File {
+                path: file.display().to_string(),
+                source,
+            })?;
+            let name = match name {
+                Some(name) => name.clone(),
+                None => declared_name(&file.display().to_string(), &bytes)?,
+            };
+            let digest = format!(
+                "sha-256=:{}:",
+                base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes))
+            );
+            client
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/admin/projections/{name}{query}"),
+                    Some((bytes, digest)),
+                )
+                .await?
+        }
+        ProjectionsCommand::Reload { name } => action(&client, name, "reload").await?,
+        ProjectionsCommand::Pause { name } => action(&client, name, "pause").await?,
+        ProjectionsCommand::Resume { name } => action(&client, name, "resume").await?,
+        ProjectionsCommand::Rollback { name } => action(&client, name, "rollback").await?,
+        ProjectionsCommand::Rebuild { name, cancel, .. } if *cancel => {
+            client
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/admin/projections/{name}/rebuild"),
+                    None,
+                )
+                .await?
+        }
+        ProjectionsCommand::Rebuild { name, wait, .. } => {
+            let started = action(&client, name, "rebuild").await?;
+            if *wait {
+                follow_rebuild(&client, name, cli.json).await?
+            } else {
+                started
+            }
+        }
+        ProjectionsCommand::Delete { name, drop_tables } => {
+            client
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/admin/projections/{name}?drop_tables={drop_tables}"),
+                    None,
+                )
+                .await?
+        }
+        ProjectionsCommand::Stats => client.send(get, "/admin/outbox/stats", None).await?,
+        ProjectionsCommand::DeadLetters { name, replay, .. } if *replay => {
+            action(&client, name, "dead-letters/replay").await?
+        }
+        ProjectionsCommand::DeadLetters { name, all, .. } => {
+            let value = client
+                .send(
+                    get,
+                    &format!("/admin/projections/{name}/dead-letters?all={all}"),
+                    None,
+                )
+                .await?;
+            if !cli.json {
+                print_dead_letters(&value);
+                return Ok(());
+            }
+            value
+        }
+    };
+    if cli.json {
+        println!("{output:#}");
+    } else {
+        print_summary(&output);
+    }
+    Ok(())
+}
+
+/// `?key=value&…` from `--set key=value` arguments (keys and values checked by the server).
+fn settings_query(settings: &[String]) -> Result<String, CliError> {
+    let mut pairs = Vec::with_capacity(settings.len());
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| CliError::Invalid(format!("--set {setting:?}: expected KEY=VALUE")))?;
+        let safe = |text: &str| {
+            !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !safe(key) || !safe(value) {
+            return Err(CliError::Invalid(format!(
+                "--set {setting:?}: keys and values are letters, digits, '_' and '-'"
+            )));
+        }
+        pairs.push(format!("{key}={value}"));
+    }
+    Ok(if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    })
+}
+
+async fn action(client: &Client, name: &str, action: &str) -> Result<Value, CliError> {
+    client
+        .send(
+            reqwest::Method::POST,
+            &format!("/admin/projections/{name}/{action}"),
+            None,
+        )
+        .await
+}
+
+/// The name a component declares, found by describing it locally (no server involved).
+fn declared_name(origin: &str, bytes: &[u8]) -> Result<String, CliError> {
+    let runtime = ProjectionRuntime::new(RuntimeLimits::default())
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let component = runtime
+        .load(origin, bytes)
+        .map_err(|e| CliError::Invalid(format!("{e} (pass --name to let the server decide)")))?;
+    component
+        .info()
+        .map(|info| info.name.clone())
+        .ok_or_else(|| CliError::Invalid(format!("{origin} did not describe itself")))
+}
+
+/// Polls the status until the rebuild is cut over (or fails), drawing a progress bar on stderr.
+async fn follow_rebuild(client: &Client, name: &str, quiet: bool) -> Result<Value, CliError> {
+    let started = Instant::now();
+    let mut stderr = std::io::stderr();
+    loop {
+        let status = client
+            .send(
+                reqwest::Method::GET,
+                &format!("/admin/projections/{name}"),
+                None,
+            )
+            .await?;
+        let rebuild = &status["rebuild"];
+        if rebuild.is_null() {
+            if !quiet {
+                let _ = writeln!(stderr);
+                eprintln!(
+                    "{name}: rebuilt and live in {:.1} s (namespace {})",
+                    started.elapsed().as_secs_f64(),
+                    status["namespace"].as_str().unwrap_or("?")
+                );
+            }
+            return Ok(status);
+        }
+        if rebuild["status"] == "failed" {
+            let _ = writeln!(stderr);
+            return Err(CliError::Invalid(format!(
+                "the rebuild of {name} failed (the live version is untouched): {}",
+                rebuild["lastError"].as_str().unwrap_or("unknown error")
+            )));
+        }
+        if !quiet {
+            let _ = write!(stderr, "\r{}", progress_line(rebuild));
+            let _ = stderr.flush();
+        }
+        tokio::time::sleep(REBUILD_POLL).await;
+    }
+}
+
+/// `[#######.......]  45.0%  450000/1000000 events  18000 ev/s  ETA 31 s`
+pub fn progress_line(rebuild: &Value) -> String {
+    let done = rebuild["eventsDone"].as_i64().unwrap_or(0);
+    let total = rebuild["eventsTotal"].as_i64().unwrap_or(0).max(done);
+    let fraction = if total > 0 {
+        done as f64 / total as f64
+    } else {
+        1.0
+    };
+    let filled = ((fraction * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
+    let eta = rebuild["etaSeconds"]
+        .as_f64()
+        .map(|s| format!("ETA {s:.0} s"))
+        .unwrap_or_else(|| "ETA ?".to_owned());
+    format!(
+        "[{}{}] {:5.1}%  {done}/{total} events  {:.0} ev/s  {eta}   ",
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH - filled),
+        fraction * 100.0,
+        rebuild["eventsPerSecond"].as_f64().unwrap_or(0.0),
+    )
+}
+
+fn short(sha: &Value) -> String {
+    sha.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_default()
+}
+
+fn print_table(value: &Value) {
+    println!(
+        "{:<20} {:<11} {:>7} {:<12} {:<24} {:>10} {:>8} {:>6}",
+        "NAME", "STATUS", "VERSION", "SHA256", "SOURCE", "POSITION", "LAG", "ERRORS"
+    );
+    for p in value["projections"].as_array().into_iter().flatten() {
+        let status = match p["rebuild"]["eventsDone"].as_i64() {
+            Some(done) if p["status"] == "rebuilding" => format!("rebuilding {done}"),
+            _ => p["status"].as_str().unwrap_or("?").to_owned(),
+        };
+        println!(
+            "{:<20} {:<11} {:>7} {:<12} {:<24} {:>10} {:>8} {:>6}",
+            p["name"].as_str().unwrap_or("?"),
+            status,
+            p["schemaVersion"].to_string(),
+            short(&p["sha256"]),
+            p["source"].as_str().unwrap_or("?"),
+            p["checkpoint"]["position"].to_string(),
+            p["lagEvents"].to_string(),
+            p["errorCount"].to_string(),
+        );
+    }
+}
+
+fn print_dead_letters(value: &Value) {
+    println!(
+        "{:>10} {:<36} {:<16} {:>8} {:<9} ERROR",
+        "POSITION", "EVENT ID", "TYPE", "ATTEMPTS", "RESOLVED"
+    );
+    for letter in value["deadLetters"].as_array().into_iter().flatten() {
+        println!(
+            "{:>10} {:<36} {:<16} {:>8} {:<9} {}",
+            letter["globalPosition"].to_string(),
+            letter["eventId"].as_str().unwrap_or("?"),
+            letter["eventType"].as_str().unwrap_or("?"),
+            letter["attempts"].to_string(),
+            if letter["resolvedAt"].is_string() {
+                "yes"
+            } else {
+                "no"
+            },
+            letter["error"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+fn print_summary(value: &Value) {
+    let projection = if value["projection"].is_object() {
+        &value["projection"]
+    } else {
+        value
+    };
+    if let Some(outcome) = value["outcome"].as_str() {
+        println!("{outcome}");
+    } else if let Some(replayed) = value["outcome"]["replayed"].as_u64() {
+        let failing = value["outcome"]["stillFailing"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!("replayed {replayed}, still failing {failing}");
+    }
+    if projection["name"].is_string() {
+        println!(
+            "{}: {} (version {}, sha256 {}, source {})",
+            projection["name"].as_str().unwrap_or("?"),
+            projection["status"].as_str().unwrap_or("?"),
+            projection["schemaVersion"],
+            short(&projection["sha256"]),
+            projection["source"].as_str().unwrap_or("?"),
+        );
+        println!(
+            "  checkpoint {} · lag {} events / {} s · errors {}",
+            projection["checkpoint"]["position"],
+            projection["lagEvents"],
+            projection["lagSeconds"],
+            projection["errorCount"],
+        );
+        if let Some(error) = projection["lastError"].as_str() {
+            println!("  last error: {error}");
+        }
+        if let Some(error) = projection["lastDeployError"].as_str() {
+            println!("  last deploy error: {error}");
+        }
+        if projection["rebuild"].is_object() {
+            println!("  rebuild: {}", progress_line(&projection["rebuild"]));
+        }
+    } else if let Some(stats) = value["projections"]
+        .as_array()
+        .filter(|_| value["events"].is_number())
+    {
+        println!(
+            "{} events in the outbox (last position {}), oldest unprocessed: {}",
+            value["events"],
+            value["lastPosition"],
+            value["oldestUnprocessedAt"].as_str().unwrap_or("none")
+        );
+        for p in stats {
+            println!(
+                "  {:<20} position {:>10}  lag {:>8} events",
+                p["name"].as_str().unwrap_or("?"),
+                p["position"].to_string(),
+                p["lagEvents"].to_string()
+            );
+        }
+    } else if value["outcome"].is_null() {
+        println!("{value:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_become_a_query() {
+        assert_eq!(settings_query(&[]).unwrap(), "");
+        let query = settings_query(&["on_poison=skip".into(), "fuel=1000".into()]).unwrap();
+        assert_eq!(query, "?on_poison=skip&fuel=1000");
+        assert!(settings_query(&["nonsense".into()]).is_err());
+        assert!(settings_query(&["a=b&c=d".into()]).is_err());
+    }
+
+    #[test]
+    fn progress_line_shows_fraction_rate_and_eta() {
+        let line = progress_line(&serde_json::json!({
+            "eventsDone": 250, "eventsTotal": 1000, "eventsPerSecond": 50.0, "etaSeconds": 15.0
+        }));
+        assert!(
+            line.starts_with("[########......................]  25.0%"),
+            "{line}"
+        );
+        assert!(line.contains("250/1000 events"), "{line}");
+        assert!(line.contains("50 ev/s"), "{line}");
+        assert!(line.contains("ETA 15 s"), "{line}");
+    }
+}

@@ -1,0 +1,25 @@
+//! wallex: event-sourced wallets whose projections are WebAssembly components — the binary's
+//! library: configuration, `serve`, the operator's CLI client, telemetry and the benchmarks.
+//!
+//! How it fits: `wallex-core` is the write side, `wallex-runtime` the projection runtime,
+//! `wallex-http` every route; this crate composes them into a process. `src/main.rs` is a thin
+//! command line over it (the only place that uses `anyhow` and prints errors). ARCHITECTURE.md
+//! has the map.
+//!
+//! # Layout
+//!
+//! - [`config`] — typed configuration of `wallex serve` (clap arguments mirroring environment
+//!   variables; each part's own settings are flattened in from its crate).
+//! - [`app`] — `serve`: database, migrations, projections, HTTP server, background tasks,
+//!   graceful shutdown.
+//! - [`telemetry`] — the tracing subscriber, set up once.
+//! - [`cli`] — `wallex projections …`: the operator's client of the admin API.
+//! - [`bench`] — `wallex bench create|projections|deploy|rebuild`.
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod telemetry;

@@ -1,0 +1,118 @@
+//! The `wallex` command line: `serve` (the default), `migrate`, `bench …`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use wallex::bench::create::CreateBenchArgs;
+use wallex::bench::projections::ProjectionBenchArgs;
+use wallex::config::{DatabaseConfig, LogFormat, ServeConfig};
+use wallex::{app, bench, telemetry};
+use wallex_core::db;
+
+/// Event-sourced wallets with WebAssembly projections.
+#[derive(Debug, Parser)]
+#[command(name = "wallex", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        env = "WALLEX_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (applies migrations first). The default command.
+    Serve(Box<ServeConfig>),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseConfig),
+    /// Operate projections on a running server (deploy, reload, rebuild, pause, ...).
+    Projections(wallex::cli::ProjectionsCli),
+    /// Measure a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Wallet-creation throughput and latency, then idempotent replays.
+    Create(CreateBenchArgs),
+    /// Projection throughput (WASM and native baseline), or read-model lag with `--lag-url`.
+    Projections(ProjectionBenchArgs),
+    /// Time from a component upload to the new version applying events (admin API).
+    Deploy(wallex::bench::deploy::DeployBenchArgs),
+    /// Blue/green rebuild throughput of the read-model (own bench database).
+    Rebuild(wallex::bench::deploy::RebuildBenchArgs),
+}
+
+/// `wallex` with no subcommand: `serve` configured from the environment.
+#[derive(Debug, Parser)]
+struct DefaultServe {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+fn main() -> ExitCode {
+    // A missing .env is fine; a malformed one is reported.
+    if let Err(error) = dotenvy::dotenv() {
+        if !error.not_found() {
+            eprintln!("error: cannot read .env: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(Box::new(DefaultServe::parse_from(["wallex"]).serve)));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(config) => app::serve(*config, CancellationToken::new()).await?,
+        Command::Migrate(config) => {
+            db::ensure_database(&config).await?;
+            let pool = db::pool(&config)?;
+            db::migrate(&pool).await?;
+            pool.close().await;
+            println!("migrations applied");
+        }
+        Command::Projections(cli) => wallex::cli::run(cli).await?,
+        Command::Bench(BenchCommand::Create(args)) => {
+            bench::create::run(args).await?;
+        }
+        Command::Bench(BenchCommand::Deploy(args)) => {
+            wallex::bench::deploy::run_deploy(args).await?
+        }
+        Command::Bench(BenchCommand::Rebuild(args)) => {
+            wallex::bench::deploy::run_rebuild(args).await?
+        }
+        Command::Bench(BenchCommand::Projections(args)) => {
+            bench::projections::run(args).await?;
+        }
+    }
+    Ok(())
+}
