@@ -27,8 +27,11 @@ const FAST_ENV: &[(&str, &str)] = &[
 ];
 
 fn wasm(file: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/{file}", wallex_runtime::bundled::WASM_DIR))
-        .expect("component built by build.rs")
+    std::fs::read(format!(
+        "{}/{file}",
+        wallex_runtime::sandbox::bundled::WASM_DIR
+    ))
+    .expect("component built by build.rs")
 }
 
 /// The same component with a custom section appended: new bytes (a new SHA-256), same behaviour.

@@ -11,8 +11,8 @@ use common::TestDb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sqlx::{Connection, PgConnection};
-use wallex_runtime::engine::wit;
 use wallex_runtime::mutation;
+use wallex_runtime::sandbox::engine::wit;
 use wallex_runtime::schema::ProjectionSchema;
 use wallex_runtime::text::{MARKER_MAX_BYTES, MAX_ERROR_BYTES};
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use projection_support::{create_wallet, last_cursor, table_snapshot, wait_caught_up, TestDb};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
-use wallex_runtime::{bundled, checkpoint, ProjectionConfig, Projections};
+use wallex_runtime::sandbox::bundled;
+use wallex_runtime::{checkpoint, ProjectionConfig, Projections};
 
 const BUNDLED_NAMES: [&str; 3] = ["read-model", "ledger", "audit"];
 

@@ -282,7 +282,7 @@ async fn bad_component_batch_is_rejected_and_reported() {
     std::fs::copy(
         format!(
             "{}/wallex_projection_bad_mutation.wasm",
-            wallex_runtime::bundled::WASM_DIR
+            wallex_runtime::sandbox::bundled::WASM_DIR
         ),
         dir.join("bad-mutation.wasm"),
     )

@@ -422,8 +422,11 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 const TOKEN: &str = ADMIN_TOKEN;
 
 pub fn wasm(file: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/{file}", wallex_runtime::bundled::WASM_DIR))
-        .expect("component built by build.rs")
+    std::fs::read(format!(
+        "{}/{file}",
+        wallex_runtime::sandbox::bundled::WASM_DIR
+    ))
+    .expect("component built by build.rs")
 }
 
 /// A temporary projections directory holding the given fixture files.

@@ -42,6 +42,7 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// [`Self::database_acquire_timeout_ms`] as a `Duration`, the form the pool takes.
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.database_acquire_timeout_ms)
     }
@@ -53,12 +54,16 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 /// Errors of setting up the database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// The configured URL could not be parsed as a PostgreSQL connection URL.
     #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     InvalidUrl(#[source] sqlx::Error),
+    /// PostgreSQL could not be reached to check whether the database exists.
     #[error("cannot reach PostgreSQL: {0}")]
     Connect(#[source] sqlx::Error),
+    /// The database was missing and creating it failed.
     #[error("cannot create the database: {0}")]
     Create(#[source] sqlx::Error),
+    /// Applying the embedded migrations failed.
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

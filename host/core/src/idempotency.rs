@@ -45,6 +45,7 @@ pub struct IdempotencyConfig {
 }
 
 impl IdempotencyConfig {
+    /// [`Self::idempotency_ttl_hours`] as a duration, to compute a stored response's expiry.
     pub fn ttl(&self) -> chrono::Duration {
         chrono::Duration::hours(i64::from(self.idempotency_ttl_hours))
     }
@@ -60,8 +61,10 @@ const CLEANUP_BATCH_PAUSE: Duration = Duration::from_millis(50);
 /// Why an `Idempotency-Key` header is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// The header was sent more than once.
     #[error("the Idempotency-Key header must be sent at most once")]
     Repeated,
+    /// The value is empty, longer than [`MAX_KEY_LEN`] or not printable ASCII.
     #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters")]
     Malformed,
 }
@@ -71,6 +74,7 @@ pub enum KeyError {
 pub struct ScopedKey {
     /// Method and path, e.g. `POST /wallets`.
     pub scope: String,
+    /// The client's `Idempotency-Key` value, unquoted.
     pub key: String,
 }
 
@@ -125,8 +129,11 @@ pub fn fingerprint(body: &serde_json::Value) -> Vec<u8> {
 /// A stored response, replayed for later requests with the same key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
+    /// HTTP status code.
     pub status: u16,
+    /// Response headers as (name, value) pairs, in order, replayed as they were sent.
     pub headers: Vec<(String, String)>,
+    /// The response body, exactly as sent the first time.
     pub body: Vec<u8>,
 }
 
@@ -142,7 +149,9 @@ struct StoredHeader {
 /// A completed request of a key: the fingerprint of its body and its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedRequest {
+    /// [`fingerprint`] of the first request's body: a retry must match it to be replayed.
     pub fingerprint: Vec<u8>,
+    /// What the first request was answered with.
     pub response: StoredResponse,
 }
 

@@ -19,7 +19,7 @@
 //! - [`db`] — the pool, database creation and the embedded migrations.
 //! - [`failpoint`] — test-only crash injection (`failpoints` feature).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod currency;
 pub mod db;

@@ -44,14 +44,24 @@ impl OutboxCursor {
 /// One row of the outbox: a complete event plus the id of the transaction that enqueued it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEvent {
+    /// The event's place in the global log; unique, but not the read order.
     pub global_position: i64,
+    /// The event's id, as appended to the event store.
     pub event_id: Uuid,
+    /// The stream the event belongs to, e.g. `wallet-{id}`.
     pub stream_id: String,
+    /// The event's place in its stream, from 1.
     pub stream_version: i64,
+    /// What happened, e.g. `WalletCreated`; tells consumers how to interpret `data`.
     pub event_type: String,
+    /// The event's payload, as JSON.
     pub data: serde_json::Value,
+    /// The event's metadata as stored JSON, kept undecoded so that consumers see it unchanged.
     pub metadata: serde_json::Value,
+    /// When the event was appended.
     pub recorded_at: DateTime<Utc>,
+    /// Id (`xid8`) of the transaction that enqueued the row; with `global_position` it gives the
+    /// gap-safe read order.
     pub xact_id: u64,
 }
 
@@ -68,10 +78,13 @@ impl OutboxEvent {
 /// Errors of the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// A query on the `outbox` table failed.
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An event's metadata could not be turned into JSON for its row.
     #[error("event metadata could not be encoded: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// A row's transaction id did not fit a `u64` (it holds the id as read, in text).
     #[error("transaction id {0} in the outbox is out of range")]
     XactIdOutOfRange(String),
 }
@@ -214,4 +227,46 @@ impl OutboxRow {
 fn parse_xact_id(text: &str) -> Result<u64, OutboxError> {
     text.parse()
         .map_err(|_| OutboxError::XactIdOutOfRange(text.to_owned()))
+}
+
+/// Rows in the outbox and the highest global position (`None` when it is empty).
+pub async fn size<'e>(executor: impl PgExecutor<'e>) -> Result<(i64, Option<i64>), OutboxError> {
+    Ok(
+        sqlx::query_as("SELECT count(*), max(global_position) FROM outbox")
+            .fetch_one(executor)
+            .await?,
+    )
+}
+
+/// Rows after `cursor` in read order, and when the first of them was recorded: how far a reader
+/// at `cursor` is behind.
+pub async fn lag_after(
+    pool: &sqlx::PgPool,
+    cursor: OutboxCursor,
+) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), OutboxError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), min(recorded_at) FROM outbox
+         WHERE (xact_id, global_position) > ($1::text::xid8, $2)",
+    )
+    .bind(cursor.xact_id.to_string())
+    .bind(cursor.position)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Whether committed rows exist after `cursor`, readable by [`read_batch`] or not yet (an older
+/// transaction still running hides them from the gap-safe reader).
+pub async fn has_rows_after(
+    pool: &sqlx::PgPool,
+    cursor: OutboxCursor,
+) -> Result<bool, OutboxError> {
+    let (pending,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM outbox
+                        WHERE (xact_id, global_position) > ($1::text::xid8, $2))",
+    )
+    .bind(cursor.xact_id.to_string())
+    .bind(cursor.position)
+    .fetch_one(pool)
+    .await?;
+    Ok(pending)
 }

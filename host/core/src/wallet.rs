@@ -26,6 +26,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// The error of top-level field `field`, with its pointer derived from the name.
     pub fn new(field: &str, detail: impl Into<String>) -> Self {
         Self {
             pointer: format!("#/{field}"),
@@ -47,9 +48,14 @@ pub const WALLET_CREATED: &str = "WalletCreated";
 /// A validated request to create a wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateWallet {
+    /// The new wallet's id, chosen by the client; also names its event stream.
     pub wallet_id: String,
+    /// Who the wallet belongs to.
     pub owner_id: String,
+    /// Opening balance: not negative, at most [`MAX_AMOUNT`] with [`MAX_AMOUNT_SCALE`]
+    /// fractional digits, with the digits the client sent.
     pub initial_balance: Decimal,
+    /// ISO 4217 code; [`DEFAULT_CURRENCY`] when the body has none.
     pub currency: String,
 }
 
@@ -203,12 +209,19 @@ fn parse_decimal_text(text: &str) -> Result<Decimal, String> {
 /// A wallet as stored in the write model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletSnapshot {
+    /// The wallet's id.
     pub id: String,
+    /// Who the wallet belongs to.
     pub owner_id: String,
+    /// Current balance, exact, in units of `currency`.
     pub balance: Decimal,
+    /// ISO 4217 code of the balance.
     pub currency: String,
+    /// Version of the wallet's event stream this snapshot reflects; 1 after the creation.
     pub version: i64,
+    /// When the wallet was created, to the millisecond.
     pub created_at: DateTime<Utc>,
+    /// When the wallet last changed, to the millisecond.
     pub updated_at: DateTime<Utc>,
 }
 

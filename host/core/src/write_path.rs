@@ -23,6 +23,7 @@ use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
 /// The idempotency part of a write request.
 #[derive(Debug, Clone)]
 pub struct IdempotentRequest {
+    /// The key and the operation it is scoped to; what is claimed and stored.
     pub key: ScopedKey,
     /// SHA-256 of the canonical body.
     pub fingerprint: Vec<u8>,
@@ -31,20 +32,27 @@ pub struct IdempotentRequest {
 /// What the caller knows about the request besides its body.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
+    /// The request's `X-Correlation-Id`; becomes the event's correlation and causation id.
     pub correlation_id: String,
+    /// The request's idempotency key and body fingerprint; `None` when it sent no key.
     pub idempotency: Option<IdempotentRequest>,
 }
 
 /// The business result of a create, before it is rendered as a response.
 #[derive(Debug, Clone)]
 pub enum CreateResult {
+    /// This request created the wallet.
     Created {
+        /// The wallet as written.
         wallet: WalletSnapshot,
         /// Global position of the `WalletCreated` event.
         position: i64,
     },
     /// A wallet with this id exists already (created by another request).
-    WalletExists { wallet_id: String },
+    WalletExists {
+        /// The id that is taken.
+        wallet_id: String,
+    },
 }
 
 /// What the write path did.
@@ -63,15 +71,19 @@ pub enum WriteOutcome {
 /// Errors of the write path (all of them leave nothing written).
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// A query or the transaction itself failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The event store refused or failed the append.
     #[error("event store error: {0}")]
     EventStore(#[from] EventStoreError),
+    /// Enqueueing the event in the outbox failed.
     #[error("outbox error: {0}")]
     Outbox(#[from] OutboxError),
     /// The wallet's stream exists although its snapshot did not: another writer won the race.
     #[error("stream {0} exists already")]
     StreamExists(String),
+    /// The response to return and store could not be serialised.
     #[error("response could not be rendered: {0}")]
     Render(#[from] serde_json::Error),
 }
@@ -90,6 +102,7 @@ pub fn wallet_stream(wallet_id: &str) -> String {
 }
 
 impl WritePath {
+    /// A write path on `pool`; stored responses are kept for `idempotency_ttl`.
     pub fn new(pool: PgPool, idempotency_ttl: chrono::Duration) -> Self {
         Self {
             events: PgEventStore::new(pool.clone()),

@@ -31,8 +31,12 @@ use wallex_runtime::text::{clip, MAX_ERROR_BYTES};
 
 use crate::problem::Problem;
 use crate::wallets::read_body_within;
+use crate::wire::{
+    ActionAnswer, ActionList, DeadLetterList, DeleteAnswer, OutboxStatsBody, Outcome,
+    ProjectionList, ProjectionStatusBody,
+};
 use wallex_runtime::config::ProjectionSettings;
-use wallex_runtime::control::UPLOAD_SOURCE;
+use wallex_runtime::deploy::UPLOAD_SOURCE;
 use wallex_runtime::schema::is_projection_name;
 use wallex_runtime::{registry, DeployError, Projections};
 
@@ -196,22 +200,25 @@ fn check_name(name: &str) -> Result<(), Problem> {
     }
 }
 
-async fn list(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {
+async fn list(State(state): State<AdminState>) -> Result<Json<ProjectionList>, Problem> {
     let items = state.projections.admin_list().await.map_err(problem)?;
-    Ok(Json(json!({ "projections": items })))
+    Ok(Json(ProjectionList {
+        projections: items.into_iter().map(Into::into).collect(),
+    }))
 }
 
 async fn status(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<ProjectionStatusBody>, Problem> {
     check_name(&name)?;
     Ok(Json(
         state
             .projections
             .admin_status(&name)
             .await
-            .map_err(problem)?,
+            .map_err(problem)?
+            .into(),
     ))
 }
 
@@ -221,17 +228,21 @@ async fn done(
     actor: &str,
     action: &str,
     name: &str,
-    result: Result<serde_json::Value, DeployError>,
+    result: Result<Outcome, DeployError>,
 ) -> Result<Response, Problem> {
     match result {
         Ok(outcome) => {
-            tracing::info!(actor, action, projection = name, %outcome, "admin action");
+            tracing::info!(actor, action, projection = name, ?outcome, "admin action");
             let status = state
                 .projections
                 .admin_status(name)
                 .await
                 .map_err(problem)?;
-            Ok(Json(json!({ "outcome": outcome, "projection": status })).into_response())
+            Ok(Json(ActionAnswer {
+                outcome,
+                projection: status.into(),
+            })
+            .into_response())
         }
         Err(error) => {
             tracing::warn!(actor, action, projection = name, %error, "admin action refused");
@@ -317,7 +328,7 @@ async fn deploy(
                 settings.as_ref(),
             )
             .await
-            .map(|a| json!(a)),
+            .map(Outcome::from),
         Err(error) => Err(error),
     };
     done(&state, &actor, "deploy", &name, result).await
@@ -390,10 +401,11 @@ async fn delete(
     match result {
         Ok(()) => {
             tracing::info!(actor, projection = %name, drop_tables = query.drop_tables, "projection deleted");
-            Ok(
-                Json(json!({ "outcome": "deleted", "dropTables": query.drop_tables }))
-                    .into_response(),
-            )
+            Ok(Json(DeleteAnswer {
+                outcome: "deleted".to_owned(),
+                drop_tables: query.drop_tables,
+            })
+            .into_response())
         }
         Err(error) => done(&state, &actor, "delete", &name, Err(error)).await,
     }
@@ -410,7 +422,7 @@ async fn rebuild(
         .projections
         .rebuild(&name, &actor)
         .await
-        .map(|a| json!(a));
+        .map(Outcome::from);
     done(&state, &actor, "rebuild", &name, result).await
 }
 
@@ -425,7 +437,7 @@ async fn cancel_rebuild(
         .projections
         .cancel_rebuild(&name, &actor)
         .await
-        .map(|()| json!("rebuild-cancelled"));
+        .map(|()| Outcome::Done("rebuild-cancelled".to_owned()));
     done(&state, &actor, "cancel-rebuild", &name, result).await
 }
 
@@ -441,16 +453,16 @@ async fn action(
         "reload" => projections
             .reload(&name, &actor)
             .await
-            .map(|()| json!("reloaded")),
+            .map(|()| Outcome::Done("reloaded".to_owned())),
         "pause" => projections
             .set_paused(&name, true, &actor)
             .await
-            .map(|()| json!("paused")),
+            .map(|()| Outcome::Done("paused".to_owned())),
         "resume" => projections
             .set_paused(&name, false, &actor)
             .await
-            .map(|()| json!("resumed")),
-        "rollback" => projections.rollback(&name, &actor).await.map(|a| json!(a)),
+            .map(|()| Outcome::Done("resumed".to_owned())),
+        "rollback" => projections.rollback(&name, &actor).await.map(Outcome::from),
         other => {
             return Err(Problem::not_found(format!(
                 "no admin action {other:?} (reload, rebuild, pause, resume, rollback)"
@@ -470,14 +482,16 @@ async fn dead_letters(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     Query(query): Query<DeadLetterQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<DeadLetterList>, Problem> {
     check_name(&name)?;
     let letters = state
         .projections
         .dead_letters(&name, query.all)
         .await
         .map_err(problem)?;
-    Ok(Json(json!({ "deadLetters": letters })))
+    Ok(Json(DeadLetterList {
+        dead_letters: letters.into_iter().map(Into::into).collect(),
+    }))
 }
 
 async fn replay_dead_letters(
@@ -487,13 +501,22 @@ async fn replay_dead_letters(
 ) -> Result<Response, Problem> {
     check_name(&name)?;
     let actor = actor(&headers);
-    let result = state.projections.replay_dead_letters(&name, &actor).await;
+    let result = state
+        .projections
+        .replay_dead_letters(&name, &actor)
+        .await
+        .map(|outcome| Outcome::Replay(outcome.into()));
     done(&state, &actor, "replay-dead-letters", &name, result).await
 }
 
-async fn outbox_stats(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {
+async fn outbox_stats(State(state): State<AdminState>) -> Result<Json<OutboxStatsBody>, Problem> {
     Ok(Json(
-        state.projections.outbox_stats().await.map_err(problem)?,
+        state
+            .projections
+            .outbox_stats()
+            .await
+            .map_err(problem)?
+            .into(),
     ))
 }
 
@@ -506,13 +529,15 @@ struct ActionsQuery {
 async fn actions(
     State(state): State<AdminState>,
     Query(query): Query<ActionsQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<ActionList>, Problem> {
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_ACTIONS_LISTED);
     let actions =
         registry::recent_actions(state.projections.pool(), query.projection.as_deref(), limit)
             .await
             .map_err(|e| Problem::from_sqlx(&e))?;
-    Ok(Json(json!({ "actions": actions })))
+    Ok(Json(ActionList {
+        actions: actions.into_iter().map(Into::into).collect(),
+    }))
 }
 
 #[cfg(test)]

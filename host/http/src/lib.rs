@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod problem;
 pub mod projections;
 pub mod wallets;
+pub mod wire;
 
 use std::sync::Arc;
 

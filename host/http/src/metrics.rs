@@ -14,6 +14,8 @@ use axum::response::IntoResponse;
 
 use super::problem::Problem;
 use super::AppState;
+use wallex_core::outbox;
+use wallex_runtime::checkpoint;
 
 /// `Content-Type` of the text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -22,21 +24,25 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 const STATUSES: [&str; 3] = ["running", "failing", "failed"];
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
-    let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT c.projection, c.status, c.last_position,
-                (SELECT max(global_position) FROM outbox)
-         FROM projector_checkpoints c WHERE c.projection NOT LIKE '%#%' ORDER BY 1",
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    // Live checkpoints only (`read_all` leaves out a rebuild's `<name>#rebuild`).
+    let checkpoints = checkpoint::read_all(&state.pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let (_, last) = outbox::size(&state.pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# HELP outbox_lag_events Outbox events after the projection's checkpoint (by position)."
     );
     let _ = writeln!(out, "# TYPE outbox_lag_events gauge");
-    for (name, _, position, last) in &rows {
-        let lag = last.unwrap_or(0).saturating_sub(*position).max(0);
+    for checkpoint in &checkpoints {
+        let name = &checkpoint.projection;
+        let lag = last
+            .unwrap_or(0)
+            .saturating_sub(checkpoint.cursor.position)
+            .max(0);
         let _ = writeln!(out, "outbox_lag_events{{projection=\"{name}\"}} {lag}");
     }
     let _ = writeln!(
@@ -44,9 +50,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         "# HELP projector_status 1 for the projection's reported status."
     );
     let _ = writeln!(out, "# TYPE projector_status gauge");
-    for (name, status, _, _) in &rows {
+    for checkpoint in &checkpoints {
+        let name = &checkpoint.projection;
         for candidate in STATUSES {
-            let value = u8::from(status == candidate);
+            let value = u8::from(checkpoint.status.as_str() == candidate);
             let _ = writeln!(
                 out,
                 "projector_status{{projection=\"{name}\",status=\"{candidate}\"}} {value}"

@@ -22,8 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::problem::Problem;
@@ -50,55 +49,110 @@ pub fn router<S: Clone + Send + Sync + 'static>(projections: Projections) -> Rou
         .with_state(projections)
 }
 
-fn status_json(projector: &Projector, checkpoint: Option<&Checkpoint>) -> serde_json::Value {
-    let active = projector.active();
-    let schema = &active.schema;
-    json!({
-        "name": schema.name,
-        "schemaVersion": schema.schema_version,
-        "namespace": schema.namespace,
-        "stableNamespace": schema.stable_namespace(),
-        "sha256": active.sha256,
-        "origin": active.source,
-        "subscribesTo": schema.subscribes_to,
-        "tables": schema.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        "checkpoint": checkpoint.map(|c| json!({
-            "xactId": c.cursor.xact_id.to_string(),
-            "position": c.cursor.position,
-        })),
-        "status": checkpoint.map(|c| c.status),
-        "lastError": checkpoint.and_then(|c| c.last_error.clone()),
-        "errorCount": checkpoint.map(|c| c.error_count),
-        "updatedAt": checkpoint.map(|c| c.updated_at),
-        "leaseHeldHere": projector.lease_held(),
-        "eventsAppliedHere": projector.events_applied(),
-        "batchSize": projector.config.batch_size,
-    })
+/// One projection as `GET /projections` shows it (public: no policy, no deploy details).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicStatus {
+    /// The projection's name.
+    pub name: String,
+    /// Its schema version.
+    pub schema_version: u32,
+    /// PostgreSQL schema of its live tables.
+    pub namespace: String,
+    /// Schema of the views readers use.
+    pub stable_namespace: String,
+    /// SHA-256 of the component this process runs.
+    pub sha256: String,
+    /// Where its bytes came from.
+    pub origin: String,
+    /// Event types it receives.
+    pub subscribes_to: Vec<String>,
+    /// Its tables.
+    pub tables: Vec<String>,
+    /// Where its checkpoint stands.
+    pub checkpoint: Option<PublicCheckpoint>,
+    /// `running`, `failing` or `failed`, as its worker reported.
+    pub status: Option<String>,
+    /// Why its last batch failed (clipped).
+    pub last_error: Option<String>,
+    /// Failed batches since the last success.
+    pub error_count: Option<i32>,
+    /// When its checkpoint last changed.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether this process's worker holds its lease.
+    pub lease_held_here: bool,
+    /// Outbox rows this process has committed for it.
+    pub events_applied_here: u64,
+    /// Events per batch.
+    pub batch_size: u32,
 }
 
-async fn list(State(projections): State<Projections>) -> Result<Json<serde_json::Value>, Problem> {
+/// A checkpoint's place in the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicCheckpoint {
+    /// Transaction id of the last row applied, as text.
+    pub xact_id: String,
+    /// Global position of the last row applied.
+    pub position: i64,
+}
+
+/// `GET /projections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicList {
+    /// Every projection this process has loaded.
+    pub projections: Vec<PublicStatus>,
+}
+
+fn public_status(projector: &Projector, checkpoint: Option<&Checkpoint>) -> PublicStatus {
+    let active = projector.active();
+    let schema = &active.schema;
+    PublicStatus {
+        name: schema.name.clone(),
+        schema_version: schema.schema_version,
+        namespace: schema.namespace.clone(),
+        stable_namespace: schema.stable_namespace(),
+        sha256: active.sha256.clone(),
+        origin: active.source.clone(),
+        subscribes_to: schema.subscribes_to.clone(),
+        tables: schema.tables.iter().map(|t| t.name.clone()).collect(),
+        checkpoint: checkpoint.map(|c| PublicCheckpoint {
+            xact_id: c.cursor.xact_id.to_string(),
+            position: c.cursor.position,
+        }),
+        status: checkpoint.map(|c| c.status.as_str().to_owned()),
+        last_error: checkpoint.and_then(|c| c.last_error.clone()),
+        error_count: checkpoint.map(|c| c.error_count),
+        updated_at: checkpoint.map(|c| c.updated_at),
+        lease_held_here: projector.lease_held(),
+        events_applied_here: projector.events_applied(),
+        batch_size: projector.config.batch_size,
+    }
+}
+
+async fn list(State(projections): State<Projections>) -> Result<Json<PublicList>, Problem> {
     let checkpoints = checkpoint::read_all(projections.pool())
         .await
         .map_err(|e| Problem::internal(&e))?;
     let items: Vec<_> = projections
         .all()
         .iter()
-        .map(|p| status_json(p, checkpoints.iter().find(|c| c.projection == p.name())))
+        .map(|p| public_status(p, checkpoints.iter().find(|c| c.projection == p.name())))
         .collect();
-    Ok(Json(json!({ "projections": items })))
+    Ok(Json(PublicList { projections: items }))
 }
 
 async fn status(
     State(projections): State<Projections>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<PublicStatus>, Problem> {
     let projector = projections
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no projection named {name}")))?;
     let checkpoint = checkpoint::read(projections.pool(), &name)
         .await
         .map_err(|e| Problem::internal(&e))?;
-    Ok(Json(status_json(&projector, checkpoint.as_ref())))
+    Ok(Json(public_status(&projector, checkpoint.as_ref())))
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,14 +6,12 @@
 
 use super::text::{clip, MAX_ERROR_BYTES};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 
 use wallex_core::outbox::OutboxCursor;
 
 /// What the worker holding a projection's lease last reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Applying batches normally.
     Running,
@@ -24,7 +22,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// The status as stored and reported (`running`, `failing`, `failed`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Failing => "failing",
@@ -42,8 +41,7 @@ impl Status {
 }
 
 /// A checkpoint row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     pub projection: String,
     pub schema_version: i64,
@@ -329,4 +327,40 @@ pub async fn clear_failure(conn: &mut PgConnection, key: &str) -> Result<(), Che
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Forgets a checkpoint (a dropped rebuild's, or a projection deleted with its tables).
+pub async fn delete(conn: &mut PgConnection, key: &str) -> Result<(), CheckpointError> {
+    sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Moves a projection's live checkpoint to where its rebuild's stands, describing the rebuild's
+/// namespace (the cut-over's checkpoint part), and forgets the rebuild's checkpoint.
+pub async fn take_over(
+    conn: &mut PgConnection,
+    projection: &str,
+    schema_version: i64,
+    namespace: &str,
+    rebuilt: &Checkpoint,
+) -> Result<(), CheckpointError> {
+    sqlx::query(
+        "UPDATE projector_checkpoints
+         SET schema_version = $2, namespace = $3, last_xact_id = $4::text::xid8,
+             last_position = $5, events_applied = $6, status = 'running', last_error = NULL,
+             error_count = 0, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(schema_version)
+    .bind(namespace)
+    .bind(rebuilt.cursor.xact_id.to_string())
+    .bind(rebuilt.cursor.position)
+    .bind(rebuilt.events_applied)
+    .execute(&mut *conn)
+    .await?;
+    delete(conn, &rebuilt.projection).await
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{EngineLimits, RuntimeLimits};
-use super::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 use super::worker::WorkerConfig;
+use crate::sandbox::engine::{EngineLimits, RuntimeLimits};
+use crate::sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 
 pub const DEFAULT_BATCH_SIZE: u32 = 200;
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
@@ -99,16 +99,16 @@ pub struct ProjectionArgs {
           value_parser = clap::value_parser!(u64).range(64..=8192))]
     pub projector_max_stack_kib: u64,
     /// Most mutations one component call may return.
-    #[arg(long, env = "PROJECTOR_MAX_MUTATIONS", default_value_t = super::engine::DEFAULT_MAX_MUTATIONS)]
+    #[arg(long, env = "PROJECTOR_MAX_MUTATIONS", default_value_t = crate::sandbox::engine::DEFAULT_MAX_MUTATIONS)]
     pub projector_max_mutations: usize,
     /// Most bytes of the mutations of one component call.
-    #[arg(long, env = "PROJECTOR_MAX_BATCH_BYTES", default_value_t = super::engine::DEFAULT_MAX_BATCH_BYTES)]
+    #[arg(long, env = "PROJECTOR_MAX_BATCH_BYTES", default_value_t = crate::sandbox::engine::DEFAULT_MAX_BATCH_BYTES)]
     pub projector_max_batch_bytes: usize,
     /// Most host `log` calls per component call.
-    #[arg(long, env = "PROJECTOR_LOG_LINES", default_value_t = super::engine::DEFAULT_LOG_LINES)]
+    #[arg(long, env = "PROJECTOR_LOG_LINES", default_value_t = crate::sandbox::engine::DEFAULT_LOG_LINES)]
     pub projector_log_lines: u32,
     /// Most bytes of host `log` messages per component call.
-    #[arg(long, env = "PROJECTOR_LOG_BYTES", default_value_t = super::engine::DEFAULT_LOG_BYTES)]
+    #[arg(long, env = "PROJECTOR_LOG_BYTES", default_value_t = crate::sandbox::engine::DEFAULT_LOG_BYTES)]
     pub projector_log_bytes: usize,
     /// What a batch that keeps failing does: `pause` (the projection stops, `failed`) or `skip`
     /// (the poison event is found, dead-lettered, and the rest applied).
@@ -172,8 +172,7 @@ impl ProjectionSettings {
 }
 
 /// What a projection version runs under: its limits and poison policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub limits: RuntimeLimits,
     pub on_poison: OnPoison,

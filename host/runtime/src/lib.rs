@@ -6,16 +6,19 @@
 //! return ([`mutation`]) together with their checkpoint ([`checkpoint`]), runs one leased worker
 //! per projection ([`worker`]) and serves their tables and status over HTTP ([`api`]).
 
-pub mod bundled;
 pub mod checkpoint;
 pub mod config;
-pub mod control;
-pub mod engine;
-pub mod guest_pool;
+pub mod dead_letters;
+pub mod deploy;
+pub mod lifecycle;
 pub mod mutation;
+pub mod rebuild;
+pub mod reconcile;
 pub mod registry;
+pub mod sandbox;
 pub mod schema;
 pub mod search;
+pub mod status;
 pub mod text;
 pub mod watch;
 pub mod worker;
@@ -30,11 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ProjectionArgs, ProjectionConfig};
-pub use control::DeployError;
-use engine::{ComponentError, LoadedComponent, ProjectionRuntime};
-use registry::{Deployment, DeploymentState, Rebuild};
+pub use deploy::DeployError;
+use sandbox::engine::{ComponentError, LoadedComponent, ProjectionRuntime};
 use schema::{ProjectionSchema, SchemaError};
-use worker::{Active, BatchHandler, Desired, Projector, RebuildTarget, WorkerContext};
+use worker::{Active, BatchHandler, Desired, Projector, WorkerContext};
 
 /// Extension of component files in `WALLEX_PROJECTIONS_DIR`.
 pub const COMPONENT_EXTENSION: &str = "wasm";
@@ -100,7 +102,7 @@ struct Inner {
     compiled: std::sync::Mutex<HashMap<String, Arc<LoadedComponent>>>,
     compile_slots: tokio::sync::Semaphore,
     /// The low-priority threads every guest call runs on.
-    guests: Arc<guest_pool::GuestPool>,
+    guests: Arc<sandbox::guest_pool::GuestPool>,
     /// One reconciliation at a time, so an older registry state never overwrites a newer one.
     reconciling: tokio::sync::Mutex<()>,
     /// SHA-256 of each directory file as start-up read it (by `directory:<file>` source): the
@@ -124,7 +126,7 @@ impl std::fmt::Debug for Projections {
 impl Projections {
     fn empty(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
         let runtime = ProjectionRuntime::with_engine_limits(config.limits, config.engine)?;
-        let guests = guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
+        let guests = sandbox::guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
             .map_err(|e| ComponentError::Engine(e.into()))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -149,7 +151,7 @@ impl Projections {
     pub async fn load(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
         let sources = match &config.dir {
             Some(dir) => read_dir(dir)?,
-            None => bundled::BUNDLED
+            None => sandbox::bundled::BUNDLED
                 .iter()
                 .map(|(origin, bytes)| ((*origin).to_owned(), bytes.to_vec()))
                 .collect(),
@@ -191,7 +193,7 @@ impl Projections {
                 return Err(LoadError::DuplicateName(candidate.schema.name.clone()));
             }
             projections
-                .sync_source(candidate, &source, control::STARTUP_ACTOR)
+                .sync_source(candidate, &source, deploy::STARTUP_ACTOR)
                 .await
                 .map_err(deploy)?;
         }
@@ -380,231 +382,6 @@ impl Projections {
         });
         vec![done]
     }
-
-    /// Re-reads the registry whenever it announces a change, and every resync interval.
-    async fn reconcile_loop(
-        self,
-        mut registry: tokio::sync::watch::Receiver<u64>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                changed = registry.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(self.inner.config.registry_resync) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            if let Err(error) = self.reconcile_all().await {
-                tracing::warn!(%error, "cannot reconcile with the projection registry");
-            }
-        }
-    }
-
-    /// Makes this process run what the registry says, for every projection.
-    pub async fn reconcile_all(&self) -> Result<(), LoadError> {
-        let pool = &self.inner.pool;
-        let deployments = registry::deployments(pool)
-            .await
-            .map_err(LoadError::Registry)?;
-        let mut rebuilds: HashMap<String, Rebuild> = registry::rebuilds(pool)
-            .await
-            .map_err(LoadError::Registry)?
-            .into_iter()
-            .map(|r| (r.projection.clone(), r))
-            .collect();
-        let known: HashSet<String> = deployments.iter().map(|d| d.projection.clone()).collect();
-        let mut referenced = HashSet::new();
-        for deployment in deployments {
-            referenced.insert(deployment.sha256.clone());
-            let rebuild = rebuilds.remove(&deployment.projection);
-            if let Some(r) = &rebuild {
-                referenced.insert(r.sha256.clone());
-            }
-            let name = deployment.projection.clone();
-            if let Err(error) = self.apply_registry(&name, Some(deployment), rebuild).await {
-                tracing::error!(projection = %name, %error, "cannot run the registry's version");
-            }
-        }
-        for projector in self.all() {
-            if !known.contains(projector.name()) {
-                self.apply_registry(projector.name(), None, None).await?;
-            }
-        }
-        self.prune_compiled(&referenced);
-        Ok(())
-    }
-
-    /// Makes this process run what the registry says for one projection.
-    pub async fn reconcile_one(&self, name: &str) -> Result<(), LoadError> {
-        let pool = &self.inner.pool;
-        let deployment = registry::deployment(pool, name)
-            .await
-            .map_err(LoadError::Registry)?;
-        let mut conn = pool.acquire().await.map_err(LoadError::Registry)?;
-        let rebuild = registry::rebuild(&mut conn, name)
-            .await
-            .map_err(LoadError::Registry)?;
-        drop(conn);
-        self.apply_registry(name, deployment, rebuild).await
-    }
-
-    async fn apply_registry(
-        &self,
-        name: &str,
-        deployment: Option<Deployment>,
-        rebuild: Option<Rebuild>,
-    ) -> Result<(), LoadError> {
-        let _one_at_a_time = self.inner.reconciling.lock().await;
-        let local = self.get(name);
-        let Some(deployment) = deployment.filter(|d| d.state() != DeploymentState::Deleted) else {
-            if let Some(local) = local.filter(|p| p.desired().generation > 0) {
-                tracing::info!(projection = name, "projection deleted; stopping its worker");
-                local.stop();
-                self.write_projectors().remove(name);
-            }
-            return Ok(());
-        };
-        if let Some(local) = &local {
-            if local.desired().generation >= deployment.generation {
-                return Ok(());
-            }
-        }
-        let live = self.compiled(name, &deployment.sha256).await?;
-        let policy = self.inner.config.policy(name, &deployment.settings());
-        let rebuild = match rebuild {
-            Some(r) => Some(RebuildTarget {
-                active: self
-                    .version(
-                        name,
-                        &r.sha256,
-                        r.namespace.clone(),
-                        r.source.clone(),
-                        policy,
-                    )
-                    .await?,
-                failed: r.failed(),
-            }),
-            None => None,
-        };
-        let desired = Desired {
-            active: Active {
-                schema: Arc::new(self.schema_of(&live, deployment.namespace.clone())?),
-                handler: live,
-                sha256: deployment.sha256.clone(),
-                source: deployment.source.clone(),
-                policy,
-            },
-            rebuild,
-            paused: deployment.state() == DeploymentState::Paused,
-            generation: deployment.generation,
-        };
-        match local {
-            Some(local) => {
-                let previous = local.active();
-                if previous.sha256 != desired.active.sha256
-                    || previous.schema.namespace != desired.active.schema.namespace
-                {
-                    tracing::info!(
-                        projection = name,
-                        from = %previous.sha256,
-                        to = %desired.active.sha256,
-                        namespace = %desired.active.schema.namespace,
-                        "activating a new version at the next batch"
-                    );
-                }
-                local.set_desired(desired);
-            }
-            None => {
-                self.insert(desired);
-            }
-        }
-        Ok(())
-    }
-
-    async fn version(
-        &self,
-        name: &str,
-        sha256: &str,
-        namespace: String,
-        source: String,
-        policy: config::Policy,
-    ) -> Result<Active, LoadError> {
-        let component = self.compiled(name, sha256).await?;
-        Ok(Active {
-            schema: Arc::new(self.schema_of(&component, namespace)?),
-            handler: component,
-            sha256: sha256.to_owned(),
-            source,
-            policy,
-        })
-    }
-
-    fn schema_of(
-        &self,
-        component: &LoadedComponent,
-        namespace: String,
-    ) -> Result<ProjectionSchema, LoadError> {
-        let info = component
-            .info()
-            .ok_or_else(|| ComponentError::Join("component was loaded without describe".into()))?;
-        ProjectionSchema::from_info(info)
-            .map(|schema| schema.with_namespace(namespace))
-            .map_err(|source| LoadError::Schema {
-                origin: component.origin().to_owned(),
-                source,
-            })
-    }
-
-    /// The compiled component stored under `sha256` (compiled once per process).
-    async fn compiled(&self, name: &str, sha256: &str) -> Result<Arc<LoadedComponent>, LoadError> {
-        if let Some(hit) = self.cached(sha256) {
-            return Ok(hit);
-        }
-        let bytes = registry::component_bytes(&self.inner.pool, sha256)
-            .await
-            .map_err(LoadError::Registry)?
-            .ok_or_else(|| LoadError::MissingComponent {
-                projection: name.to_owned(),
-                sha256: sha256.to_owned(),
-            })?;
-        let component = self
-            .compile(
-                format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]),
-                Arc::new(bytes),
-            )
-            .await
-            .map_err(|error| match error {
-                DeployError::Component(e) => LoadError::Component(e),
-                other => LoadError::Deploy {
-                    origin: name.to_owned(),
-                    source: other,
-                },
-            })?;
-        self.cache(sha256, Arc::clone(&component));
-        Ok(component)
-    }
-
-    fn cached(&self, sha256: &str) -> Option<Arc<LoadedComponent>> {
-        match self.inner.compiled.lock() {
-            Ok(map) => map.get(sha256).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(sha256).cloned(),
-        }
-    }
-
-    fn cache(&self, sha256: &str, component: Arc<LoadedComponent>) {
-        let mut map = match self.inner.compiled.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.insert(sha256.to_owned(), component);
-    }
-
-    fn prune_compiled(&self, referenced: &HashSet<String>) {
-        let mut map = match self.inner.compiled.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.retain(|sha, _| referenced.contains(sha));
-    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
@@ -641,7 +418,7 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
 #[allow(dead_code)]
 fn send_probe(
     p: Projections,
-    c: control::Candidate,
+    c: deploy::Candidate,
     conn: &mut sqlx::PgConnection,
     pr: &Projector,
     a: &Active,

@@ -8,7 +8,6 @@
 //! advisory lock and announced on [`REGISTRY_CHANNEL`]; instances reconcile to the rows.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor};
 
@@ -23,8 +22,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// What an operator wants a deployed projection to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeploymentState {
     Running,
     Paused,
@@ -252,8 +250,7 @@ pub async fn bump(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx:
 }
 
 /// One entry of the admin audit trail.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AdminAction {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -301,4 +298,198 @@ pub async fn recent_actions<'e>(
     .bind(limit)
     .fetch_all(executor)
     .await
+}
+
+/// Another live projection whose name maps to the same schema names as `name` (`-` and `_` are
+/// one), if any.
+pub async fn colliding_name(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT projection FROM projection_deployments
+         WHERE projection <> $1 AND state <> 'deleted'
+           AND replace(projection, '-', '_') = replace($1, '-', '_')",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records a new deployment of `projection`, or revives a deleted one, running `sha256` in
+/// `namespace` (a first version's tables).
+#[allow(clippy::too_many_arguments)] // One column each, all needed for the row.
+pub async fn upsert_deployment(
+    conn: &mut PgConnection,
+    projection: &str,
+    sha256: &str,
+    schema_version: u32,
+    namespace: &str,
+    source: &str,
+    previous_sha256: Option<&str>,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_deployments
+            (projection, sha256, schema_version, namespace, source, previous_sha256, deployed_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (projection) DO UPDATE
+            SET sha256 = EXCLUDED.sha256, schema_version = EXCLUDED.schema_version,
+                namespace = EXCLUDED.namespace, source = EXCLUDED.source,
+                previous_sha256 = EXCLUDED.previous_sha256, state = 'running',
+                deployed_at = now(), deployed_by = EXCLUDED.deployed_by,
+                generation = projection_deployments.generation + 1, updated_at = now()",
+    )
+    .bind(projection)
+    .bind(sha256)
+    .bind(i64::from(schema_version))
+    .bind(namespace)
+    .bind(source)
+    .bind(previous_sha256)
+    .bind(actor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Swaps the live version in place (same tables): the old sha becomes the rollback target.
+pub async fn swap_version(
+    conn: &mut PgConnection,
+    projection: &str,
+    sha256: &str,
+    source: &str,
+    actor: &str,
+    settings: Option<&serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_deployments
+         SET previous_sha256 = sha256, sha256 = $2, source = $3,
+             deployed_at = now(), deployed_by = $4,
+             settings = COALESCE($5, settings),
+             generation = generation + 1, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(sha256)
+    .bind(source)
+    .bind(actor)
+    .bind(settings)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets a deployment's state (running, paused, deleted).
+pub async fn set_state(
+    conn: &mut PgConnection,
+    projection: &str,
+    state: DeploymentState,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projection_deployments SET state = $2 WHERE projection = $1")
+        .bind(projection)
+        .bind(state.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a started rebuild of `projection` into `namespace`, numbered `build`.
+#[allow(clippy::too_many_arguments)] // One column each, all needed for the row.
+pub async fn insert_rebuild(
+    conn: &mut PgConnection,
+    projection: &str,
+    build: i64,
+    sha256: &str,
+    schema_version: u32,
+    namespace: &str,
+    source: &str,
+    events_total: i64,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_rebuilds
+            (projection, sha256, schema_version, namespace, source, events_total, requested_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(projection)
+    .bind(sha256)
+    .bind(i64::from(schema_version))
+    .bind(namespace)
+    .bind(source)
+    .bind(events_total)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE projection_deployments
+         SET build_seq = $2, generation = generation + 1, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(build)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets a failed rebuild running again (an operator's reload).
+pub async fn retry_rebuild(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_rebuilds SET status = 'running', last_error = NULL
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a rebuild failed with `error` (clipped).
+pub async fn fail_rebuild(
+    conn: &mut PgConnection,
+    projection: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_rebuilds SET status = 'failed', last_error = $2 WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(crate::text::clip(error, crate::text::MAX_ERROR_BYTES))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets a projection's rebuild row.
+pub async fn delete_rebuild(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM projection_rebuilds WHERE projection = $1")
+        .bind(projection)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes a rebuild's version the live one (the cut-over's registry part): the old sha becomes
+/// the rollback target when it differs.
+pub async fn promote_rebuild(
+    conn: &mut PgConnection,
+    rebuild: &Rebuild,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_deployments
+         SET previous_sha256 = CASE WHEN sha256 <> $2 THEN sha256 ELSE previous_sha256 END,
+             sha256 = $2, schema_version = $3, namespace = $4, source = $5,
+             deployed_at = now(), deployed_by = $6, generation = generation + 1,
+             updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(&rebuild.projection)
+    .bind(&rebuild.sha256)
+    .bind(rebuild.schema_version)
+    .bind(&rebuild.namespace)
+    .bind(&rebuild.source)
+    .bind(&rebuild.requested_by)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Connection, PgConnection};
 
-use super::engine::wit;
 use super::text::quoted;
+use crate::sandbox::engine::wit;
 
 /// Longest SQL identifier PostgreSQL keeps.
 pub const IDENTIFIER_MAX_LEN: usize = 63;

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::control::WATCH_ACTOR;
 use super::{registry, Projections, COMPONENT_EXTENSION, MAX_COMPONENTS};
+use crate::deploy::WATCH_ACTOR;
 
 /// What the watch last saw of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use wallex_http::admin::{ACTOR_HEADER, WASM_CONTENT_TYPE};
-use wallex_runtime::engine::{ProjectionRuntime, RuntimeLimits};
+use wallex_http::wire::{
+    ActionAnswer, DeadLetterList, DeleteAnswer, OutboxStatsBody, Outcome, ProblemDocument,
+    ProjectionList, ProjectionStatusBody, RebuildBody,
+};
+use wallex_runtime::sandbox::engine::{ProjectionRuntime, RuntimeLimits};
 
 /// Default server address of the CLI.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:3000";
@@ -150,12 +154,14 @@ impl Client {
         })
     }
 
-    async fn send(
+    /// Sends a request and decodes a successful answer as `T`; a problem answer becomes
+    /// [`CliError::Problem`].
+    async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<(Vec<u8>, String)>,
-    ) -> Result<Value, CliError> {
+    ) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -185,22 +191,31 @@ impl Client {
                 url: self.base.clone(),
                 source,
             })?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            return Ok(value);
+            return serde_json::from_str(&text).map_err(|error| {
+                CliError::Invalid(format!("unexpected answer from {url}: {error}"))
+            });
         }
+        let problem: ProblemDocument = serde_json::from_str(&text).unwrap_or(ProblemDocument {
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            detail: text,
+        });
         Err(CliError::Problem {
             status: status.as_u16(),
-            title: value["title"]
-                .as_str()
-                .unwrap_or(status.canonical_reason().unwrap_or("error"))
-                .to_owned(),
-            detail: value["detail"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string()),
+            title: problem.title,
+            detail: problem.detail,
         })
     }
+}
+
+/// What a command printed, typed by the endpoint that answered.
+enum Output {
+    List(ProjectionList),
+    Status(Box<ProjectionStatusBody>),
+    Action(Box<ActionAnswer>),
+    Deleted(DeleteAnswer),
+    Stats(OutboxStatsBody),
+    Letters(DeadLetterList),
 }
 
 /// Runs one `wallex projections` command.
@@ -209,18 +224,13 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
     let get = reqwest::Method::GET;
     let output = match &cli.command {
         ProjectionsCommand::List => {
-            let value = client.send(get, "/admin/projections", None).await?;
-            if !cli.json {
-                print_table(&value);
-                return Ok(());
-            }
-            value
+            Output::List(client.send(get, "/admin/projections", None).await?)
         }
-        ProjectionsCommand::Status { name } => {
+        ProjectionsCommand::Status { name } => Output::Status(
             client
                 .send(get, &format!("/admin/projections/{name}"), None)
-                .await?
-        }
+                .await?,
+        ),
         ProjectionsCommand::Deploy {
             file,
             name,
@@ -239,67 +249,100 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
                 "sha-256=:{}:",
                 base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes))
             );
-            client
-                .send(
-                    reqwest::Method::PUT,
-                    &format!("/admin/projections/{name}{query}"),
-                    Some((bytes, digest)),
-                )
-                .await?
+            Output::Action(
+                client
+                    .send(
+                        reqwest::Method::PUT,
+                        &format!("/admin/projections/{name}{query}"),
+                        Some((bytes, digest)),
+                    )
+                    .await?,
+            )
         }
         ProjectionsCommand::Reload { name } => action(&client, name, "reload").await?,
         ProjectionsCommand::Pause { name } => action(&client, name, "pause").await?,
         ProjectionsCommand::Resume { name } => action(&client, name, "resume").await?,
         ProjectionsCommand::Rollback { name } => action(&client, name, "rollback").await?,
-        ProjectionsCommand::Rebuild { name, cancel, .. } if *cancel => {
+        ProjectionsCommand::Rebuild { name, cancel, .. } if *cancel => Output::Action(
             client
                 .send(
                     reqwest::Method::DELETE,
                     &format!("/admin/projections/{name}/rebuild"),
                     None,
                 )
-                .await?
-        }
+                .await?,
+        ),
         ProjectionsCommand::Rebuild { name, wait, .. } => {
             let started = action(&client, name, "rebuild").await?;
             if *wait {
-                follow_rebuild(&client, name, cli.json).await?
+                Output::Status(Box::new(follow_rebuild(&client, name, cli.json).await?))
             } else {
                 started
             }
         }
-        ProjectionsCommand::Delete { name, drop_tables } => {
+        ProjectionsCommand::Delete { name, drop_tables } => Output::Deleted(
             client
                 .send(
                     reqwest::Method::DELETE,
                     &format!("/admin/projections/{name}?drop_tables={drop_tables}"),
                     None,
                 )
-                .await?
+                .await?,
+        ),
+        ProjectionsCommand::Stats => {
+            Output::Stats(client.send(get, "/admin/outbox/stats", None).await?)
         }
-        ProjectionsCommand::Stats => client.send(get, "/admin/outbox/stats", None).await?,
         ProjectionsCommand::DeadLetters { name, replay, .. } if *replay => {
             action(&client, name, "dead-letters/replay").await?
         }
-        ProjectionsCommand::DeadLetters { name, all, .. } => {
-            let value = client
+        ProjectionsCommand::DeadLetters { name, all, .. } => Output::Letters(
+            client
                 .send(
                     get,
                     &format!("/admin/projections/{name}/dead-letters?all={all}"),
                     None,
                 )
-                .await?;
-            if !cli.json {
-                print_dead_letters(&value);
-                return Ok(());
-            }
-            value
-        }
+                .await?,
+        ),
     };
     if cli.json {
-        println!("{output:#}");
-    } else {
-        print_summary(&output);
+        let text = match &output {
+            Output::List(v) => serde_json::to_string_pretty(v),
+            Output::Status(v) => serde_json::to_string_pretty(v),
+            Output::Action(v) => serde_json::to_string_pretty(v),
+            Output::Deleted(v) => serde_json::to_string_pretty(v),
+            Output::Stats(v) => serde_json::to_string_pretty(v),
+            Output::Letters(v) => serde_json::to_string_pretty(v),
+        }
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    match output {
+        Output::List(list) => print_table(&list),
+        Output::Status(status) => print_status(&status),
+        Output::Action(answer) => {
+            match &answer.outcome {
+                Outcome::Done(outcome) => println!("{outcome}"),
+                Outcome::Replay(replay) => println!(
+                    "replayed {}, still failing {}",
+                    replay.replayed,
+                    replay.still_failing.len()
+                ),
+            }
+            print_status(&answer.projection);
+        }
+        Output::Deleted(deleted) => println!(
+            "{}{}",
+            deleted.outcome,
+            if deleted.drop_tables {
+                " (tables dropped)"
+            } else {
+                ""
+            }
+        ),
+        Output::Stats(stats) => print_stats(&stats),
+        Output::Letters(letters) => print_dead_letters(&letters),
     }
     Ok(())
 }
@@ -331,14 +374,16 @@ fn settings_query(settings: &[String]) -> Result<String, CliError> {
     })
 }
 
-async fn action(client: &Client, name: &str, action: &str) -> Result<Value, CliError> {
-    client
-        .send(
-            reqwest::Method::POST,
-            &format!("/admin/projections/{name}/{action}"),
-            None,
-        )
-        .await
+async fn action(client: &Client, name: &str, action: &str) -> Result<Output, CliError> {
+    Ok(Output::Action(
+        client
+            .send(
+                reqwest::Method::POST,
+                &format!("/admin/projections/{name}/{action}"),
+                None,
+            )
+            .await?,
+    ))
 }
 
 /// The name a component declares, found by describing it locally (no server involved).
@@ -355,34 +400,37 @@ fn declared_name(origin: &str, bytes: &[u8]) -> Result<String, CliError> {
 }
 
 /// Polls the status until the rebuild is cut over (or fails), drawing a progress bar on stderr.
-async fn follow_rebuild(client: &Client, name: &str, quiet: bool) -> Result<Value, CliError> {
+async fn follow_rebuild(
+    client: &Client,
+    name: &str,
+    quiet: bool,
+) -> Result<ProjectionStatusBody, CliError> {
     let started = Instant::now();
     let mut stderr = std::io::stderr();
     loop {
-        let status = client
+        let status: ProjectionStatusBody = client
             .send(
                 reqwest::Method::GET,
                 &format!("/admin/projections/{name}"),
                 None,
             )
             .await?;
-        let rebuild = &status["rebuild"];
-        if rebuild.is_null() {
+        let Some(rebuild) = &status.rebuild else {
             if !quiet {
                 let _ = writeln!(stderr);
                 eprintln!(
                     "{name}: rebuilt and live in {:.1} s (namespace {})",
                     started.elapsed().as_secs_f64(),
-                    status["namespace"].as_str().unwrap_or("?")
+                    status.namespace
                 );
             }
             return Ok(status);
-        }
-        if rebuild["status"] == "failed" {
+        };
+        if rebuild.status == "failed" {
             let _ = writeln!(stderr);
             return Err(CliError::Invalid(format!(
                 "the rebuild of {name} failed (the live version is untouched): {}",
-                rebuild["lastError"].as_str().unwrap_or("unknown error")
+                rebuild.last_error.as_deref().unwrap_or("unknown error")
             )));
         }
         if !quiet {
@@ -394,17 +442,17 @@ async fn follow_rebuild(client: &Client, name: &str, quiet: bool) -> Result<Valu
 }
 
 /// `[#######.......]  45.0%  450000/1000000 events  18000 ev/s  ETA 31 s`
-pub fn progress_line(rebuild: &Value) -> String {
-    let done = rebuild["eventsDone"].as_i64().unwrap_or(0);
-    let total = rebuild["eventsTotal"].as_i64().unwrap_or(0).max(done);
+pub fn progress_line(rebuild: &RebuildBody) -> String {
+    let done = rebuild.events_done;
+    let total = rebuild.events_total.max(done);
     let fraction = if total > 0 {
         done as f64 / total as f64
     } else {
         1.0
     };
     let filled = ((fraction * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
-    let eta = rebuild["etaSeconds"]
-        .as_f64()
+    let eta = rebuild
+        .eta_seconds
         .map(|s| format!("ETA {s:.0} s"))
         .unwrap_or_else(|| "ETA ?".to_owned());
     format!(
@@ -412,121 +460,110 @@ pub fn progress_line(rebuild: &Value) -> String {
         "#".repeat(filled),
         ".".repeat(BAR_WIDTH - filled),
         fraction * 100.0,
-        rebuild["eventsPerSecond"].as_f64().unwrap_or(0.0),
+        rebuild.events_per_second,
     )
 }
 
-fn short(sha: &Value) -> String {
-    sha.as_str()
-        .map(|s| s.chars().take(12).collect())
-        .unwrap_or_default()
+fn short(sha: &str) -> String {
+    sha.chars().take(12).collect()
 }
 
-fn print_table(value: &Value) {
+fn print_table(list: &ProjectionList) {
     println!(
         "{:<20} {:<11} {:>7} {:<12} {:<24} {:>10} {:>8} {:>6}",
         "NAME", "STATUS", "VERSION", "SHA256", "SOURCE", "POSITION", "LAG", "ERRORS"
     );
-    for p in value["projections"].as_array().into_iter().flatten() {
-        let status = match p["rebuild"]["eventsDone"].as_i64() {
-            Some(done) if p["status"] == "rebuilding" => format!("rebuilding {done}"),
-            _ => p["status"].as_str().unwrap_or("?").to_owned(),
+    for p in &list.projections {
+        let status = match &p.rebuild {
+            Some(rebuild) if p.status == "rebuilding" => {
+                format!("rebuilding {}", rebuild.events_done)
+            }
+            _ => p.status.clone(),
         };
         println!(
             "{:<20} {:<11} {:>7} {:<12} {:<24} {:>10} {:>8} {:>6}",
-            p["name"].as_str().unwrap_or("?"),
+            p.name,
             status,
-            p["schemaVersion"].to_string(),
-            short(&p["sha256"]),
-            p["source"].as_str().unwrap_or("?"),
-            p["checkpoint"]["position"].to_string(),
-            p["lagEvents"].to_string(),
-            p["errorCount"].to_string(),
+            p.schema_version,
+            short(&p.sha256),
+            p.source,
+            p.checkpoint
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| c.position.to_string()),
+            p.lag_events,
+            p.error_count,
         );
     }
 }
 
-fn print_dead_letters(value: &Value) {
+fn print_dead_letters(list: &DeadLetterList) {
     println!(
         "{:>10} {:<36} {:<16} {:>8} {:<9} ERROR",
         "POSITION", "EVENT ID", "TYPE", "ATTEMPTS", "RESOLVED"
     );
-    for letter in value["deadLetters"].as_array().into_iter().flatten() {
+    for letter in &list.dead_letters {
         println!(
             "{:>10} {:<36} {:<16} {:>8} {:<9} {}",
-            letter["globalPosition"].to_string(),
-            letter["eventId"].as_str().unwrap_or("?"),
-            letter["eventType"].as_str().unwrap_or("?"),
-            letter["attempts"].to_string(),
-            if letter["resolvedAt"].is_string() {
+            letter.global_position,
+            letter.event_id,
+            letter.event_type,
+            letter.attempts,
+            if letter.resolved_at.is_some() {
                 "yes"
             } else {
                 "no"
             },
-            letter["error"].as_str().unwrap_or(""),
+            letter.error,
         );
     }
 }
 
-fn print_summary(value: &Value) {
-    let projection = if value["projection"].is_object() {
-        &value["projection"]
-    } else {
-        value
-    };
-    if let Some(outcome) = value["outcome"].as_str() {
-        println!("{outcome}");
-    } else if let Some(replayed) = value["outcome"]["replayed"].as_u64() {
-        let failing = value["outcome"]["stillFailing"]
-            .as_array()
-            .map_or(0, Vec::len);
-        println!("replayed {replayed}, still failing {failing}");
+fn print_status(projection: &ProjectionStatusBody) {
+    println!(
+        "{}: {} (version {}, sha256 {}, source {})",
+        projection.name,
+        projection.status,
+        projection.schema_version,
+        short(&projection.sha256),
+        projection.source,
+    );
+    println!(
+        "  checkpoint {} · lag {} events / {} s · errors {}",
+        projection
+            .checkpoint
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |c| c.position.to_string()),
+        projection.lag_events,
+        projection.lag_seconds,
+        projection.error_count,
+    );
+    if let Some(error) = &projection.last_error {
+        println!("  last error: {error}");
     }
-    if projection["name"].is_string() {
+    if let Some(error) = &projection.last_deploy_error {
+        println!("  last deploy error: {error}");
+    }
+    if let Some(rebuild) = &projection.rebuild {
+        println!("  rebuild: {}", progress_line(rebuild));
+    }
+}
+
+fn print_stats(stats: &OutboxStatsBody) {
+    println!(
+        "{} events in the outbox (last position {}), oldest unprocessed: {}",
+        stats.events,
+        stats
+            .last_position
+            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        stats
+            .oldest_unprocessed_at
+            .map_or_else(|| "none".to_owned(), |at| at.to_rfc3339())
+    );
+    for p in &stats.projections {
         println!(
-            "{}: {} (version {}, sha256 {}, source {})",
-            projection["name"].as_str().unwrap_or("?"),
-            projection["status"].as_str().unwrap_or("?"),
-            projection["schemaVersion"],
-            short(&projection["sha256"]),
-            projection["source"].as_str().unwrap_or("?"),
+            "  {:<20} position {:>10}  lag {:>8} events",
+            p.name, p.position, p.lag_events
         );
-        println!(
-            "  checkpoint {} · lag {} events / {} s · errors {}",
-            projection["checkpoint"]["position"],
-            projection["lagEvents"],
-            projection["lagSeconds"],
-            projection["errorCount"],
-        );
-        if let Some(error) = projection["lastError"].as_str() {
-            println!("  last error: {error}");
-        }
-        if let Some(error) = projection["lastDeployError"].as_str() {
-            println!("  last deploy error: {error}");
-        }
-        if projection["rebuild"].is_object() {
-            println!("  rebuild: {}", progress_line(&projection["rebuild"]));
-        }
-    } else if let Some(stats) = value["projections"]
-        .as_array()
-        .filter(|_| value["events"].is_number())
-    {
-        println!(
-            "{} events in the outbox (last position {}), oldest unprocessed: {}",
-            value["events"],
-            value["lastPosition"],
-            value["oldestUnprocessedAt"].as_str().unwrap_or("none")
-        );
-        for p in stats {
-            println!(
-                "  {:<20} position {:>10}  lag {:>8} events",
-                p["name"].as_str().unwrap_or("?"),
-                p["position"].to_string(),
-                p["lagEvents"].to_string()
-            );
-        }
-    } else if value["outcome"].is_null() {
-        println!("{value:#}");
     }
 }
 
@@ -545,9 +582,19 @@ mod tests {
 
     #[test]
     fn progress_line_shows_fraction_rate_and_eta() {
-        let line = progress_line(&serde_json::json!({
-            "eventsDone": 250, "eventsTotal": 1000, "eventsPerSecond": 50.0, "etaSeconds": 15.0
-        }));
+        let line = progress_line(&RebuildBody {
+            status: "running".into(),
+            sha256: String::new(),
+            schema_version: 2,
+            namespace: String::new(),
+            events_done: 250,
+            events_total: 1000,
+            events_per_second: 50.0,
+            eta_seconds: Some(15.0),
+            started_at: chrono::Utc::now(),
+            requested_by: String::new(),
+            last_error: None,
+        });
         assert!(
             line.starts_with("[########......................]  25.0%"),
             "{line}"

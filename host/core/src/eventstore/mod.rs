@@ -53,22 +53,36 @@ pub struct EventMetadata {
 /// An event about to be appended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
+    /// Chosen by the caller (see [`deterministic_event_id`]), so that a retried append can be
+    /// recognised as the same event.
     pub event_id: Uuid,
+    /// What happened, e.g. `WalletCreated`; tells readers how to interpret `data`.
     pub event_type: String,
+    /// The event's payload, as JSON.
     pub data: serde_json::Value,
+    /// Correlation, causation and idempotency key of the request that caused the event.
     pub metadata: EventMetadata,
 }
 
 /// An event as stored: with its place in its stream and in the global log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {
+    /// Place in the global log across all streams: unique, but allocated before commit, so
+    /// events may commit out of this order.
     pub global_position: i64,
+    /// The id given by the appender.
     pub event_id: Uuid,
+    /// The stream the event belongs to, e.g. `wallet-{id}`.
     pub stream_id: String,
+    /// Place in its stream: 1 for the first event, then one more per event.
     pub stream_version: i64,
+    /// What happened, e.g. `WalletCreated`; tells readers how to interpret `data`.
     pub event_type: String,
+    /// The event's payload, as JSON.
     pub data: serde_json::Value,
+    /// Correlation, causation and idempotency key of the request that caused the event.
     pub metadata: EventMetadata,
+    /// When the event was appended, as given to [`EventStore::append`].
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -84,13 +98,19 @@ pub enum ExpectedVersion {
 /// Errors of an event store.
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
+    /// The optimistic concurrency check failed: another writer changed the stream, or the
+    /// stream is not where the caller thought it was.
     #[error("stream {stream} is not at the expected version {expected:?}")]
     WrongExpectedVersion {
+        /// The stream that was appended to.
         stream: String,
+        /// The version the caller expected the stream to be at.
         expected: ExpectedVersion,
     },
+    /// An append was called with no events; there is nothing to check the version against.
     #[error("an append needs at least one event")]
     EmptyAppend,
+    /// The storage behind the event store failed (database error, undecodable metadata).
     #[error("event store backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -13,6 +13,7 @@ pub struct PgEventStore {
 }
 
 impl PgEventStore {
+    /// An event store on `pool`; the pool is used for reads, appends use the caller's transaction.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }

@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use super::{format_latencies, latency_histogram};
 use crate::config::DatabaseConfig;
 use wallex_core::db;
-use wallex_runtime::engine::{wit, ComponentError, ProjectionRuntime};
+use wallex_runtime::sandbox::bundled;
+use wallex_runtime::sandbox::engine::{wit, ComponentError, ProjectionRuntime};
 use wallex_runtime::schema::ProjectionSchema;
 use wallex_runtime::worker::BatchHandler;
-use wallex_runtime::{bundled, checkpoint, ProjectionConfig, Projections};
+use wallex_runtime::{checkpoint, ProjectionConfig, Projections};
 
 /// Rows generated per preload transaction.
 const PRELOAD_CHUNK: i64 = 10_000;
@@ -264,7 +265,7 @@ impl BatchHandler for NativeReadModel {
     fn handle(
         &self,
         batch: &[wit::Event],
-        _limits: &wallex_runtime::engine::RuntimeLimits,
+        _limits: &wallex_runtime::sandbox::engine::RuntimeLimits,
     ) -> Result<Vec<wit::Mutation>, ComponentError> {
         batch.iter().map(native_wallet_created).collect()
     }

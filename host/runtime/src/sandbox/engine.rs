@@ -18,7 +18,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::text::{clip, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
+use crate::text::{clip, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
 use wallex_core::outbox::OutboxEvent;
 
 mod bindings {
@@ -74,8 +74,7 @@ pub const LOG_MESSAGE_MAX_BYTES: usize = 4 << 10;
 
 /// Resource limits of a projection's guest calls (defaults, overridden per projection and per
 /// deploy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeLimits {
     /// Linear memory per call (at most the engine's [`EngineLimits::max_memory_bytes`]).
     pub memory_bytes: usize,

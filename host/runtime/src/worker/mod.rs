@@ -10,33 +10,41 @@
 //!    cannot commit anything;
 //! 3. sleeps until PostgreSQL notifies a new outbox row (LISTEN/NOTIFY) or the poll interval
 //!    elapses, whichever comes first.
+//!
+//! Layout: this file holds what a projector is ([`Projector`], [`Desired`], [`Active`]) and the
+//! loop ([`run`]); [`batch`] applies one batch (the evaluation, the search for poison events, the
+//! penalty); [`lease`] takes the lease; [`listener`] turns NOTIFY into wake-ups.
+//!
+//! Architecture invariant: a batch commits only on the connection holding the projection's
+//! lease, with its checkpoint, and only from the checkpoint it read. API boundary: the worker
+//! calls the owners of the tables it touches (`checkpoint`, `dead_letters`, `outbox`, `mutation`)
+//! and never writes SQL of its own.
 
-use std::ops::Range;
+pub mod batch;
+pub mod lease;
+pub mod listener;
+
+pub use listener::{spawn_listener, Signals, Wake, LISTENER_RETRY, OUTBOX_CHANNEL};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::checkpoint::{self, CheckpointError, Status};
-use super::config::Policy;
-use super::engine::{to_guest_event, wit, ComponentError, LoadedComponent, RuntimeLimits};
-use super::guest_pool::{GuestPool, GuestPoolError};
-use super::mutation::{self, MutationError};
-use super::registry::REGISTRY_CHANNEL;
-use super::schema::ProjectionSchema;
-use super::search::Search;
-use super::Projections;
+use crate::checkpoint::{CheckpointError, Status};
+use crate::config::Policy;
+use crate::mutation::MutationError;
+use crate::sandbox::engine::{wit, ComponentError, LoadedComponent, RuntimeLimits};
+use crate::sandbox::guest_pool::{GuestPool, GuestPoolError};
+use crate::schema::ProjectionSchema;
+use crate::{checkpoint, Projections};
 use wallex_core::outbox::{self, OutboxCursor, OutboxError};
 
-/// The channel PostgreSQL notifies on when outbox rows commit (see the projections migration).
-pub const OUTBOX_CHANNEL: &str = "wallex_outbox";
-/// Prefix of the advisory-lock name of a projection's lease.
-pub const LEASE_PREFIX: &str = "wallex-projection:";
 /// How long to wait before re-checking when committed rows are not readable yet because an older
 /// transaction is still running (the reader's gap-safety horizon).
 pub const HIDDEN_ROWS_RETRY: Duration = Duration::from_millis(5);
@@ -51,8 +59,6 @@ pub const QUARANTINE_BURN: Duration = Duration::from_millis(100);
 /// by every further one), so that a component failing now and then (`skip`) cannot come back to
 /// the shared guest threads between its failures.
 pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
-/// Pause after the listener connection fails, before it reconnects.
-pub const LISTENER_RETRY: Duration = Duration::from_millis(500);
 
 /// Tuning of one projection's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +129,7 @@ pub enum BatchError {
 impl BatchError {
     /// Whether the component (not the database or the host) caused the failure: the kind a
     /// single poison event explains, found by searching the batch (see `search.rs`).
-    fn is_component_failure(&self) -> bool {
+    pub(crate) fn is_component_failure(&self) -> bool {
         matches!(
             self,
             Self::Component(
@@ -179,63 +185,6 @@ impl BatchHandler for LoadedComponent {
         limits: &RuntimeLimits,
     ) -> Result<Vec<wit::Mutation>, ComponentError> {
         LoadedComponent::handle(self, batch, limits)
-    }
-}
-
-/// Runs the handler on (part of) a batch and validates its output against the limits and the
-/// declaration.
-fn attempt(
-    handler: &dyn BatchHandler,
-    schema: &ProjectionSchema,
-    limits: &RuntimeLimits,
-    batch: &[wit::Event],
-) -> Result<(Vec<wit::Mutation>, mutation::Plan), BatchError> {
-    let mutations = handler.handle(batch, limits)?;
-    mutation::check_budget(&mutations, limits.max_mutations, limits.max_batch_bytes)?;
-    let plan = mutation::plan(schema, &mutations)?;
-    Ok((mutations, plan))
-}
-
-/// What a call on a range of the batch returned, and the guest time it took.
-type CallOutcome = (
-    Result<(Vec<wit::Mutation>, mutation::Plan), BatchError>,
-    Duration,
-);
-
-/// What the evaluation of a batch settled (see [`Search`]).
-struct Evaluation {
-    /// Events `[0, settled)` of the guest batch are settled.
-    settled: usize,
-    /// What to apply for them (empty when applied range by range already).
-    plan: mutation::Plan,
-    /// Poison events (index in the guest batch, why) to dead-letter, under `skip`.
-    poison: Vec<(usize, String)>,
-    /// Under `pause`: the first poison event, reported after the prefix before it commits.
-    paused: Option<BatchError>,
-    /// Size the unresolved rest was narrowed to, when something is left.
-    narrowed: Option<usize>,
-}
-
-impl Evaluation {
-    fn whole(len: usize, plan: mutation::Plan) -> Self {
-        Self {
-            settled: len,
-            plan,
-            poison: Vec::new(),
-            paused: None,
-            narrowed: None,
-        }
-    }
-}
-
-/// The index in `batch` of the event a component's error names, if it names one.
-fn named_event(error: &BatchError, batch: &[wit::Event]) -> Option<usize> {
-    match error {
-        BatchError::Component(ComponentError::Rejected {
-            position: Some(position),
-            ..
-        }) => batch.iter().position(|e| e.global_position == *position),
-        _ => None,
     }
 }
 
@@ -443,495 +392,10 @@ impl Projector {
         self.progress.subscribe()
     }
 
-    /// Applies at most one live batch on `conn` (which must hold the lease); `pool` records a
-    /// failure as soon as it is seen.
-    pub async fn apply_batch(
-        &self,
-        conn: &mut PgConnection,
-        pool: &PgPool,
-    ) -> Result<BatchOutcome, BatchError> {
-        let active = self.active();
-        self.apply_track(conn, pool, Track::Live, &active, self.config.batch_size)
-            .await
-    }
-
-    /// Applies at most one batch of `track` with `version` on `conn`. When PostgreSQL refuses the
-    /// data of a batch, it is applied again range by range (savepoints) so that the refusal is
-    /// attributed to its event(s) like any failure of the component.
-    pub async fn apply_track(
-        &self,
-        conn: &mut PgConnection,
-        pool: &PgPool,
-        track: Track,
-        version: &Active,
-        batch_size: u32,
-    ) -> Result<BatchOutcome, BatchError> {
-        let first = self
-            .apply_track_once(conn, pool, track, version, batch_size, false)
-            .await;
-        let reason = match first {
-            Err(BatchError::Data(reason)) => reason,
-            other => return other,
-        };
-        tracing::info!(
-            projection = self.name(),
-            ?track,
-            %reason,
-            "PostgreSQL refused the batch's data; applying it range by range to find the events"
-        );
-        self.apply_track_once(conn, pool, track, version, batch_size, true)
-            .await
-    }
-
-    async fn apply_track_once(
-        &self,
-        conn: &mut PgConnection,
-        pool: &PgPool,
-        track: Track,
-        version: &Active,
-        batch_size: u32,
-        careful: bool,
-    ) -> Result<BatchOutcome, BatchError> {
-        let name = self.name();
-        let key = match track {
-            Track::Live => name.to_owned(),
-            Track::Rebuild => checkpoint::rebuild_key(name),
-        };
-        let schema = &version.schema;
-        let hint = self.size_hint[track.index()].load(Ordering::Relaxed);
-        let limit = match u32::try_from(hint) {
-            Ok(hint) if hint > 0 => hint.min(batch_size),
-            _ => batch_size,
-        };
-        let started = std::time::Instant::now();
-        let mut tx = conn.begin().await?;
-        if track == Track::Rebuild {
-            // A rebuild's tables are rebuilt from the log if lost: an asynchronous commit (the
-            // checkpoint and tables commit or vanish together) saves a flush per batch.
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let cursor = checkpoint::cursor(&mut tx, &key).await?;
-        let events = outbox::read_batch(&mut *tx, cursor, limit).await?;
-        let read = started.elapsed();
-        if events.is_empty() {
-            tx.rollback().await?;
-            if track == Track::Live {
-                // Another process may have moved the checkpoint while it held the lease.
-                self.progress.send_if_modified(|known| {
-                    let changed = *known != cursor;
-                    *known = cursor;
-                    changed
-                });
-            }
-            return Ok(BatchOutcome {
-                consumed: 0,
-                more: false,
-            });
-        }
-        // The guest batch, and where each of its events is in the outbox rows read.
-        let mut rows_of = Vec::new();
-        let batch: Vec<_> = events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| schema.subscriptions.includes(&e.event_type))
-            .map(|(row, e)| {
-                rows_of.push(row);
-                to_guest_event(e)
-            })
-            .collect();
-        let mut rows = 0;
-        let (mut handled, mut applied) = (read, read);
-        let mut consumed = events.len();
-        let mut paused = None;
-        let mut narrowed = None;
-        if !batch.is_empty() {
-            let batch = Arc::new(batch);
-            let evaluation = self
-                .evaluate(&mut tx, pool, &key, version, &batch, careful)
-                .await?;
-            handled = started.elapsed();
-            paused = evaluation.paused;
-            narrowed = evaluation.narrowed;
-            if let Some(&row) = rows_of.get(evaluation.settled) {
-                // Only the rows before the first unsettled event are consumed.
-                consumed = row;
-            }
-            if consumed == 0 {
-                // Nothing settled: the first event is the poison (under `pause`).
-                tx.rollback().await?;
-                self.size_hint[track.index()].store(1, Ordering::Relaxed);
-                return Err(paused.unwrap_or_else(|| {
-                    BatchError::Data("no event of the batch could be settled".to_owned())
-                }));
-            }
-            rows = match mutation::apply(&mut tx, &evaluation.plan).await {
-                Ok(rows) => rows,
-                Err(error) => {
-                    return Err(match mutation::data_rejection(&error) {
-                        Some(reason) if !careful => BatchError::Data(reason),
-                        _ => BatchError::Database(error),
-                    })
-                }
-            };
-            for (index, error) in &evaluation.poison {
-                let event = &batch[*index];
-                record_dead_letter(&mut tx, name, event, error).await?;
-                tracing::warn!(
-                    projection = name,
-                    ?track,
-                    position = event.global_position,
-                    event_id = %event.event_id,
-                    %error,
-                    "poison event skipped and dead-lettered (on_poison = skip)"
-                );
-            }
-            self.counters
-                .dead_letters
-                .fetch_add(evaluation.poison.len() as u64, Ordering::Relaxed);
-            applied = started.elapsed();
-        }
-        let last = events[consumed - 1].cursor();
-        wallex_core::failpoint::hit("projection-after-apply").await;
-        let counted = i64::try_from(consumed).unwrap_or(i64::MAX);
-        checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, counted).await?;
-        wallex_core::failpoint::hit("projection-before-commit").await;
-        tx.commit().await?;
-        wallex_core::failpoint::hit("projection-after-commit").await;
-        let committed = started.elapsed();
-        self.counters
-            .batches_applied
-            .fetch_add(1, Ordering::Relaxed);
-        if track == Track::Live {
-            self.events_applied
-                .fetch_add(consumed as u64, Ordering::Relaxed);
-            self.progress.send_replace(last);
-        }
-        // The next batch: as narrowed by the search, or growing back to the configured size.
-        let next_hint = match (paused.is_some(), narrowed, hint) {
-            (true, _, _) => 1,
-            (false, Some(size), _) => size.max(1),
-            (false, None, 0) => 0,
-            (false, None, hint) => hint.saturating_mul(2),
-        };
-        let next_hint = if next_hint >= batch_size as usize {
-            0
-        } else {
-            next_hint
-        };
-        self.size_hint[track.index()].store(next_hint, Ordering::Relaxed);
-        tracing::debug!(
-            projection = name,
-            ?track,
-            events = consumed,
-            rows,
-            to = ?last,
-            read_us = read.as_micros(),
-            handled_us = handled.as_micros(),
-            applied_us = applied.as_micros(),
-            committed_us = committed.as_micros(),
-            "batch applied"
-        );
-        if let Some(poison) = paused {
-            return Err(poison);
-        }
-        Ok(BatchOutcome {
-            consumed,
-            more: events.len() >= limit as usize || consumed < events.len(),
-        })
-    }
-
-    /// Whether the component's calls run on the quarantine thread now.
-    pub fn in_quarantine(&self) -> bool {
-        if self.last_call_failed.load(Ordering::Relaxed) {
-            return true;
-        }
-        let until = match self.quarantined_until.lock() {
-            Ok(until) => *until,
-            Err(poisoned) => *poisoned.into_inner(),
-        };
-        until.is_some_and(|until| Instant::now() < until)
-    }
-
-    /// Guest time burned by failing calls since the last look, and resets it.
-    fn take_burned(&self) -> Duration {
-        Duration::from_micros(self.burned_micros.swap(0, Ordering::Relaxed))
-    }
-
-    /// Calls the component on `range` of `batch` on a guest thread (the quarantine thread while
-    /// it is quarantined) and keeps the books of failing calls.
-    async fn call_range(
-        &self,
-        version: &Active,
-        batch: &Arc<Vec<wit::Event>>,
-        range: Range<usize>,
-    ) -> Result<CallOutcome, BatchError> {
-        let handler = Arc::clone(&version.handler);
-        let schema = Arc::clone(&version.schema);
-        let limits = version.policy.limits;
-        let events = Arc::clone(batch);
-        // The events travel to the guest thread by reference count (no copy).
-        let job = move || {
-            let started = Instant::now();
-            let outcome = attempt(&*handler, &schema, &limits, &events[range]);
-            (outcome, started.elapsed())
-        };
-        let (outcome, elapsed) = if self.in_quarantine() {
-            self.guests.run_quarantined(job).await?
-        } else {
-            self.guests.run(job).await?
-        };
-        let failed = matches!(&outcome, Err(error) if error.is_component_failure());
-        self.last_call_failed.store(failed, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.counters
-            .guest_micros
-            .fetch_add(micros, Ordering::Relaxed);
-        if failed {
-            self.burned_micros.fetch_add(micros, Ordering::Relaxed);
-            self.counters
-                .failed_guest_micros
-                .fetch_add(micros, Ordering::Relaxed);
-            if elapsed >= QUARANTINE_BURN {
-                let until = Instant::now() + QUARANTINE_WINDOW;
-                match self.quarantined_until.lock() {
-                    Ok(mut slot) => *slot = Some(until),
-                    Err(poisoned) => *poisoned.into_inner() = Some(until),
-                }
-            }
-        }
-        Ok((outcome, elapsed))
-    }
-
-    /// Evaluates a batch: the whole of it in one call, or, when that fails because of the
-    /// component, a bounded [`Search`] for the poison events. With `careful`, every range's
-    /// statements run in a savepoint as soon as its call succeeds, so that a refusal by PostgreSQL
-    /// counts as that range failing.
-    async fn evaluate(
-        &self,
-        conn: &mut PgConnection,
-        pool: &PgPool,
-        key: &str,
-        version: &Active,
-        batch: &Arc<Vec<wit::Event>>,
-        careful: bool,
-    ) -> Result<Evaluation, BatchError> {
-        let len = batch.len();
-        let (whole, _) = self.call_range(version, batch, 0..len).await?;
-        let failure = match whole {
-            Ok((_, plan)) => {
-                if !careful {
-                    return Ok(Evaluation::whole(len, plan));
-                }
-                let rejected = mutation::apply_or_reject(conn, &plan).await?;
-                match rejected {
-                    None => return Ok(Evaluation::whole(len, mutation::Plan::default())),
-                    Some(reason) => BatchError::Data(reason),
-                }
-            }
-            Err(error) if error.is_component_failure() => error,
-            Err(error) => return Err(error),
-        };
-        let message = failure.to_string();
-        // Shown from the first failed call on, not only once the search is over.
-        if let Err(error) = checkpoint::mark_failing(pool, key, &message).await {
-            tracing::warn!(%error, "cannot record the failing call");
-        }
-        let policy = version.policy;
-        let mut search = Search::after_whole_failure(
-            len,
-            policy.limits.call_timeout,
-            policy.on_poison,
-            message,
-            named_event(&failure, batch),
-        );
-        let mut good: Vec<wit::Mutation> = Vec::new();
-        let mut good_bytes = 0_usize;
-        while let Some(range) = search.next_range() {
-            let (outcome, elapsed) = self.call_range(version, batch, range.clone()).await?;
-            match outcome {
-                Ok((_, plan)) if careful => {
-                    let rejected = mutation::apply_or_reject(conn, &plan).await?;
-                    match rejected {
-                        None => search.succeeded(range, elapsed),
-                        Some(reason) => search.failed(range, elapsed, reason, None),
-                    }
-                }
-                Ok((mutations, _)) => {
-                    let bytes = mutation::output_bytes(&mutations);
-                    let over = good.len().saturating_add(mutations.len())
-                        > policy.limits.max_mutations
-                        || good_bytes.saturating_add(bytes) > policy.limits.max_batch_bytes;
-                    if over && !good.is_empty() {
-                        // What is kept stays within one call's output limits.
-                        search.output_full(elapsed);
-                        break;
-                    }
-                    good.extend(mutations);
-                    good_bytes = good_bytes.saturating_add(bytes);
-                    search.succeeded(range, elapsed);
-                }
-                Err(error) if error.is_component_failure() => {
-                    let named = named_event(&error, batch);
-                    search.failed(range, elapsed, error.to_string(), named);
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        tracing::info!(
-            projection = self.name(),
-            calls = search.calls(),
-            guest_ms = search.spent().as_millis(),
-            settled = search.settled(),
-            of = len,
-            "searched a failing batch for its poison events"
-        );
-        let plan = if careful {
-            mutation::Plan::default()
-        } else {
-            mutation::plan(&version.schema, &good)?
-        };
-        let paused = search.paused_at().map(|(index, message)| {
-            let event = &batch[*index];
-            BatchError::Poison {
-                position: event.global_position,
-                event_id: event.event_id.clone(),
-                event_type: event.event_type.clone(),
-                message: message.clone(),
-            }
-        });
-        let settled = search.settled();
-        Ok(Evaluation {
-            settled,
-            plan,
-            poison: search.take_poison(),
-            paused,
-            narrowed: (settled < len).then(|| search.narrowed()),
-        })
-    }
-
-    /// Runs one event through `version` on a guest thread and validates the result (dead-letter
-    /// replays): the plan to apply, or why it still fails.
-    pub async fn evaluate_one(
-        &self,
-        version: &Active,
-        event: wit::Event,
-    ) -> Result<mutation::Plan, BatchError> {
-        let (outcome, _) = self
-            .call_range(version, &Arc::new(vec![event]), 0..1)
-            .await?;
-        let (_, plan) = outcome?;
-        Ok(plan)
-    }
-
     /// Records that this process's view of the live checkpoint moved (a cut-over).
     pub fn note_progress(&self, cursor: OutboxCursor) {
         self.progress.send_replace(cursor);
     }
-}
-
-/// Records a skipped event in the batch's transaction (again: one more attempt).
-async fn record_dead_letter(
-    conn: &mut PgConnection,
-    projection: &str,
-    event: &wit::Event,
-    error: &str,
-) -> Result<(), sqlx::Error> {
-    let event_id = uuid::Uuid::parse_str(&event.event_id).unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO projection_dead_letters
-            (projection, global_position, event_id, event_type, error)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (projection, event_id) DO UPDATE
-            SET error = EXCLUDED.error, attempts = projection_dead_letters.attempts + 1,
-                last_attempt_at = now(), resolved_at = NULL",
-    )
-    .bind(projection)
-    .bind(event.global_position)
-    .bind(event_id)
-    .bind(&event.event_type)
-    .bind(super::text::clip(error, super::text::MAX_ERROR_BYTES))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Wake-ups for workers: bumped on every outbox notification.
-pub type Wake = watch::Receiver<u64>;
-
-/// What the listener hands out: outbox wake-ups for workers, registry changes for reconciliation.
-pub struct Signals {
-    pub outbox: Wake,
-    pub registry: watch::Receiver<u64>,
-}
-
-/// Listens on [`OUTBOX_CHANNEL`] and [`REGISTRY_CHANNEL`] and bumps the matching counter on every
-/// notification (both after every reconnect, since notifications may have been missed). Ends at
-/// shutdown.
-pub fn spawn_listener(
-    pool: PgPool,
-    shutdown: CancellationToken,
-) -> (Signals, tokio::task::JoinHandle<()>) {
-    let (outbox_tx, outbox_rx) = watch::channel(0_u64);
-    let (registry_tx, registry_rx) = watch::channel(0_u64);
-    let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
-    let task = tokio::spawn(
-        async move {
-            loop {
-                let mut listener = match PgListener::connect_with(&pool).await {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox listener cannot connect");
-                        tokio::select! {
-                            _ = tokio::time::sleep(LISTENER_RETRY) => continue,
-                            _ = shutdown.cancelled() => return,
-                        }
-                    }
-                };
-                if let Err(error) = listener
-                    .listen_all([OUTBOX_CHANNEL, REGISTRY_CHANNEL])
-                    .await
-                {
-                    tracing::warn!(%error, "outbox listener cannot LISTEN");
-                    tokio::select! {
-                        _ = tokio::time::sleep(LISTENER_RETRY) => continue,
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-                bump(&outbox_tx);
-                bump(&registry_tx);
-                loop {
-                    tokio::select! {
-                        received = listener.try_recv() => match received {
-                            Ok(Some(notification)) if notification.channel() == REGISTRY_CHANNEL => {
-                                bump(&registry_tx)
-                            }
-                            Ok(Some(_)) => bump(&outbox_tx),
-                            // The connection was lost; try_recv reconnects on the next call.
-                            Ok(None) => {
-                                bump(&outbox_tx);
-                                bump(&registry_tx);
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "outbox listener failed");
-                                break;
-                            }
-                        },
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-        }
-        .instrument(tracing::info_span!("outbox_listener")),
-    );
-    (
-        Signals {
-            outbox: outbox_rx,
-            registry: registry_rx,
-        },
-        task,
-    )
 }
 
 /// What a worker needs besides its projector.
@@ -962,7 +426,7 @@ pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
                     _ = ctx.shutdown.cancelled() => return,
                 }
             }
-            let Some(mut conn) = acquire_lease(&projector, &ctx, &mut control).await else {
+            let Some(mut conn) = lease::acquire(&projector, &ctx, &mut control).await else {
                 continue;
             };
             projector.lease_held.store(true, Ordering::Relaxed);
@@ -996,38 +460,6 @@ enum Outcome {
     Stop,
     Paused,
     LeaseLost,
-}
-
-/// Takes the lease, or returns `None` when told to stop or the projection's desired state
-/// changed while waiting (the caller re-checks it).
-async fn acquire_lease(
-    projector: &Projector,
-    ctx: &WorkerContext,
-    control: &mut watch::Receiver<u64>,
-) -> Option<PgConnection> {
-    let lease = format!("{LEASE_PREFIX}{}", projector.name());
-    loop {
-        let attempt = async {
-            let mut conn = PgConnection::connect_with(&ctx.connect).await?;
-            let (held,): (bool,) =
-                sqlx::query_as("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(&lease)
-                    .fetch_one(&mut conn)
-                    .await?;
-            Ok::<_, sqlx::Error>(held.then_some(conn))
-        };
-        match attempt.await {
-            Ok(Some(conn)) => return Some(conn),
-            Ok(None) => tracing::trace!("lease held elsewhere"),
-            Err(error) => tracing::warn!(%error, "cannot try the lease"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(projector.config.lease_retry) => {}
-            _ = control.changed() => return None,
-            _ = projector.stopped.cancelled() => return None,
-            _ = ctx.shutdown.cancelled() => return None,
-        }
-    }
 }
 
 /// Consecutive failures of one track and whether the worker gave up on it.
@@ -1258,15 +690,7 @@ async fn handle_failure(
 /// Whether committed outbox rows exist after the checkpoint that the gap-safe reader cannot return
 /// yet (an older transaction is still running). Such rows become readable without a notification
 /// when that transaction ends, so the worker re-checks soon instead of at the poll interval.
-async fn has_hidden_rows(pool: &PgPool, projector: &Projector) -> Result<bool, sqlx::Error> {
+async fn has_hidden_rows(pool: &PgPool, projector: &Projector) -> Result<bool, OutboxError> {
     let cursor = *projector.progress.borrow();
-    let (pending,): (bool,) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM outbox
-                        WHERE (xact_id, global_position) > ($1::text::xid8, $2))",
-    )
-    .bind(cursor.xact_id.to_string())
-    .bind(cursor.position)
-    .fetch_one(pool)
-    .await?;
-    Ok(pending)
+    outbox::has_rows_after(pool, cursor).await
 }

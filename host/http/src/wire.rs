@@ -1,0 +1,453 @@
+//! The JSON shapes of the admin API and of `GET /projections`: typed bodies, serialised by the
+//! server and deserialised by the CLI (`wallex projections …`), so both sides agree by
+//! construction.
+//!
+//! Why it exists: the runtime reports typed values (`wallex_runtime::status`, `dead_letters`,
+//! `deploy::Activation`) and knows no JSON; this module is the only place that decides field
+//! names and formats. Every body converts from the runtime's value with `From`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
+use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
+use wallex_runtime::deploy::Activation;
+use wallex_runtime::registry::AdminAction;
+use wallex_runtime::status::{
+    CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,
+};
+
+/// `GET /admin/projections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectionList {
+    /// Every deployed projection.
+    pub projections: Vec<ProjectionStatusBody>,
+}
+
+/// `GET /admin/projections/{name}`, and the `projection` of an action's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectionStatusBody {
+    /// The projection's name.
+    pub name: String,
+    /// `running`, `failing`, `failed`, `paused` or `rebuilding`.
+    pub status: String,
+    /// The live version's schema version.
+    pub schema_version: i64,
+    /// SHA-256 of the live component.
+    pub sha256: String,
+    /// SHA-256 a rollback returns to.
+    pub previous_sha256: Option<String>,
+    /// Where the live bytes came from.
+    pub source: String,
+    /// PostgreSQL schema of the live tables.
+    pub namespace: String,
+    /// Schema of the views readers use.
+    pub stable_namespace: String,
+    /// Bumped by every registry change of the projection.
+    pub generation: i64,
+    /// When the live version was deployed.
+    pub deployed_at: DateTime<Utc>,
+    /// Who deployed it.
+    pub deployed_by: String,
+    /// What the answering process runs, if it has the projection loaded.
+    pub running_here: Option<RunningHereBody>,
+    /// The live checkpoint.
+    pub checkpoint: Option<CheckpointBody>,
+    /// Outbox rows after the checkpoint.
+    pub lag_events: i64,
+    /// Age of the oldest of those rows, in seconds.
+    pub lag_seconds: f64,
+    /// Why the last batch failed.
+    pub last_error: Option<String>,
+    /// Failed batches since the last success.
+    pub error_count: i32,
+    /// Why the answering process could not load the directory's version.
+    pub last_deploy_error: Option<String>,
+    /// Limits and policy given with the deploy (the deploy's query keys).
+    pub settings: ProjectionSettings,
+    /// The limits and policy in force in the answering process.
+    pub policy: Option<PolicyBody>,
+    /// The rebuild in progress or failed.
+    pub rebuild: Option<RebuildBody>,
+}
+
+impl From<ProjectionStatus> for ProjectionStatusBody {
+    fn from(s: ProjectionStatus) -> Self {
+        Self {
+            name: s.name,
+            status: s.status.as_str().to_owned(),
+            schema_version: s.schema_version,
+            sha256: s.sha256,
+            previous_sha256: s.previous_sha256,
+            source: s.source,
+            namespace: s.namespace,
+            stable_namespace: s.stable_namespace,
+            generation: s.generation,
+            deployed_at: s.deployed_at,
+            deployed_by: s.deployed_by,
+            running_here: s.running_here.map(Into::into),
+            checkpoint: s.checkpoint.map(Into::into),
+            lag_events: s.lag_events,
+            lag_seconds: s.lag_seconds,
+            last_error: s.last_error,
+            error_count: s.error_count,
+            last_deploy_error: s.last_deploy_error,
+            settings: s.settings,
+            policy: s.policy.map(Into::into),
+            rebuild: s.rebuild.map(Into::into),
+        }
+    }
+}
+
+/// What the answering process runs of a projection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningHereBody {
+    /// SHA-256 of the component it runs.
+    pub sha256: String,
+    /// The namespace its batches write to.
+    pub namespace: String,
+    /// Whether its worker holds the lease.
+    pub lease_held: bool,
+}
+
+impl From<RunningHere> for RunningHereBody {
+    fn from(r: RunningHere) -> Self {
+        Self {
+            sha256: r.sha256,
+            namespace: r.namespace,
+            lease_held: r.lease_held,
+        }
+    }
+}
+
+/// Where a checkpoint stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointBody {
+    /// Transaction id of the last row applied, as text (xid8 exceeds JSON's safe integers).
+    pub xact_id: String,
+    /// Global position of the last row applied.
+    pub position: i64,
+    /// Rows applied since it last started from the beginning.
+    pub events_applied: i64,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<CheckpointPosition> for CheckpointBody {
+    fn from(c: CheckpointPosition) -> Self {
+        Self {
+            xact_id: c.xact_id.to_string(),
+            position: c.position,
+            events_applied: c.events_applied,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// Limits and poison policy in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyBody {
+    /// `pause` or `skip`.
+    pub on_poison: OnPoison,
+    /// Linear memory per call.
+    pub memory_bytes: usize,
+    /// Wall clock per call.
+    pub call_timeout_ms: u64,
+    /// Fuel per call, when metered.
+    pub fuel: Option<u64>,
+    /// Mutations one call may return.
+    pub max_mutations: usize,
+    /// Bytes of mutations one call may return.
+    pub max_batch_bytes: usize,
+    /// Host `log` calls per call.
+    pub log_lines: u32,
+    /// Bytes of host `log` messages per call.
+    pub log_bytes: usize,
+}
+
+impl From<Policy> for PolicyBody {
+    fn from(p: Policy) -> Self {
+        Self {
+            on_poison: p.on_poison,
+            memory_bytes: p.limits.memory_bytes,
+            call_timeout_ms: u64::try_from(p.limits.call_timeout.as_millis()).unwrap_or(u64::MAX),
+            fuel: p.limits.fuel,
+            max_mutations: p.limits.max_mutations,
+            max_batch_bytes: p.limits.max_batch_bytes,
+            log_lines: p.limits.log_lines,
+            log_bytes: p.limits.log_bytes,
+        }
+    }
+}
+
+/// How far a rebuild is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildBody {
+    /// `running` or `failed`.
+    pub status: String,
+    /// SHA-256 of the version being built.
+    pub sha256: String,
+    /// Its schema version.
+    pub schema_version: i64,
+    /// The namespace being filled.
+    pub namespace: String,
+    /// Rows applied so far.
+    pub events_done: i64,
+    /// Rows applied plus rows still to apply.
+    pub events_total: i64,
+    /// Rows per second since it started.
+    pub events_per_second: f64,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<f64>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// Why it failed.
+    pub last_error: Option<String>,
+}
+
+impl From<RebuildProgress> for RebuildBody {
+    fn from(r: RebuildProgress) -> Self {
+        Self {
+            status: r.status,
+            sha256: r.sha256,
+            schema_version: r.schema_version,
+            namespace: r.namespace,
+            events_done: r.events_done,
+            events_total: r.events_total,
+            events_per_second: r.events_per_second,
+            eta_seconds: r.eta_seconds,
+            started_at: r.started_at,
+            requested_by: r.requested_by,
+            last_error: r.last_error,
+        }
+    }
+}
+
+/// The answer to an admin action: what it did and the projection's status after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionAnswer {
+    /// What the action did.
+    pub outcome: Outcome,
+    /// The projection afterwards.
+    pub projection: ProjectionStatusBody,
+}
+
+/// What an admin action did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    /// `created`, `swapped`, `rebuild-started`, `unchanged`, `reloaded`, `paused`, `resumed`,
+    /// `rebuild-cancelled`.
+    Done(String),
+    /// A dead-letter replay.
+    Replay(ReplayBody),
+}
+
+impl From<Activation> for Outcome {
+    fn from(activation: Activation) -> Self {
+        Self::Done(activation.as_str().to_owned())
+    }
+}
+
+/// `DELETE /admin/projections/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteAnswer {
+    /// Always `deleted`.
+    pub outcome: String,
+    /// Whether its tables and checkpoint were dropped.
+    pub drop_tables: bool,
+}
+
+/// What a dead-letter replay did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayBody {
+    /// Letters applied and resolved.
+    pub replayed: u32,
+    /// Letters that failed again.
+    pub still_failing: Vec<StillFailing>,
+}
+
+/// A letter that failed again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StillFailing {
+    /// The event's position.
+    pub position: i64,
+    /// Why it failed.
+    pub error: String,
+}
+
+impl From<ReplayOutcome> for ReplayBody {
+    fn from(r: ReplayOutcome) -> Self {
+        Self {
+            replayed: r.replayed,
+            still_failing: r
+                .still_failing
+                .into_iter()
+                .map(|(position, error)| StillFailing { position, error })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /admin/projections/{name}/dead-letters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterList {
+    /// The letters, by position.
+    pub dead_letters: Vec<DeadLetterBody>,
+}
+
+/// A recorded poison event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterBody {
+    /// Row id.
+    pub id: i64,
+    /// The projection that skipped it.
+    pub projection: String,
+    /// The event's position.
+    pub global_position: i64,
+    /// The event's id.
+    pub event_id: uuid::Uuid,
+    /// The event's type.
+    pub event_type: String,
+    /// Why it failed the last time.
+    pub error: String,
+    /// How often it was tried.
+    pub attempts: i32,
+    /// When it was first skipped.
+    pub recorded_at: DateTime<Utc>,
+    /// When it was last tried.
+    pub last_attempt_at: DateTime<Utc>,
+    /// When a replay applied it.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+impl From<DeadLetter> for DeadLetterBody {
+    fn from(d: DeadLetter) -> Self {
+        Self {
+            id: d.id,
+            projection: d.projection,
+            global_position: d.global_position,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            error: d.error,
+            attempts: d.attempts,
+            recorded_at: d.recorded_at,
+            last_attempt_at: d.last_attempt_at,
+            resolved_at: d.resolved_at,
+        }
+    }
+}
+
+/// `GET /admin/outbox/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxStatsBody {
+    /// Rows in the outbox.
+    pub events: i64,
+    /// Highest global position.
+    pub last_position: Option<i64>,
+    /// When the oldest row some projection has not applied was recorded.
+    pub oldest_unprocessed_at: Option<DateTime<Utc>>,
+    /// Each projection's position and lag.
+    pub projections: Vec<ProjectionLagBody>,
+}
+
+/// One projection's place in the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectionLagBody {
+    /// The projection.
+    pub name: String,
+    /// Its checkpoint's position.
+    pub position: i64,
+    /// Rows after it.
+    pub lag_events: i64,
+    /// When the oldest of those was recorded.
+    pub oldest_unprocessed_at: Option<DateTime<Utc>>,
+}
+
+impl From<OutboxStats> for OutboxStatsBody {
+    fn from(s: OutboxStats) -> Self {
+        Self {
+            events: s.events,
+            last_position: s.last_position,
+            oldest_unprocessed_at: s.oldest_unprocessed_at,
+            projections: s.projections.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<ProjectionLag> for ProjectionLagBody {
+    fn from(p: ProjectionLag) -> Self {
+        Self {
+            name: p.name,
+            position: p.position,
+            lag_events: p.lag_events,
+            oldest_unprocessed_at: p.oldest_unprocessed_at,
+        }
+    }
+}
+
+/// `GET /admin/actions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionList {
+    /// Newest first.
+    pub actions: Vec<ActionBody>,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionBody {
+    /// Row id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who (the admin token's holder, `startup`, `directory-watch`, `system`).
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On which projection.
+    pub projection: Option<String>,
+    /// `ok`, `refused` or `failed`.
+    pub outcome: String,
+    /// The action's particulars, as recorded.
+    pub detail: serde_json::Value,
+}
+
+impl From<AdminAction> for ActionBody {
+    fn from(a: AdminAction) -> Self {
+        Self {
+            id: a.id,
+            at: a.at,
+            actor: a.actor,
+            action: a.action,
+            projection: a.projection,
+            outcome: a.outcome,
+            detail: a.detail,
+        }
+    }
+}
+
+/// An RFC 9457 problem as a client reads it (the server writes it in [`crate::problem`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProblemDocument {
+    /// Short summary of the problem type.
+    pub title: String,
+    /// What happened in this case.
+    pub detail: String,
+}

@@ -1,0 +1,218 @@
+//! Dead letters: the events a projection skipped under `on_poison = skip`, and their replay.
+//!
+//! Why it exists: a poison event must not stop a projection that is told to carry on, and must
+//! not be lost either. The worker records it in the transaction that applies the events around
+//! it; an operator lists the open ones and re-runs them after a fix.
+//!
+//! Architecture invariant: the only module that reads or writes `projection_dead_letters`. A
+//! replayed event is applied and its letter resolved in one transaction. API boundary: it does
+//! not know how the component is called (the projector evaluates) or how letters are shown.
+
+use sqlx::{Connection, PgConnection};
+
+use crate::deploy::DeployError;
+use crate::registry;
+use crate::sandbox::engine::{to_guest_event, wit};
+use crate::text::{clip, MAX_ERROR_BYTES};
+use crate::worker::BatchError;
+use crate::Projections;
+
+/// Most dead letters one replay request re-runs.
+pub const MAX_REPLAYED_DEAD_LETTERS: i64 = 1_000;
+/// Most dead letters one listing returns.
+pub const MAX_LISTED_DEAD_LETTERS: i64 = 10_000;
+
+/// A recorded poison event.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// Row id.
+    pub id: i64,
+    /// The projection that skipped it.
+    pub projection: String,
+    /// The event's position in the log.
+    pub global_position: i64,
+    /// The event's id.
+    pub event_id: uuid::Uuid,
+    /// The event's type.
+    pub event_type: String,
+    /// Why it failed the last time it was tried (clipped).
+    pub error: String,
+    /// How often it was tried.
+    pub attempts: i32,
+    /// When it was first skipped.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// When it was last tried.
+    pub last_attempt_at: chrono::DateTime<chrono::Utc>,
+    /// When a replay applied it (`None`: still open).
+    pub resolved_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    /// Letters applied and resolved.
+    pub replayed: u32,
+    /// Letters that failed again: (the event's position, why).
+    pub still_failing: Vec<(i64, String)>,
+}
+
+/// Records a skipped event in the batch's transaction (a second time: one more attempt). The
+/// error is clipped to [`MAX_ERROR_BYTES`].
+pub async fn record(
+    conn: &mut PgConnection,
+    projection: &str,
+    event: &wit::Event,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let event_id = uuid::Uuid::parse_str(&event.event_id).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO projection_dead_letters
+            (projection, global_position, event_id, event_type, error)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (projection, event_id) DO UPDATE
+            SET error = EXCLUDED.error, attempts = projection_dead_letters.attempts + 1,
+                last_attempt_at = now(), resolved_at = NULL",
+    )
+    .bind(projection)
+    .bind(event.global_position)
+    .bind(event_id)
+    .bind(&event.event_type)
+    .bind(clip(error, MAX_ERROR_BYTES))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Projections {
+    /// The dead letters of a projection (open ones, or all with `include_resolved`).
+    pub async fn dead_letters(
+        &self,
+        name: &str,
+        include_resolved: bool,
+    ) -> Result<Vec<DeadLetter>, DeployError> {
+        self.deployed(name).await?;
+        Ok(sqlx::query_as(
+            "SELECT id, projection, global_position, event_id, event_type, error, attempts,
+                    recorded_at, last_attempt_at, resolved_at
+             FROM projection_dead_letters
+             WHERE projection = $1 AND ($2 OR resolved_at IS NULL)
+             ORDER BY global_position LIMIT $3",
+        )
+        .bind(name)
+        .bind(include_resolved)
+        .bind(MAX_LISTED_DEAD_LETTERS)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Re-runs a projection's open dead letters with its live version (after a fix). Each one that
+    /// now succeeds is applied and marked resolved in one transaction; the others keep their row
+    /// with the new error. Replayed events are applied after the events that followed them, so a
+    /// projection relying on order must tolerate that (guarded upserts do).
+    pub async fn replay_dead_letters(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> Result<ReplayOutcome, DeployError> {
+        self.deployed(name).await?;
+        let projector = self
+            .get(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+        let version = projector.active();
+        let open: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, global_position FROM projection_dead_letters
+             WHERE projection = $1 AND resolved_at IS NULL ORDER BY global_position LIMIT $2",
+        )
+        .bind(name)
+        .bind(MAX_REPLAYED_DEAD_LETTERS)
+        .fetch_all(self.pool())
+        .await?;
+        let mut outcome = ReplayOutcome::default();
+        for (id, position) in open {
+            let mut conn = self.pool().acquire().await?;
+            let mut tx = conn.begin().await?;
+            let still_open: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM projection_dead_letters WHERE id = $1 AND resolved_at IS NULL
+                 FOR UPDATE",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if still_open.is_none() {
+                continue;
+            }
+            let event = wallex_core::outbox::read_at(&mut tx, position)
+                .await
+                .map_err(|e| DeployError::Conflict(e.to_string()))?
+                .ok_or_else(|| {
+                    DeployError::Conflict(format!("event at position {position} left the outbox"))
+                })?;
+            let evaluated = projector
+                .evaluate_one(&version, to_guest_event(&event))
+                .await;
+            // PostgreSQL may still refuse the data: that is the event still failing, not an
+            // error of the replay.
+            let applied = match evaluated {
+                Ok(plan) => match crate::mutation::apply_or_reject(&mut tx, &plan).await? {
+                    None => Ok(()),
+                    Some(reason) => Err(BatchError::Data(reason)),
+                },
+                Err(error) => Err(error),
+            };
+            match applied {
+                Ok(()) => {
+                    resolve(&mut tx, id).await?;
+                    outcome.replayed += 1;
+                }
+                Err(error) => {
+                    let error = clip(&error.to_string(), MAX_ERROR_BYTES);
+                    failed_again(&mut tx, id, &error).await?;
+                    outcome.still_failing.push((position, error));
+                }
+            }
+            tx.commit().await?;
+        }
+        let detail = serde_json::json!({
+            "replayed": outcome.replayed,
+            "stillFailing": outcome.still_failing.len(),
+        });
+        let mut conn = self.pool().acquire().await?;
+        registry::record_action(
+            &mut conn,
+            actor,
+            "replay-dead-letters",
+            Some(name),
+            "ok",
+            &detail,
+        )
+        .await?;
+        Ok(outcome)
+    }
+}
+
+/// Marks a letter replayed (in the transaction that applied it).
+async fn resolve(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_dead_letters
+         SET resolved_at = now(), attempts = attempts + 1, last_attempt_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that a letter failed again, with why.
+async fn failed_again(conn: &mut PgConnection, id: i64, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_dead_letters
+         SET error = $2, attempts = attempts + 1, last_attempt_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! Operating projections by name — deploying a version: validate, activate (create, swap in place
+//! or start a rebuild), roll back; the errors and outcomes every operation shares.
+//!
+//! Why it exists: a team ships a new `.wasm` and an operator puts it live with no redeploy of the
+//! host and no event lost or applied twice. Every operation
+//! 1. validates before anything changes (size, preamble, compile off the async runtime with a
+//!    time limit, the `projection` world, `describe`, the declaration, the name);
+//! 2. changes the registry in one transaction under the registry lock, with the tables it needs,
+//!    and announces the change (every instance reconciles within a notification's delay);
+//! 3. is recorded in the admin audit trail.
+//!
+//! A version with the same tables swaps in place: workers read the live version at every batch
+//! boundary, so the batch in flight finishes on the old one and the next starts on the new one
+//! from the same checkpoint. A new schema version (or an explicit rebuild) fills a fresh namespace
+//! from the start of the log under its own checkpoint while the live version keeps serving; once
+//! it has caught up the worker holding the lease cuts over in one transaction: the stable views,
+//! the live checkpoint and the registry switch together, and the old tables are dropped (see
+//! [`crate::rebuild`]). Pause, resume, reload and delete are in [`crate::lifecycle`], what an
+//! operator sees in [`crate::status`].
+//!
+//! Architecture invariant: a component that fails validation changes nothing; every registry
+//! change is one transaction under the registry lock. API boundary: no HTTP; errors are typed
+//! ([`DeployError`]), outcomes are [`Activation`]s.
+
+use super::text::quoted;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+
+use super::checkpoint;
+use super::config::ProjectionSettings;
+use super::registry::{self, Deployment, DeploymentState};
+use super::schema::{namespace_base, ProjectionSchema};
+use super::Projections;
+use crate::rebuild::{drop_rebuild, start_rebuild};
+use crate::sandbox::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
+
+/// Actor recorded for changes the host makes by itself at start-up.
+pub const STARTUP_ACTOR: &str = "startup";
+/// Actor recorded for changes made by the directory watch.
+pub const WATCH_ACTOR: &str = "directory-watch";
+/// Actor recorded for cut-overs and failed rebuilds (the worker's own decisions).
+pub const SYSTEM_ACTOR: &str = "system";
+/// Source recorded for uploads through the admin API.
+pub const UPLOAD_SOURCE: &str = "upload";
+/// Source recorded for a rollback.
+pub const ROLLBACK_SOURCE: &str = "rollback";
+
+/// Why an operation was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("the component is {size} bytes, more than the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not a WebAssembly binary (no `\\0asm` preamble)")]
+    NotWasm,
+    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 or wrap it with `wasm-tools component new`")]
+    CoreModule,
+    #[error("compiling the component took longer than {0:?}")]
+    CompileTimeout(Duration),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error("invalid declaration: {0}")]
+    Schema(#[from] super::schema::SchemaError),
+    #[error("the component is named {}, not {}", quoted(actual), quoted(expected))]
+    NameMismatch { expected: String, actual: String },
+    #[error(
+        "{} would share the tables of projection {} (`-` and `_` map to the same schema name)",
+        quoted(name),
+        quoted(other)
+    )]
+    NameCollision { name: String, other: String },
+    #[error("version {schema_version} declares different tables than the live version: bump schema_version to rebuild into new tables")]
+    TablesChanged { schema_version: u32 },
+    #[error("no projection named {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("registry database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Outbox(#[from] wallex_core::outbox::OutboxError),
+    #[error(transparent)]
+    Load(Box<super::LoadError>),
+}
+
+impl From<super::LoadError> for DeployError {
+    fn from(error: super::LoadError) -> Self {
+        Self::Load(Box::new(error))
+    }
+}
+
+impl DeployError {
+    /// Whether the component itself was refused (as opposed to the operation or the database).
+    pub fn is_invalid_component(&self) -> bool {
+        matches!(
+            self,
+            Self::NotWasm
+                | Self::CoreModule
+                | Self::CompileTimeout(_)
+                | Self::Component(_)
+                | Self::Schema(_)
+                | Self::NameMismatch { .. }
+                | Self::NameCollision { .. }
+                | Self::TablesChanged { .. }
+        )
+    }
+}
+
+/// A validated component, not yet live.
+#[derive(Clone)]
+pub struct Candidate {
+    pub sha256: String,
+    pub bytes: Arc<Vec<u8>>,
+    pub component: Arc<LoadedComponent>,
+    /// The declaration, in the namespace a first deployment of its version gets.
+    pub schema: ProjectionSchema,
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// A new projection: tables created, it starts from the beginning of the log.
+    Created,
+    /// Same tables: the new version runs from the next batch on, from the same checkpoint.
+    Swapped,
+    /// New tables are being filled in the background; readers keep the live version until the
+    /// cut-over.
+    RebuildStarted,
+    /// These bytes are already live (or already being rebuilt into).
+    Unchanged,
+}
+
+impl Activation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Swapped => "swapped",
+            Self::RebuildStarted => "rebuild-started",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl Projections {
+    /// Checks that `bytes` are a projection component this host can run: size, preamble,
+    /// compiles (on a blocking thread, within the compile time limit), implements the world,
+    /// describes itself, declares valid tables.
+    pub async fn validate(&self, bytes: Vec<u8>, origin: &str) -> Result<Candidate, DeployError> {
+        let limit = self.inner.config.max_component_bytes;
+        if bytes.len() > limit {
+            return Err(DeployError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        match binary_kind(&bytes) {
+            BinaryKind::Component => {}
+            BinaryKind::CoreModule => return Err(DeployError::CoreModule),
+            BinaryKind::NotWasm => return Err(DeployError::NotWasm),
+        }
+        let sha256 = registry::sha256_hex(&bytes);
+        let bytes = Arc::new(bytes);
+        let component = match self.cached(&sha256) {
+            Some(hit) => hit,
+            None => self.compile(origin.to_owned(), Arc::clone(&bytes)).await?,
+        };
+        let info = component
+            .info()
+            .ok_or_else(|| ComponentError::Join("component was loaded without describe".into()))?;
+        let schema = ProjectionSchema::from_info(info)?;
+        self.cache(&sha256, Arc::clone(&component));
+        Ok(Candidate {
+            sha256,
+            bytes,
+            component,
+            schema,
+        })
+    }
+
+    /// Compiles and describes a component on a blocking thread, at most
+    /// [`super::MAX_CONCURRENT_COMPILES`] at a time, within the compile time limit. (A compile
+    /// that overruns keeps its thread until it ends, but its result is dropped.)
+    pub(super) async fn compile(
+        &self,
+        origin: String,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<Arc<LoadedComponent>, DeployError> {
+        let timeout = self.inner.config.compile_timeout;
+        let _slot = self
+            .inner
+            .compile_slots
+            .acquire()
+            .await
+            .map_err(|e| ComponentError::Join(e.to_string()))?;
+        let runtime = self.inner.runtime.clone();
+        let task = tokio::task::spawn_blocking(move || runtime.load(&origin, &bytes));
+        match tokio::time::timeout(timeout, task).await {
+            Err(_) => Err(DeployError::CompileTimeout(timeout)),
+            Ok(joined) => Ok(Arc::new(
+                joined.map_err(|e| ComponentError::Join(e.to_string()))??,
+            )),
+        }
+    }
+
+    /// Registers a component found at start-up or by the directory watch: new projections are
+    /// created and changed ones activated, but a projection an operator uploaded, rolled back or
+    /// deleted is left as the operator left it.
+    pub async fn sync_source(
+        &self,
+        candidate: Candidate,
+        source: &str,
+        actor: &str,
+    ) -> Result<Activation, DeployError> {
+        let name = candidate.schema.name.clone();
+        let current = registry::deployment(&self.inner.pool, &name).await?;
+        if let Some(current) = current {
+            let operator_owned = current.state() == DeploymentState::Deleted
+                || current.source == UPLOAD_SOURCE
+                || current.source == ROLLBACK_SOURCE;
+            if operator_owned {
+                tracing::info!(
+                    projection = %name,
+                    source,
+                    registry_source = %current.source,
+                    state = current.state().as_str(),
+                    "keeping the registry's version of this projection"
+                );
+                return Ok(Activation::Unchanged);
+            }
+        }
+        self.activate(candidate, source, actor, None).await
+    }
+
+    /// Makes `candidate` the projection's version: creates it, swaps it in place, or starts a
+    /// rebuild into new tables (see the module documentation).
+    pub async fn activate(
+        &self,
+        candidate: Candidate,
+        source: &str,
+        actor: &str,
+        expected_name: Option<&str>,
+    ) -> Result<Activation, DeployError> {
+        self.activate_with(candidate, source, actor, expected_name, None)
+            .await
+    }
+
+    /// [`Projections::activate`] with limits and poison policy for this deploy (`None` keeps the
+    /// projection's current ones).
+    pub async fn activate_with(
+        &self,
+        candidate: Candidate,
+        source: &str,
+        actor: &str,
+        expected_name: Option<&str>,
+        settings: Option<&ProjectionSettings>,
+    ) -> Result<Activation, DeployError> {
+        let name = candidate.schema.name.clone();
+        if let Some(expected) = expected_name {
+            if expected != name {
+                return Err(DeployError::NameMismatch {
+                    expected: expected.to_owned(),
+                    actual: name,
+                });
+            }
+        }
+        let mut conn = self.inner.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        registry::lock(&mut tx).await?;
+        let colliding = registry::colliding_name(&mut tx, &name).await?;
+        if let Some(other) = colliding {
+            return Err(DeployError::NameCollision { name, other });
+        }
+        registry::store_component(&mut tx, &candidate.sha256, &candidate.bytes).await?;
+        let current = registry::deployment_for_update(&mut tx, &name).await?;
+        let rebuild = registry::rebuild(&mut tx, &name).await?;
+        let version = candidate.schema.schema_version;
+        let settings_json = settings
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| DeployError::Conflict(format!("unusable settings: {e}")))?;
+        let activation = match current {
+            Some(current) if current.state() != DeploymentState::Deleted => {
+                if let Some(rebuild) = &rebuild {
+                    if rebuild.sha256 == candidate.sha256 && !rebuild.failed() {
+                        return Ok(Activation::Unchanged);
+                    }
+                    if !rebuild.failed() {
+                        return Err(DeployError::Conflict(format!(
+                            "a rebuild of {name} is in progress; wait for it or cancel it first"
+                        )));
+                    }
+                    drop_rebuild(&mut tx, rebuild).await?;
+                }
+                if current.sha256 == candidate.sha256 {
+                    // Same bytes: nothing to activate (a failed rebuild was cleared above), but
+                    // new settings apply.
+                    let new_settings = settings_json.as_ref().filter(|s| **s != current.settings);
+                    if let Some(settings) = new_settings {
+                        registry::set_settings(&mut tx, &name, settings).await?;
+                    }
+                    if rebuild.is_some() || new_settings.is_some() {
+                        registry::bump(&mut tx, &name).await?;
+                    }
+                    tx.commit().await?;
+                    self.reconcile_one(&name).await?;
+                    return Ok(Activation::Unchanged);
+                }
+                let live = self.compiled(&name, &current.sha256).await?;
+                let live_schema = self.schema_of(&live, current.namespace.clone())?;
+                if i64::from(version) == current.schema_version {
+                    if !live_schema.same_tables(&candidate.schema) {
+                        return Err(DeployError::TablesChanged {
+                            schema_version: version,
+                        });
+                    }
+                    registry::swap_version(
+                        &mut tx,
+                        &name,
+                        &candidate.sha256,
+                        source,
+                        actor,
+                        settings_json.as_ref(),
+                    )
+                    .await?;
+                    Activation::Swapped
+                } else {
+                    if let Some(settings) = &settings_json {
+                        registry::set_settings(&mut tx, &name, settings).await?;
+                    }
+                    start_rebuild(
+                        &mut tx,
+                        &current,
+                        &candidate.schema,
+                        &candidate.sha256,
+                        source,
+                        actor,
+                    )
+                    .await?;
+                    Activation::RebuildStarted
+                }
+            }
+            previous => {
+                create(&mut tx, &candidate, previous.as_ref(), source, actor).await?;
+                if let Some(settings) = &settings_json {
+                    registry::set_settings(&mut tx, &name, settings).await?;
+                }
+                Activation::Created
+            }
+        };
+        registry::notify(&mut tx, &name).await?;
+        registry::record_action(
+            &mut tx,
+            actor,
+            "deploy",
+            Some(&name),
+            activation.as_str(),
+            &json!({
+                "sha256": candidate.sha256,
+                "schemaVersion": version,
+                "source": source,
+                "sizeBytes": candidate.bytes.len(),
+                "settings": settings_json,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            projection = %name,
+            sha256 = %candidate.sha256,
+            source,
+            actor,
+            outcome = activation.as_str(),
+            "projection deployed"
+        );
+        self.reconcile_one(&name).await?;
+        Ok(activation)
+    }
+
+    /// Goes back to the version that ran before the live one.
+    pub async fn rollback(&self, name: &str, actor: &str) -> Result<Activation, DeployError> {
+        let current = self.deployed(name).await?;
+        let previous = current.previous_sha256.clone().ok_or_else(|| {
+            DeployError::Conflict(format!("{name} has no previous version to roll back to"))
+        })?;
+        let component = self.compiled(name, &previous).await?;
+        let bytes = registry::component_bytes(&self.inner.pool, &previous)
+            .await?
+            .ok_or_else(|| DeployError::NotFound(format!("component {previous}")))?;
+        let schema = self.schema_of(&component, String::new())?;
+        let schema = schema
+            .clone()
+            .with_namespace(namespace_base(&schema.name, schema.schema_version));
+        let candidate = Candidate {
+            sha256: previous,
+            bytes: Arc::new(bytes),
+            component,
+            schema,
+        };
+        self.activate(candidate, ROLLBACK_SOURCE, actor, Some(name))
+            .await
+    }
+
+    /// The deployment of a projection that is not deleted, or `NotFound`.
+    pub(crate) async fn deployed(&self, name: &str) -> Result<Deployment, DeployError> {
+        registry::deployment(&self.inner.pool, name)
+            .await?
+            .filter(|d| d.state() != DeploymentState::Deleted)
+            .ok_or_else(|| DeployError::NotFound(name.to_owned()))
+    }
+}
+
+/// The live (not deleted) deployment of `name`, locked.
+pub(crate) async fn live_deployment(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Deployment, DeployError> {
+    registry::deployment_for_update(conn, name)
+        .await?
+        .filter(|d| d.state() != DeploymentState::Deleted)
+        .ok_or_else(|| DeployError::NotFound(name.to_owned()))
+}
+
+/// Creates a projection's first tables, stable views and checkpoint, and its deployment row
+/// (reviving a deleted one).
+async fn create(
+    conn: &mut PgConnection,
+    candidate: &Candidate,
+    previous: Option<&Deployment>,
+    source: &str,
+    actor: &str,
+) -> Result<(), DeployError> {
+    let schema = &candidate.schema;
+    for statement in schema.ddl().into_iter().chain(schema.view_ddl()) {
+        execute_ddl(&mut *conn, &statement).await?;
+    }
+    checkpoint::ensure(conn, &schema.name, schema.schema_version, &schema.namespace).await?;
+    let previous = previous
+        .map(|p| p.sha256.as_str())
+        .filter(|sha| *sha != candidate.sha256);
+    registry::upsert_deployment(
+        conn,
+        &schema.name,
+        &candidate.sha256,
+        schema.schema_version,
+        &schema.namespace,
+        source,
+        previous,
+        actor,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs one DDL statement (built by the host from validated identifiers) on `conn`.
+pub(crate) async fn execute_ddl(
+    conn: &mut PgConnection,
+    statement: &str,
+) -> Result<(), sqlx::Error> {
+    // A plain (unprepared-cache) query: `raw_sql`'s future is not provably `Send` here.
+    sqlx::query(statement)
+        .persistent(false)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
