@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{
-    client, fresh_id, get, post_wallet, read, spawn_creator, wallet_body, Reply, Server, TestDb,
+    admin, admin_status, client, fresh_id, get, post_wallet, read, spawn_creator, upload,
+    wait_caught_up, wait_status, wallet_body, wasm, Server, TestDb, ADMIN_TOKEN as TOKEN,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-const TOKEN: &str = "test-admin-token-0123456789";
 const CATCH_UP: Duration = Duration::from_secs(90);
 /// How long a change may take to show up on an instance in these tests.
 const PROPAGATION: Duration = Duration::from_secs(10);
@@ -26,14 +26,6 @@ const FAST_ENV: &[(&str, &str)] = &[
     ("REGISTRY_RESYNC_MS", "1000"),
 ];
 
-fn wasm(file: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/{file}",
-        wallex_runtime::sandbox::bundled::WASM_DIR
-    ))
-    .expect("component built by build.rs")
-}
-
 /// The same component with a custom section appended: new bytes (a new SHA-256), same behaviour.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     wallex::bench::deploy::tagged_build(bytes, tag)
@@ -41,60 +33,6 @@ fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-async fn admin(method: reqwest::Method, server: &Server, path: &str) -> Reply {
-    let request = client()
-        .request(method, server.url(path))
-        .bearer_auth(TOKEN);
-    read(request.send().await.expect("send")).await
-}
-
-async fn upload(server: &Server, name: &str, bytes: Vec<u8>) -> Reply {
-    let request = client()
-        .put(server.url(&format!("/admin/projections/{name}")))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/wasm")
-        .body(bytes);
-    read(request.send().await.expect("send")).await
-}
-
-async fn admin_status(server: &Server, name: &str) -> serde_json::Value {
-    let reply = admin(
-        reqwest::Method::GET,
-        server,
-        &format!("/admin/projections/{name}"),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()
-}
-
-/// Polls until `check` holds for the projection's admin status, or panics after `limit`.
-async fn wait_status(
-    server: &Server,
-    name: &str,
-    limit: Duration,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let status = admin_status(server, name).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{what}: {status:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the projection's live checkpoint is the last outbox row and no rebuild runs.
-async fn wait_caught_up(server: &Server, name: &str) -> serde_json::Value {
-    wait_status(server, name, CATCH_UP, "projection never caught up", |s| {
-        s["lagEvents"] == 0 && s["rebuild"].is_null()
-    })
-    .await
 }
 
 async fn rows(pool: &PgPool, sql: &str) -> Vec<String> {

@@ -502,12 +502,49 @@ pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// Waits until the projection's checkpoint is the last outbox row.
-pub async fn wait_caught_up(server: &Server, name: &str) {
-    wait_for(&format!("{name} to catch up"), async || {
-        admin_get(server, &format!("/admin/projections/{name}")).await["lagEvents"] == 0
+/// Sends an admin request with the test token.
+pub async fn admin(method: reqwest::Method, server: &Server, path: &str) -> Reply {
+    let request = client()
+        .request(method, server.url(path))
+        .bearer_auth(TOKEN);
+    read(request.send().await.expect("send")).await
+}
+
+/// Uploads a component as projection `name`.
+pub async fn upload(server: &Server, name: &str, bytes: Vec<u8>) -> Reply {
+    admin_put(server, &format!("/admin/projections/{name}"), bytes).await
+}
+
+/// `GET /admin/projections/{name}`, which must answer 200.
+pub async fn admin_status(server: &Server, name: &str) -> serde_json::Value {
+    admin_get(server, &format!("/admin/projections/{name}")).await
+}
+
+/// Polls until `check` holds for the projection's admin status, or panics after `limit`.
+pub async fn wait_status(
+    server: &Server,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = admin_status(server, name).await;
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the projection's live checkpoint is the last outbox row and no rebuild runs.
+pub async fn wait_caught_up(server: &Server, name: &str) -> serde_json::Value {
+    wait_status(server, name, PATIENCE, "projection never caught up", |s| {
+        s["lagEvents"] == 0 && s["rebuild"].is_null()
     })
-    .await;
+    .await
 }
 
 pub async fn seen(pool: &PgPool, projection: &str) -> Vec<String> {
