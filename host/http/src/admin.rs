@@ -54,12 +54,15 @@ pub const MAX_ACTIONS_LISTED: i64 = 1_000;
 /// Shared state of the admin routes.
 #[derive(Clone)]
 pub struct AdminState {
+    /// The projections the admin routes operate on.
     pub projections: Projections,
     /// SHA-256 of the configured token (`None`: admin is off).
     token_digest: Option<[u8; 32]>,
 }
 
 impl AdminState {
+    /// The admin state; `token` is the bearer token every `/admin` request must carry (`None`
+    /// turns the admin API off: 404).
     pub fn new(projections: Projections, token: Option<&str>) -> Self {
         Self {
             projections,

@@ -1,7 +1,22 @@
-//! The HTTP API: router, shared state and the layers every request goes through.
+//! wallex-http: the HTTP layer — every route, RFC 9457 problems and the JSON shapes.
 //!
-//! Why it exists: it maps HTTP onto the write path and the read side and nothing else; business
-//! rules live in `wallet`, `write_path` and `idempotency`.
+//! Why it exists: it maps HTTP onto the write path ([`wallex_core`]) and the projection runtime
+//! ([`wallex_runtime`]) and nothing else; business rules live there. It is the only crate that
+//! knows JSON shapes of requests and answers ([`wire`] for the admin API, whose bodies the CLI
+//! reads too).
+//!
+//! # Layout
+//!
+//! - this file — the router, [`AppState`], the request timeout, 404/405 fallbacks;
+//! - [`problem`] — [`Problem`], the one error type of the layer (`IntoResponse`), and how
+//!   database errors become 503 or 500;
+//! - [`wallets`] — `POST /wallets`, `GET /wallets/{id}`;
+//! - [`projections`] — `GET /projections[/{name}]`, `GET /projections/{name}/{table}/{key}`;
+//! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit);
+//! - [`health`] — `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
+//! - [`wire`] — typed bodies of the admin API and the projections' status.
+
+#![deny(missing_docs)]
 
 pub mod admin;
 pub mod health;
@@ -35,11 +50,15 @@ pub struct HttpConfig {
 /// Handles shared by every request.
 #[derive(Clone)]
 pub struct AppState {
+    /// The database pool (health, metrics).
     pub pool: PgPool,
+    /// Creates and reads wallets.
     pub write_path: WritePath,
+    /// The HTTP layer's settings.
     pub config: Arc<HttpConfig>,
     /// The loaded projections (their workers may run in this process or another).
     pub projections: wallex_runtime::Projections,
+    /// State of the `/admin` routes.
     pub admin: crate::admin::AdminState,
 }
 

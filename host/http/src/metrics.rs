@@ -23,6 +23,8 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// Checkpoint statuses reported as `projector_status` (one series each, 0 or 1).
 const STATUSES: [&str; 3] = ["running", "failing", "failed"];
 
+/// `GET /metrics`: outbox lag and status per projection, and this process's projector counters,
+/// in the Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
     // Live checkpoints only (`read_all` leaves out a rebuild's `<name>#rebuild`).
     let checkpoints = checkpoint::read_all(&state.pool)

@@ -19,11 +19,15 @@ pub const PROBLEM_TYPE_PREFIX: &str = "/problems/";
 /// An error response.
 #[derive(Debug, Clone)]
 pub struct Problem {
+    /// The HTTP status, also the body's `status` member.
     pub status: StatusCode,
     /// Short machine name; the `type` member is [`PROBLEM_TYPE_PREFIX`] + slug.
     pub slug: &'static str,
+    /// Short human-readable summary of the problem type; the same for every occurrence.
     pub title: &'static str,
+    /// What happened in this occurrence, for the client.
     pub detail: String,
+    /// Per-field validation failures, rendered as the `errors` member (left out when empty).
     pub errors: Vec<FieldError>,
     /// Seconds for a `Retry-After` header.
     pub retry_after_secs: Option<u64>,
@@ -49,6 +53,7 @@ struct FieldErrorBody<'a> {
 }
 
 impl Problem {
+    /// A problem with no field errors and no `Retry-After`.
     pub fn new(
         status: StatusCode,
         slug: &'static str,
@@ -65,11 +70,13 @@ impl Problem {
         }
     }
 
+    /// The problem with these field errors (a validation failure).
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
         self
     }
 
+    /// The problem with a `Retry-After` of `secs` seconds.
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
@@ -98,6 +105,7 @@ impl Problem {
         .with_retry_after(1)
     }
 
+    /// 404 with `detail`.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }

@@ -28,9 +28,14 @@ pub const MAX_CORRELATION_ID_LEN: usize = 128;
 /// Idempotency scope of wallet creation (method + path).
 pub const CREATE_WALLET_SCOPE: &str = "POST /wallets";
 
+/// `X-Correlation-Id`: given by the client or generated, echoed on the response.
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+/// `X-Global-Position`: the global position of a created wallet's `WalletCreated` event, for
+/// reads with `minPosition`.
 pub static GLOBAL_POSITION: HeaderName = HeaderName::from_static("x-global-position");
+/// `Idempotency-Key`: the client's key that makes a retried create safe.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// `Idempotent-Replayed: true` on a response replayed for a repeated key.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 const JSON: &str = "application/json";

@@ -43,27 +43,40 @@ impl Status {
 /// A checkpoint row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The checkpoint's key: the projection's name, or [`rebuild_key`] of it for its rebuild.
     pub projection: String,
+    /// The schema version of the declaration whose tables [`Checkpoint::namespace`] holds.
     pub schema_version: i64,
     /// The PostgreSQL schema whose tables this checkpoint describes.
     pub namespace: String,
+    /// The last outbox row included in the tables; the next batch reads after it.
     pub cursor: OutboxCursor,
     /// Outbox rows applied under this checkpoint since it last started from the beginning.
     pub events_applied: i64,
+    /// What the worker holding the lease last reported.
     pub status: Status,
+    /// The last failure, clipped to [`MAX_ERROR_BYTES`]; `None` once a batch succeeds.
     pub last_error: Option<String>,
+    /// Failed batches since the last successful one (or the last reload or resume).
     pub error_count: i32,
+    /// When the row last changed.
     pub updated_at: DateTime<Utc>,
 }
 
+/// Why a checkpoint could not be read or moved.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The database refused or could not be reached.
     #[error("checkpoint database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The projection (or rebuild) has no checkpoint row.
     #[error("checkpoint of {0} is missing")]
     Missing(String),
+    /// The stored transaction id does not fit in a `u64`.
     #[error("checkpoint transaction id {0} is out of range")]
     XactIdOutOfRange(String),
+    /// The checkpoint is no longer where the batch read it, or describes another namespace: a
+    /// reset, a cut-over or another worker moved it. The batch rolls back and is retried.
     #[error(
         "checkpoint of {0} moved during the batch (reset or another worker); the batch is retried"
     )]

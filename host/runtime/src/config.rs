@@ -14,14 +14,21 @@ use super::worker::WorkerConfig;
 use crate::sandbox::engine::{EngineLimits, RuntimeLimits};
 use crate::sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 
+/// Events per batch of a live worker, by default.
 pub const DEFAULT_BATCH_SIZE: u32 = 200;
+/// How often a worker polls the outbox when no notification arrives, by default.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+/// Pause after a failed batch, by default (it doubles up to [`DEFAULT_MAX_BACKOFF_MS`]).
 pub const DEFAULT_ERROR_BACKOFF_MS: u64 = 5_000;
+/// Consecutive retries of a failing batch before the worker gives up, by default.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// How often a process without a projection's lease tries to take it, by default.
 pub const DEFAULT_LEASE_RETRY_MS: u64 = 1_000;
+/// Wait of a read with `minPosition` when none is requested, by default.
 pub const DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// Upper bound of the read-after-write wait, whatever is configured or requested.
 pub const MAX_READ_AFTER_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Largest batch size accepted, live or rebuild, from flags or overrides.
 pub const MAX_BATCH_SIZE: u32 = 10_000;
 /// Events per batch while rebuilding (bigger batches: a rebuild is throughput-bound).
 pub const DEFAULT_REBUILD_BATCH_SIZE: u32 = 2_000;
@@ -146,20 +153,28 @@ pub enum OnPoison {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectionSettings {
+    /// What a batch that keeps failing does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_poison: Option<OnPoison>,
+    /// Linear-memory cap of a call, in MiB (still capped by the engine's maximum).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<usize>,
+    /// Wall-clock budget of one call, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_timeout_ms: Option<u64>,
+    /// Fuel per call; 0 turns fuel metering off for this projection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    /// Most mutations one `handle` call may return.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_mutations: Option<usize>,
+    /// Most bytes (names and values) of the mutations of one `handle` call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_bytes: Option<usize>,
+    /// Host `log` calls honoured per call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_lines: Option<u32>,
+    /// Bytes of host `log` messages honoured per call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_bytes: Option<usize>,
 }
@@ -174,14 +189,20 @@ impl ProjectionSettings {
 /// What a projection version runs under: its limits and poison policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
+    /// The limits of every guest call.
     pub limits: RuntimeLimits,
+    /// What a batch that keeps failing does.
     pub on_poison: OnPoison,
 }
 
+/// Why the projection settings cannot be resolved.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// A `PROJECTOR_OVERRIDES` entry is not `<projection>.<key>=<number>` (or `on_poison` is not
+    /// `pause` or `skip`).
     #[error("invalid PROJECTOR_OVERRIDES entry {0:?}: expected <projection>.<key>=<number>")]
     Override(String),
+    /// A `PROJECTOR_OVERRIDES` entry names a key that does not exist.
     #[error("unknown PROJECTOR_OVERRIDES key {0:?}")]
     UnknownKey(String),
 }
@@ -189,21 +210,37 @@ pub enum ConfigError {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct ProjectionConfig {
+    /// Directory of projection components; `None` runs the bundled three.
     pub dir: Option<PathBuf>,
+    /// Whether the workers start with the server.
     pub auto_start: bool,
+    /// Worker tuning of every projection before its overrides.
     pub defaults: WorkerConfig,
+    /// `PROJECTOR_OVERRIDES` by projection name: `(key, value)` in the order given (`on_poison`
+    /// is 0 for `pause`, 1 for `skip`).
     pub overrides: HashMap<String, Vec<(String, u64)>>,
+    /// Wait of a read with `minPosition` when none is requested (at most
+    /// [`MAX_READ_AFTER_WRITE_TIMEOUT_MS`]).
     pub read_after_write_timeout: Duration,
+    /// Default limits of a guest call, before overrides and deploy settings.
     pub limits: RuntimeLimits,
+    /// Events per batch of a blue/green rebuild.
     pub rebuild_batch_size: u32,
+    /// Largest component accepted from an upload or the projections directory, in bytes.
     pub max_component_bytes: usize,
+    /// Longest a component may take to compile before its deploy is refused.
     pub compile_timeout: Duration,
     /// `None`: the directory is read at start-up only.
     pub watch_interval: Option<Duration>,
+    /// How often every instance re-reads the registry even without a notification.
     pub registry_resync: Duration,
+    /// Limits of the shared engine: the highest memory cap, the stack, fuel metering.
     pub engine: EngineLimits,
+    /// What a batch that keeps failing does, before overrides and deploy settings.
     pub on_poison: OnPoison,
+    /// Threads that run component code.
     pub guest_threads: usize,
+    /// Niceness of the guest threads (0–19).
     pub guest_nice: i32,
 }
 
@@ -230,6 +267,8 @@ impl Default for ProjectionConfig {
 }
 
 impl ProjectionArgs {
+    /// Checks the arguments and resolves them into a [`ProjectionConfig`]: parses
+    /// `PROJECTOR_OVERRIDES`, caps the read-after-write wait and converts units.
     pub fn resolve(&self) -> Result<ProjectionConfig, ConfigError> {
         let mut overrides: HashMap<String, Vec<(String, u64)>> = HashMap::new();
         for entry in self

@@ -51,38 +51,73 @@ pub const ROLLBACK_SOURCE: &str = "rollback";
 /// Why an operation was refused. Nothing changed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
+    /// The component is bigger than the configured maximum.
     #[error("the component is {size} bytes, more than the limit of {limit}")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Size of the component, in bytes.
+        size: usize,
+        /// The configured maximum, in bytes.
+        limit: usize,
+    },
+    /// The bytes are not WebAssembly at all.
     #[error("not a WebAssembly binary (no `\\0asm` preamble)")]
     NotWasm,
+    /// The bytes are a core module, not a component.
     #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 or wrap it with `wasm-tools component new`")]
     CoreModule,
+    /// Compiling took longer than the compile time limit.
     #[error("compiling the component took longer than {0:?}")]
     CompileTimeout(Duration),
+    /// The component did not compile, link against the world, or `describe` itself.
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// The component's declaration is invalid.
     #[error("invalid declaration: {0}")]
     Schema(#[from] super::schema::SchemaError),
+    /// The component declares another name than the projection the operation was for.
     #[error("the component is named {}, not {}", quoted(actual), quoted(expected))]
-    NameMismatch { expected: String, actual: String },
+    NameMismatch {
+        /// The name the operation was for.
+        expected: String,
+        /// The name the component declares.
+        actual: String,
+    },
+    /// The name maps to the same schema name as an existing projection's.
     #[error(
         "{} would share the tables of projection {} (`-` and `_` map to the same schema name)",
         quoted(name),
         quoted(other)
     )]
-    NameCollision { name: String, other: String },
+    NameCollision {
+        /// The name the component declares.
+        name: String,
+        /// The existing projection whose schema name is the same.
+        other: String,
+    },
+    /// The new version declares different tables under the live schema version.
     #[error("version {schema_version} declares different tables than the live version: bump schema_version to rebuild into new tables")]
-    TablesChanged { schema_version: u32 },
+    TablesChanged {
+        /// The schema version both the live and the new version declare.
+        schema_version: u32,
+    },
+    /// No live projection has this name, or the component a rollback needs is not stored.
     #[error("no projection named {0}")]
     NotFound(String),
+    /// The operation does not fit the projection's current state (a rebuild in progress, nothing
+    /// to roll back to, …); the message says what.
     #[error("{0}")]
     Conflict(String),
+    /// The registry's database refused or could not be reached.
     #[error("registry database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A checkpoint could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The outbox could not be read.
     #[error(transparent)]
     Outbox(#[from] wallex_core::outbox::OutboxError),
+    /// A stored component could not be loaded, or this instance could not put the registry's
+    /// state into effect.
     #[error(transparent)]
     Load(Box<super::LoadError>),
 }
@@ -113,8 +148,11 @@ impl DeployError {
 /// A validated component, not yet live.
 #[derive(Clone)]
 pub struct Candidate {
+    /// Hex SHA-256 of the bytes: the component's key in the registry.
     pub sha256: String,
+    /// The component as uploaded or read.
     pub bytes: Arc<Vec<u8>>,
+    /// The compiled component, described.
     pub component: Arc<LoadedComponent>,
     /// The declaration, in the namespace a first deployment of its version gets.
     pub schema: ProjectionSchema,
@@ -135,6 +173,8 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The outcome as recorded in the audit trail and reported (`created`, `swapped`,
+    /// `rebuild-started`, `unchanged`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",

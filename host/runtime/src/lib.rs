@@ -1,10 +1,36 @@
-//! Projections: WebAssembly components that turn the outbox into tables of their own.
+//! wallex-runtime: the projection runtime — WebAssembly components that turn the outbox into
+//! tables of their own, operated by name.
 //!
 //! Why it exists: read models, the ledger and the audit log are written by different teams and
-//! shipped as `.wasm` files against the contract in `wit/projection.wit`. This module loads them
-//! ([`engine`]), gives each a namespace of tables ([`schema`]), checks and applies what they
-//! return ([`mutation`]) together with their checkpoint ([`checkpoint`]), runs one leased worker
-//! per projection ([`worker`]) and serves their tables and status over HTTP ([`api`]).
+//! shipped as `.wasm` files against the contract in `wit/projection.wit`. This crate runs them in
+//! a sandbox, gives each a namespace of tables, checks and applies what they return together
+//! with their checkpoint, runs one leased worker per projection, and lets an operator deploy,
+//! rebuild, pause or roll back each one by name on every instance. It knows nothing of HTTP (no
+//! axum): the HTTP layer (`wallex-http`) calls [`Projections`]' operations and decides the JSON.
+//!
+//! # Layout
+//!
+//! - [`sandbox`] — how the runtime narrows wasmtime: engine, per-call limits, guest threads, the
+//!   bundled components.
+//! - [`schema`] — a declaration validated, its namespace and DDL.
+//! - [`mutation`] — a component's output validated ([`mutation::validate`]), planned into
+//!   statements ([`mod@mutation::plan`]) and applied ([`mutation::apply`]).
+//! - [`search`] — which part of a failing batch to call next, within a budget.
+//! - [`text`] — component text bounded before it is kept anywhere.
+//! - [`worker`] — one leased worker per projection: the batch, the lease, the listener.
+//! - [`checkpoint`], [`registry`], [`dead_letters`] — the owners of their tables
+//!   (`projector_checkpoints`; `projection_components`, `projection_deployments`,
+//!   `projection_rebuilds`, `admin_actions`; `projection_dead_letters`).
+//! - [`deploy`], [`lifecycle`], [`rebuild`] — operations by name: validate and activate; pause,
+//!   resume, reload, delete; blue/green rebuilds from start to cut-over.
+//! - [`status`] — what an operator sees, as typed values.
+//! - [`reconcile`] — every instance runs what the registry says.
+//! - [`watch`] — the projections directory deploys what changes in it.
+//! - [`config`] — settings, per-projection overrides and the resolved policy.
+//!
+//! This file holds [`Projections`]: loading at start-up and starting the workers.
+
+#![deny(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;
@@ -48,42 +74,65 @@ pub const MAX_CONCURRENT_COMPILES: usize = 2;
 /// Errors of loading the projections.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The engine could not be set up, or a component did not compile or describe itself.
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// A stored component's declaration is invalid.
     #[error("{origin}: {source}")]
     Schema {
+        /// Where the component came from (file name or `bundled:<name>`).
         origin: String,
+        /// What is wrong with the declaration.
         #[source]
         source: SchemaError,
     },
+    /// The projections directory or one of its files cannot be read.
     #[error("cannot read projection components from {path}: {source}")]
     Io {
+        /// The directory or file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// Two components given at start-up declare the same name.
     #[error("two components are named {0}")]
     DuplicateName(String),
+    /// The projections directory holds more than [`MAX_COMPONENTS`] components.
     #[error("too many components in {0} (more than {MAX_COMPONENTS})")]
     TooMany(String),
+    /// The tables of a projection could not be created.
     #[error("cannot create the tables of {projection}: {source}")]
     Database {
+        /// The projection's name.
         projection: String,
+        /// The database's error.
         #[source]
         source: sqlx::Error,
     },
+    /// A checkpoint could not be created or read.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A component given at start-up was refused, or registering it failed.
     #[error("{origin}: {source}")]
     Deploy {
+        /// Where the component came from (file name or `bundled:<name>`).
         origin: String,
+        /// Why the deploy failed.
         #[source]
         source: DeployError,
     },
+    /// The registry cannot be read.
     #[error("the registry cannot be read: {0}")]
     Registry(#[source] sqlx::Error),
+    /// A deployment names a component the registry does not hold.
     #[error("component {sha256} of {projection} is missing from the registry")]
-    MissingComponent { projection: String, sha256: String },
+    MissingComponent {
+        /// The projection whose deployment names the component.
+        projection: String,
+        /// Hex SHA-256 of the missing component.
+        sha256: String,
+    },
 }
 
 /// The projections of this process: what the registry says each one runs, their workers, and
@@ -252,6 +301,7 @@ impl Projections {
         Ok(projections)
     }
 
+    /// The resolved configuration this process runs with.
     pub fn config(&self) -> &ProjectionConfig {
         &self.inner.config
     }
@@ -264,6 +314,7 @@ impl Projections {
         }
     }
 
+    /// The database pool the projections use.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
@@ -273,6 +324,7 @@ impl Projections {
         self.read_projectors().values().cloned().collect()
     }
 
+    /// The projection named `name`, if this process knows it.
     pub fn get(&self, name: &str) -> Option<Arc<Projector>> {
         self.read_projectors().get(name).cloned()
     }

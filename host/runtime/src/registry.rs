@@ -24,7 +24,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// What an operator wants a deployed projection to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeploymentState {
+    /// Its worker applies batches.
     Running,
+    /// Its worker applies nothing until it is resumed; its tables keep being served.
     Paused,
     /// Stopped by `DELETE`; kept as a tombstone so a bundled or directory copy does not bring it
     /// back on restart. A new deploy of the name revives it.
@@ -32,6 +34,7 @@ pub enum DeploymentState {
 }
 
 impl DeploymentState {
+    /// The state as stored and reported (`running`, `paused`, `deleted`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -52,17 +55,30 @@ impl DeploymentState {
 /// A deployment row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Deployment {
+    /// The projection's name.
     pub projection: String,
+    /// Hex SHA-256 of the live component.
     pub sha256: String,
+    /// The live version's schema version.
     pub schema_version: i64,
+    /// The PostgreSQL schema holding the live tables (readers use the stable `projection_<name>`
+    /// views).
     pub namespace: String,
+    /// Where the live bytes came from: `bundled:<name>`, `directory:<file>`, `upload` or
+    /// `rollback`.
     pub source: String,
+    /// Hex SHA-256 of the version that ran before: the rollback target.
     pub previous_sha256: Option<String>,
+    /// What the operator wants it to do; read it with [`Deployment::state`].
     #[sqlx(try_from = "String")]
     pub state: StateText,
+    /// Grows with every change of the row; an instance reloads a projection whose generation moved.
     pub generation: i64,
+    /// The number of the last rebuild started: rebuilds fill `<namespace base>_b<n>`.
     pub build_seq: i64,
+    /// When the live version was deployed.
     pub deployed_at: DateTime<Utc>,
+    /// Who deployed it (an operator, or the host's own actor names in [`crate::deploy`]).
     pub deployed_by: String,
     /// Limits and poison policy given with the deploy ([`super::config::ProjectionSettings`]).
     pub settings: serde_json::Value,
@@ -79,6 +95,7 @@ impl From<String> for StateText {
 }
 
 impl Deployment {
+    /// What the operator wants the projection to do.
     pub fn state(&self) -> DeploymentState {
         self.state.0
     }
@@ -92,20 +109,30 @@ impl Deployment {
 /// A rebuild row: a fresh copy of a projection's tables being filled.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Rebuild {
+    /// The name of the projection being rebuilt.
     pub projection: String,
+    /// Hex SHA-256 of the component filling the new tables.
     pub sha256: String,
+    /// Its schema version.
     pub schema_version: i64,
+    /// The PostgreSQL schema being filled.
     pub namespace: String,
+    /// The deployment's source once the rebuild is cut over.
     pub source: String,
     /// `running` or `failed`.
     pub status: String,
+    /// Why it failed, clipped; `None` while it runs.
     pub last_error: Option<String>,
+    /// Outbox rows when it started: the measure of its progress.
     pub events_total: i64,
+    /// When it started.
     pub started_at: DateTime<Utc>,
+    /// Who started it; recorded as the deployer at the cut-over.
     pub requested_by: String,
 }
 
 impl Rebuild {
+    /// Whether the rebuild failed (it waits for a reload, a cancel or a new deploy).
     pub fn failed(&self) -> bool {
         self.status == "failed"
     }
@@ -252,12 +279,21 @@ pub async fn bump(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx:
 /// One entry of the admin audit trail.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AdminAction {
+    /// The entry's number; later entries have higher ones.
     pub id: i64,
+    /// When the action happened.
     pub at: DateTime<Utc>,
+    /// Who did it: an operator, or the host's own actor names in [`crate::deploy`].
     pub actor: String,
+    /// What was done (`deploy`, `pause`, `rebuild`, …).
     pub action: String,
+    /// The projection it concerned, if one.
     pub projection: Option<String>,
+    /// How it ended: `ok`, `failed`, `rejected`, or a deploy's
+    /// [`crate::deploy::Activation::as_str`].
     pub outcome: String,
+    /// What else the action recorded, as a JSON object (for a deploy: digest, schema version,
+    /// source, size, settings).
     pub detail: serde_json::Value,
 }
 

@@ -16,9 +16,13 @@ use crate::sandbox::engine::wit;
 pub const IDENTIFIER_MAX_LEN: usize = 63;
 /// Longest projection name (it becomes part of the schema name).
 pub const PROJECTION_NAME_MAX_LEN: usize = 41;
+/// Most tables one projection may declare.
 pub const MAX_TABLES: usize = 32;
+/// Most columns one table may declare.
 pub const MAX_COLUMNS: usize = 128;
+/// Most indexes one table may declare.
 pub const MAX_INDEXES_PER_TABLE: usize = 16;
+/// Most event types one projection may subscribe to.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Longest subscribed event type.
 pub const EVENT_TYPE_MAX_LEN: usize = 128;
@@ -31,26 +35,52 @@ const DDL_LOCK_KEY: i64 = 0x7761_6c6c_6578_0001;
 /// ([`super::text::quoted`]): a component chooses them and they can be of any size.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
+    /// The projection's name is not `[a-z][a-z0-9_-]{0,40}`.
     #[error("invalid projection name {0}: expected [a-z][a-z0-9_-]{{0,40}}")]
     ProjectionName(String),
+    /// A table, column or index name, or a schema name made from the projection's, is not an
+    /// identifier.
     #[error("invalid identifier {0}: expected [a-z][a-z0-9_]{{0,62}}")]
     Identifier(String),
+    /// Two tables, or two indexes of the projection, have the same name.
     #[error("{what} declared twice: {name}")]
-    Duplicate { what: &'static str, name: String },
+    Duplicate {
+        /// What kind of name: `table` or `index`.
+        what: &'static str,
+        /// The name, quoted.
+        name: String,
+    },
+    /// A subscribed event type is empty, too long or not visible ASCII.
     #[error("invalid subscribed event type {0}: expected 1 to {EVENT_TYPE_MAX_LEN} visible ASCII characters")]
     EventType(String),
+    /// Two relations of the projection's schema (tables, indexes, primary-key constraints) would
+    /// have the same name.
     #[error("relation name {name} is used twice in the projection's schema: by {first} and by {second} (tables, indexes and primary keys share one namespace)")]
     Collision {
+        /// The name, quoted.
         name: String,
+        /// The relation that claimed it first.
         first: String,
+        /// The relation that claimed it again.
         second: String,
     },
+    /// A table's declaration is inconsistent (a column declared twice, a key or index naming an
+    /// unknown column, …).
     #[error("table {table}: {message}")]
-    Table { table: String, message: String },
+    Table {
+        /// The table's name, quoted.
+        table: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The declaration exceeds one of the host's limits.
     #[error("too many {what}: {count} > {max}")]
     TooMany {
+        /// What is counted: tables, columns, indexes or subscribed event types.
         what: &'static str,
+        /// How many were declared.
         count: usize,
+        /// The limit.
         max: usize,
     },
 }
@@ -58,14 +88,23 @@ pub enum SchemaError {
 /// The host's column types (see `column-type` in the WIT contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ColumnType {
+    /// `bool`: `BOOLEAN`.
     Bool,
+    /// `s64`: `BIGINT`.
     S64,
+    /// `f64`: `DOUBLE PRECISION`.
     F64,
+    /// `text`: `TEXT`.
     Text,
+    /// `decimal`: `NUMERIC`.
     Decimal,
+    /// `json`: `JSONB`.
     Json,
+    /// `timestamp`: `TIMESTAMPTZ`.
     Timestamp,
+    /// `uuid`: `UUID`.
     Uuid,
+    /// `bytes`: `BYTEA`.
     Bytes,
 }
 
@@ -120,26 +159,38 @@ impl ColumnType {
     }
 }
 
+/// A declared column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnSchema {
+    /// The column's name, an identifier.
     pub name: String,
+    /// Its type.
     pub ty: ColumnType,
+    /// Whether it may hold NULL (primary-key columns never may, whatever this says).
     pub nullable: bool,
 }
 
+/// A declared secondary index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexSchema {
+    /// The index's name, an identifier unique among the projection's relations.
     pub name: String,
+    /// The indexed columns, as indexes into the table's `columns`, in order.
     pub columns: Vec<usize>,
+    /// Whether it is a `UNIQUE` index.
     pub unique: bool,
 }
 
+/// A declared table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSchema {
+    /// The table's name, an identifier.
     pub name: String,
+    /// Its columns, in declaration order.
     pub columns: Vec<ColumnSchema>,
     /// Indexes into `columns`.
     pub primary_key: Vec<usize>,
+    /// Its secondary indexes.
     pub indexes: Vec<IndexSchema>,
     by_name: HashMap<String, usize>,
 }
@@ -150,6 +201,7 @@ impl TableSchema {
         self.by_name.get(name).copied()
     }
 
+    /// Whether the column (an index into `columns`) is part of the primary key.
     pub fn is_key(&self, column: usize) -> bool {
         self.primary_key.contains(&column)
     }
@@ -158,11 +210,14 @@ impl TableSchema {
 /// Which event types a projection receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subscriptions {
+    /// Every event type (the declaration subscribes to [`ALL_EVENT_TYPES`]).
     All,
+    /// Only these event types.
     Only(HashSet<String>),
 }
 
 impl Subscriptions {
+    /// Whether events of `event_type` are passed to `handle`.
     pub fn includes(&self, event_type: &str) -> bool {
         match self {
             Self::All => true,
@@ -174,17 +229,23 @@ impl Subscriptions {
 /// A validated declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectionSchema {
+    /// The projection's name: its identity (checkpoint, lease, schema names).
     pub name: String,
+    /// The version of its tables; a new one is built from scratch in a new namespace.
     pub schema_version: u32,
     /// The PostgreSQL schema holding the tables: `proj_<name>_v<version>`.
     pub namespace: String,
+    /// Which event types are passed to `handle`.
     pub subscriptions: Subscriptions,
+    /// The subscribed event types as declared, in order (what is reported).
     pub subscribes_to: Vec<String>,
+    /// The declared tables, in declaration order.
     pub tables: Vec<TableSchema>,
     by_name: HashMap<String, usize>,
 }
 
 impl ProjectionSchema {
+    /// The table named `name`, if declared.
     pub fn table(&self, name: &str) -> Option<&TableSchema> {
         self.by_name.get(name).map(|&i| &self.tables[i])
     }

@@ -22,19 +22,27 @@ use wallex_runtime as projection;
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The database could not be created, reached or migrated.
     #[error(transparent)]
     Database(#[from] db::DbError),
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The configured listen address.
         addr: std::net::SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The HTTP server stopped with an error.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// The projection settings are invalid.
     #[error(transparent)]
     ProjectionConfig(#[from] projection::config::ConfigError),
+    /// The projections could not be loaded or registered.
     #[error("cannot load the projections: {0}")]
     Projections(#[from] projection::LoadError),
+    /// The admin token is shorter than [`wallex_http::admin::MIN_TOKEN_LEN`].
     #[error(
         "WALLEX_ADMIN_TOKEN must be at least {} characters",
         wallex_http::admin::MIN_TOKEN_LEN

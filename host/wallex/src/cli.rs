@@ -46,19 +46,25 @@ pub struct ProjectionsCli {
     /// Print the server's JSON instead of a summary.
     #[arg(long, global = true)]
     pub json: bool,
+    /// What to do.
     #[command(subcommand)]
     pub command: ProjectionsCommand,
 }
 
+/// The operations of `wallex projections`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ProjectionsCommand {
     /// Every deployed projection, as a table.
     List,
     /// One projection's status.
-    Status { name: String },
+    Status {
+        /// The projection's name.
+        name: String,
+    },
     /// Upload a component and make it live (in place, or by a blue/green rebuild for a new
     /// schema version).
     Deploy {
+        /// The component file (`.wasm`, built for wasm32-wasip2).
         file: PathBuf,
         /// The projection's name (default: what the component declares).
         #[arg(long)]
@@ -69,9 +75,13 @@ pub enum ProjectionsCommand {
         settings: Vec<String>,
     },
     /// Restart a projection from its checkpoint on its registry version (after a failure).
-    Reload { name: String },
+    Reload {
+        /// The projection's name.
+        name: String,
+    },
     /// Rebuild a projection into fresh tables and cut over when caught up.
     Rebuild {
+        /// The projection's name.
         name: String,
         /// Follow the rebuild with a progress bar until it is live.
         #[arg(long)]
@@ -81,14 +91,25 @@ pub enum ProjectionsCommand {
         cancel: bool,
     },
     /// Stop applying events (every instance).
-    Pause { name: String },
+    Pause {
+        /// The projection's name.
+        name: String,
+    },
     /// Apply events again.
-    Resume { name: String },
+    Resume {
+        /// The projection's name.
+        name: String,
+    },
     /// Go back to the version that ran before.
-    Rollback { name: String },
+    Rollback {
+        /// The projection's name.
+        name: String,
+    },
     /// Stop a projection everywhere (tables kept unless --drop-tables).
     Delete {
+        /// The projection's name.
         name: String,
+        /// Also drop its tables, its stable views and its checkpoint.
         #[arg(long)]
         drop_tables: bool,
     },
@@ -97,6 +118,7 @@ pub enum ProjectionsCommand {
     /// Events a projection skipped under `on_poison = skip`; `--replay` re-runs them with the
     /// live version.
     DeadLetters {
+        /// The projection's name.
         name: String,
         /// Re-run the open dead letters (after deploying a fix).
         #[arg(long)]
@@ -110,24 +132,36 @@ pub enum ProjectionsCommand {
 /// Errors of the CLI: each prints as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The server could not be reached, or its answer could not be read.
     #[error("cannot reach {url}: {source}")]
     Unreachable {
+        /// The server's base URL.
         url: String,
+        /// The client's error.
         #[source]
         source: reqwest::Error,
     },
+    /// The server answered with an error status (and, usually, an RFC 9457 problem).
     #[error("{title} ({status}): {detail}")]
     Problem {
+        /// The HTTP status.
         status: u16,
+        /// The problem's title (the status's reason phrase if the answer was no problem).
         title: String,
+        /// The problem's detail (the answer's text if it was no problem).
         detail: String,
     },
+    /// A local file (the component to deploy) could not be read.
     #[error("cannot read {path}: {source}")]
     File {
+        /// The file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The command or an answer is not usable: a malformed `--set`, a component that does not
+    /// describe itself, an unexpected answer; the message says what.
     #[error("{0}")]
     Invalid(String),
 }

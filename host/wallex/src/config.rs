@@ -33,17 +33,21 @@ pub struct ServeConfig {
     #[arg(long, env = "WALLEX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Where the database is, how the pool is sized, statement limits.
     #[command(flatten)]
     pub database: DatabaseConfig,
 
+    /// How long idempotency keys are kept, whether writes need one, and their expiry task.
     #[command(flatten)]
     pub idempotency: IdempotencyConfig,
 
+    /// Settings of the projection runtime.
     #[command(flatten)]
     pub projections: wallex_runtime::ProjectionArgs,
 }
 
 impl ServeConfig {
+    /// The per-request bound as a [`Duration`].
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

@@ -16,7 +16,7 @@
 //! - [`cli`] — `wallex projections …`: the operator's client of the admin API.
 //! - [`bench`] — `wallex bench create|projections|deploy|rebuild`.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod app;
 pub mod bench;

@@ -40,17 +40,33 @@ pub const MAX_DECIMAL_LEN: usize = 200;
 /// Why a batch's mutations were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MutationError {
+    /// The call returned more than [`MAX_MUTATIONS_PER_BATCH`] mutations.
     #[error("the batch returned {0} mutations, more than {MAX_MUTATIONS_PER_BATCH}")]
     TooMany(usize),
+    /// The call returned more mutations than the projection's limit.
     #[error("the call returned {count} mutations, more than the limit of {limit}")]
-    OverCount { count: usize, limit: usize },
+    OverCount {
+        /// Mutations the call returned.
+        count: usize,
+        /// The projection's `max_mutations`.
+        limit: usize,
+    },
+    /// The names and values of the call's mutations exceed the projection's byte limit.
     #[error("the call returned more than {limit} bytes of mutations")]
-    OverBytes { limit: usize },
+    OverBytes {
+        /// The projection's `max_batch_bytes`.
+        limit: usize,
+    },
+    /// A mutation does not fit the declaration.
     #[error("mutation #{index} ({op} on table {table}): {problem}")]
     Invalid {
+        /// Position of the mutation in the call's output, from 0.
         index: usize,
+        /// The operation: `insert`, `upsert`, `update` or `delete`.
         op: &'static str,
+        /// The table the mutation names, quoted as the component gave it.
         table: String,
+        /// What is wrong with it.
         problem: String,
     },
 }
@@ -58,27 +74,37 @@ pub enum MutationError {
 /// A batch's mutations as statements ready to run, in order.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// The statements, in the order of the mutations they carry.
     pub statements: Vec<Statement>,
 }
 
 /// One parameterised statement: `sql` uses `$1..$n`, one array per parameter, all of equal length.
 #[derive(Debug)]
 pub struct Statement {
+    /// The statement's SQL, built by the host from declared names.
     pub sql: String,
+    /// One array per parameter `$1..$n`, in order.
     pub params: Vec<ColumnArray>,
+    /// Rows (validated mutations) the statement carries: the length of every array.
     pub rows: usize,
 }
 
 /// A parameter: one typed array of column values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ColumnArray {
+    /// `bool` columns.
     Bool(Vec<Option<bool>>),
+    /// `s64` columns.
     I64(Vec<Option<i64>>),
+    /// `f64` columns.
     F64(Vec<Option<f64>>),
     /// text, decimal (cast to numeric) and json (cast to jsonb).
     Text(Vec<Option<String>>),
+    /// `timestamp` columns, parsed.
     Timestamp(Vec<Option<DateTime<Utc>>>),
+    /// `uuid` columns, parsed.
     Uuid(Vec<Option<Uuid>>),
+    /// `bytes` columns.
     Bytes(Vec<Option<Vec<u8>>>),
 }
 

@@ -21,6 +21,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::text::{clip, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
 use wallex_core::outbox::OutboxEvent;
 
+// Generated from `wit/projection.wit` by wasmtime's `bindgen!`; the contract is documented there
+// (and in `wit/README.md`), and the generated `Host` trait and `add_to_linker` carry no docs.
+#[allow(missing_docs)]
 mod bindings {
     wasmtime::component::bindgen!({
         world: "projection",
@@ -51,6 +54,7 @@ pub const DEFAULT_LOG_LINES: u32 = 1_000;
 pub const DEFAULT_LOG_BYTES: usize = 1 << 20;
 /// Tables (and their elements) a component instance may create per call.
 pub const MAX_TABLES_PER_CALL: usize = 16;
+/// Elements each of those tables may hold.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Bytes of stdout and of stderr kept per call; a guest writing more traps.
 pub const STDIO_CAPACITY_BYTES: usize = 64 << 10;
@@ -145,31 +149,48 @@ fn bounded(error: &wasmtime::Error) -> String {
 /// Errors of loading or calling a component.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
+    /// The engine, its linker or its epoch thread could not be set up.
     #[error("could not set up the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
+    /// The bytes (named by their origin) do not compile as a component.
     #[error("{} is not a valid WebAssembly component: {}", .0, bounded(.1))]
     Invalid(String, wasmtime::Error),
+    /// The component (named by its origin) does not import and export what the world says.
     #[error("{} does not implement the wallex:projection world: {}", .0, bounded(.1))]
     World(String, wasmtime::Error),
+    /// A call hit one of its limits: call timeout, stack, fuel or memory.
     #[error("projection {projection} {limit} in {function}")]
     Limit {
+        /// The projection's declared name (its origin until `describe` returned).
         projection: String,
+        /// The call: `describe` or `handle`.
         function: &'static str,
+        /// Which limit, in words (e.g. `exceeded its call timeout of 2000 ms`).
         limit: String,
     },
+    /// A call failed for another reason: a trap (a panic, `unreachable`) or a host error such
+    /// as the log limit.
     #[error("projection {projection} trapped in {function}: {}", concise(error))]
     Trap {
+        /// The projection's declared name (its origin until `describe` returned).
         projection: String,
+        /// The call: `describe` or `handle`.
         function: &'static str,
+        /// wasmtime's error, with the trap.
         error: wasmtime::Error,
     },
+    /// `handle` returned a `projection-error`: the component refused the batch.
     #[error("projection {projection} rejected the batch{}: {message}", position.map(|p| format!(" at position {p}")).unwrap_or_default())]
     Rejected {
+        /// The projection's declared name.
         projection: String,
         /// The component's own text, clipped to [`MAX_MESSAGE_BYTES`].
         message: String,
+        /// Global position of the event it could not handle, if it said.
         position: Option<i64>,
     },
+    /// The call gave no result: its thread or task was lost, or the component has no
+    /// description.
     #[error("the projection call was cancelled: {0}")]
     Join(String),
 }
@@ -291,8 +312,11 @@ impl ProjectionRuntime {
 /// What the first bytes of a file say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryKind {
+    /// A component (layer 1 after the `\0asm` preamble).
     Component,
+    /// A core WebAssembly module (version 1, layer 0).
     CoreModule,
+    /// Not WebAssembly: no `\0asm` preamble.
     NotWasm,
 }
 

@@ -20,8 +20,10 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// Why a job produced no result.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestPoolError {
+    /// The pool has shut down: the job was not taken, or its thread is gone.
     #[error("the guest thread pool has shut down")]
     Closed,
+    /// The job panicked; the text is the panic's message.
     #[error("guest code panicked the host thread: {0}")]
     Panicked(String),
 }

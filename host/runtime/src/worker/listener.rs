@@ -20,7 +20,9 @@ pub type Wake = watch::Receiver<u64>;
 
 /// What the listener hands out: outbox wake-ups for workers, registry changes for reconciliation.
 pub struct Signals {
+    /// Changes on every outbox notification (and after every reconnect).
     pub outbox: Wake,
+    /// Changes on every registry notification (and after every reconnect).
     pub registry: watch::Receiver<u64>,
 }
 

@@ -63,8 +63,11 @@ pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
 /// Tuning of one projection's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerConfig {
+    /// Most outbox rows per batch (a search for poison events may narrow the next one).
     pub batch_size: u32,
+    /// How often the worker reads the outbox when no notification arrives.
     pub poll_interval: Duration,
+    /// Pause after the first failure of a batch (it doubles with each further one).
     pub error_backoff: Duration,
     /// Consecutive failures of a batch after which the worker gives up (status `failed`).
     pub max_retries: u32,
@@ -101,23 +104,35 @@ impl WorkerConfig {
 /// Why a batch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The database refused or could not be reached.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The checkpoint could not be read or moved.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The outbox could not be read.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The component could not be called, hit a limit, trapped or rejected the batch.
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// The component's mutations exceed its budget or do not fit its declaration.
     #[error("batch rejected: {0}")]
     Mutation(#[from] MutationError),
+    /// The component fails on this event (found by searching the batch); with `on_poison = pause`
+    /// the projection stops at it.
     #[error("event at position {position} ({event_type} {event_id}): {message}")]
     Poison {
+        /// Global position of the event.
         position: i64,
+        /// The event's id.
         event_id: String,
+        /// The event's type.
         event_type: String,
+        /// Why the call on it failed.
         message: String,
     },
+    /// The guest thread pool shut down, or guest code panicked a host thread.
     #[error(transparent)]
     Guest(#[from] GuestPoolError),
     /// PostgreSQL refused data of validated mutations (see [`mutation::data_rejection`]); the
@@ -192,7 +207,9 @@ impl BatchHandler for LoadedComponent {
 /// tables live in) and the code that handles batches.
 #[derive(Clone)]
 pub struct Active {
+    /// The declaration, in the namespace its tables live in.
     pub schema: Arc<ProjectionSchema>,
+    /// What handles the batches: the compiled component, or a native handler.
     pub handler: Arc<dyn BatchHandler>,
     /// SHA-256 of the component's bytes (`native:<name>` for native handlers).
     pub sha256: String,
@@ -205,6 +222,7 @@ pub struct Active {
 /// A blue/green rebuild as this process knows it.
 #[derive(Clone)]
 pub struct RebuildTarget {
+    /// The version filling the fresh tables, with their namespace.
     pub active: Active,
     /// A failed rebuild is left alone (the live version keeps running) until it is replaced or
     /// cancelled.
@@ -215,8 +233,11 @@ pub struct RebuildTarget {
 /// at every batch boundary.
 #[derive(Clone)]
 pub struct Desired {
+    /// The live version.
     pub active: Active,
+    /// The rebuild in progress, if one.
     pub rebuild: Option<RebuildTarget>,
+    /// Whether an operator paused the projection: the worker applies nothing.
     pub paused: bool,
     /// The registry generation this reflects (0 for projections outside the registry).
     pub generation: i64,
@@ -252,6 +273,7 @@ pub struct BatchOutcome {
 /// A projection and its worker's shared state.
 pub struct Projector {
     name: String,
+    /// Tuning of the worker.
     pub config: WorkerConfig,
     desired: std::sync::RwLock<Desired>,
     /// Bumped whenever `desired` changes: wakes the worker and clears a given-up state.
@@ -284,8 +306,11 @@ pub struct Projector {
 /// What a projector did in this process, for metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Batches committed.
     pub batches_applied: AtomicU64,
+    /// Failed batch attempts.
     pub batches_failed: AtomicU64,
+    /// Events dead-lettered (`on_poison = skip`).
     pub dead_letters: AtomicU64,
     /// Guest time of all calls, in microseconds.
     pub guest_micros: AtomicU64,
@@ -303,6 +328,7 @@ impl std::fmt::Debug for Projector {
 }
 
 impl Projector {
+    /// A projector for `desired`, whose worker runs guest code on `guests`. Starts no worker.
     pub fn new(desired: Desired, config: WorkerConfig, guests: Arc<GuestPool>) -> Self {
         Self {
             guests,
@@ -323,6 +349,7 @@ impl Projector {
         }
     }
 
+    /// The projection's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -359,10 +386,13 @@ impl Projector {
         self.stopped.cancel();
     }
 
+    /// Whether the projection was deleted and its worker told to end.
     pub fn is_stopped(&self) -> bool {
         self.stopped.is_cancelled()
     }
 
+    /// Records why the last deploy of this projection from the directory failed (`None`: it
+    /// succeeded).
     pub fn set_last_deploy_error(&self, error: Option<String>) {
         match self.last_deploy_error.lock() {
             Ok(mut slot) => *slot = error,
@@ -370,6 +400,7 @@ impl Projector {
         }
     }
 
+    /// Why the last deploy of this projection from the directory failed, if it did.
     pub fn last_deploy_error(&self) -> Option<String> {
         match self.last_deploy_error.lock() {
             Ok(slot) => slot.clone(),
@@ -401,9 +432,13 @@ impl Projector {
 /// What a worker needs besides its projector.
 #[derive(Clone)]
 pub struct WorkerContext {
+    /// How to open the dedicated connection that holds the lease and applies the batches.
     pub connect: PgConnectOptions,
+    /// The shared pool, for what runs outside the batch's transaction.
     pub pool: PgPool,
+    /// Outbox notifications: a new row may be waiting.
     pub wake: Wake,
+    /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
     /// Reconciles with the registry and cuts rebuilds over.
     pub projections: Projections,

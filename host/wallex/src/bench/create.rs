@@ -15,6 +15,7 @@ use super::{format_latencies, latency_histogram};
 /// Completed requests a client keeps for the replay phase.
 const MAX_REPLAYABLE_PER_CLIENT: usize = 10_000;
 
+/// Settings of `wallex bench create`.
 #[derive(Debug, Clone, Args)]
 pub struct CreateBenchArgs {
     /// Concurrent clients.
@@ -34,14 +35,19 @@ pub struct CreateBenchArgs {
 /// Errors of the bench itself (not of the requests it measures).
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// The server did not answer the `GET /healthz` made before the load.
     #[error("the server at {url} is not reachable: {source}")]
     Unreachable {
+        /// The server's base URL.
         url: String,
+        /// The client's error.
         #[source]
         source: reqwest::Error,
     },
+    /// A client task panicked or was cancelled.
     #[error("a client task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -49,10 +55,15 @@ pub enum BenchError {
 /// Results of one phase.
 #[derive(Debug)]
 pub struct PhaseReport {
+    /// The phase: `create` or `replay`.
     pub name: &'static str,
+    /// Wall-clock time of the phase.
     pub elapsed: Duration,
+    /// Latency of every request, answered or not, in microseconds.
     pub latencies: Histogram<u64>,
+    /// Requests answered, by HTTP status.
     pub statuses: BTreeMap<u16, u64>,
+    /// Requests that got no HTTP answer.
     pub transport_errors: u64,
 }
 
@@ -76,10 +87,12 @@ impl PhaseReport {
         self.transport_errors += other.transport_errors;
     }
 
+    /// Requests sent in the phase, answered or not.
     pub fn requests(&self) -> u64 {
         self.statuses.values().sum::<u64>() + self.transport_errors
     }
 
+    /// The phase's figures as printed: throughput, statuses, latency percentiles.
     pub fn summary(&self) -> String {
         let rate = self.requests() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON);
         let statuses: Vec<String> = self

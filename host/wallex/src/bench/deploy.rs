@@ -28,6 +28,7 @@ const REBUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The projection both benches use.
 const PROJECTION: &str = "read-model";
 
+/// Settings of `wallex bench deploy`.
 #[derive(Debug, Clone, Args)]
 pub struct DeployBenchArgs {
     /// Base URL of the server.
@@ -41,6 +42,7 @@ pub struct DeployBenchArgs {
     pub deploys: u32,
 }
 
+/// Settings of `wallex bench rebuild`.
 #[derive(Debug, Clone, Args)]
 pub struct RebuildBenchArgs {
     /// Events to preload and rebuild.
@@ -58,24 +60,35 @@ pub struct RebuildBenchArgs {
     pub batch_size: u32,
 }
 
+/// Errors of the deploy and rebuild benches (each ends the bench).
 #[derive(Debug, thiserror::Error)]
 pub enum DeployBenchError {
+    /// A request to the server failed or its answer could not be read.
     #[error("request to {url} failed: {source}")]
     Http {
+        /// The URL requested.
         url: String,
+        /// The client's error.
         #[source]
         source: reqwest::Error,
     },
+    /// The server answered, but not as the bench needs (a deploy not activated, a create or a
+    /// read that failed); the message says what.
     #[error("{0}")]
     Refused(String),
+    /// The bench database could not be created, reached or migrated.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// A query on the bench database failed.
     #[error("bench database error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// The projections could not be loaded in the bench process.
     #[error(transparent)]
     Load(#[from] wallex_runtime::LoadError),
+    /// A deploy or rebuild in the bench process was refused.
     #[error(transparent)]
     Deploy(#[from] wallex_runtime::DeployError),
+    /// What the bench waited for did not happen within its time limit; names what.
     #[error("timed out: {0}")]
     Timeout(&'static str),
 }

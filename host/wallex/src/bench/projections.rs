@@ -34,6 +34,7 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Name of the native baseline projection.
 const NATIVE_NAME: &str = "native-read-model";
 
+/// Settings of `wallex bench projections`.
 #[derive(Debug, Clone, Args)]
 pub struct ProjectionBenchArgs {
     /// Events to preload (and project in every scenario).
@@ -58,20 +59,29 @@ pub struct ProjectionBenchArgs {
     pub lag_samples: u32,
 }
 
+/// Errors of the projections bench (each ends the bench).
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionBenchError {
+    /// The bench database could not be created, reached or migrated.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// A query on the bench database failed.
     #[error("bench database error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// The projections could not be set up in the bench process.
     #[error(transparent)]
     Load(#[from] wallex_runtime::LoadError),
+    /// A bundled component could not be loaded or described.
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// A checkpoint could not be read.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A scenario did not catch up within the time limit; names the scenario.
     #[error("scenario {0} did not catch up within {SCENARIO_TIMEOUT:?}")]
     Timeout(String),
+    /// A lag probe's request failed, or the bench could not prepare its run; the message says
+    /// what.
     #[error("lag probe failed: {0}")]
     Probe(String),
 }
