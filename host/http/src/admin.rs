@@ -36,7 +36,7 @@ use crate::wire::{
     ProjectionList, ProjectionStatusBody,
 };
 use wallex_runtime::config::ProjectionSettings;
-use wallex_runtime::deploy::UPLOAD_SOURCE;
+use wallex_runtime::operation::UPLOAD_SOURCE;
 use wallex_runtime::schema::is_projection_name;
 use wallex_runtime::{registry, DeployError, Projections};
 

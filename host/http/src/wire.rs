@@ -3,14 +3,14 @@
 //! construction.
 //!
 //! Why it exists: the runtime reports typed values (`wallex_runtime::status`, `dead_letters`,
-//! `deploy::Activation`) and knows no JSON; this module is the only place that decides field
+//! `operation::Activation`) and knows no JSON; this module is the only place that decides field
 //! names and formats. Every body converts from the runtime's value with `From`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
-use wallex_runtime::deploy::Activation;
+use wallex_runtime::operation::Activation;
 use wallex_runtime::registry::AdminAction;
 use wallex_runtime::status::{
     CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,

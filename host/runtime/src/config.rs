@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::worker::WorkerConfig;
 use crate::sandbox::engine::{EngineLimits, RuntimeLimits};
 use crate::sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 
@@ -440,6 +439,47 @@ impl ProjectionConfig {
             }
         }
         config
+    }
+}
+
+/// Tuning of one projection's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Most outbox rows per batch (a search for poison events may narrow the next one).
+    pub batch_size: u32,
+    /// How often the worker reads the outbox when no notification arrives.
+    pub poll_interval: Duration,
+    /// Pause after the first failure of a batch (it doubles with each further one).
+    pub error_backoff: Duration,
+    /// Consecutive failures of a batch after which the worker gives up (status `failed`).
+    pub max_retries: u32,
+    /// How often a worker without the lease tries to take it.
+    pub lease_retry: Duration,
+    /// The backoff after a failed batch doubles with every consecutive failure up to this.
+    pub max_backoff: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            poll_interval: Duration::from_millis(1000),
+            error_backoff: Duration::from_millis(5000),
+            max_retries: 3,
+            lease_retry: Duration::from_millis(1000),
+            max_backoff: Duration::from_millis(DEFAULT_MAX_BACKOFF_MS),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The pause after `failures` consecutive failures: `error_backoff · 2^(failures-1)`, at most
+    /// `max_backoff`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.error_backoff
+            .saturating_mul(1_u32 << doublings)
+            .min(self.max_backoff.max(self.error_backoff))
     }
 }
 

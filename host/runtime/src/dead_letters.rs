@@ -4,18 +4,14 @@
 //! not be lost either. The worker records it in the transaction that applies the events around
 //! it; an operator lists the open ones and re-runs them after a fix.
 //!
-//! Architecture invariant: the only module that reads or writes `projection_dead_letters`. A
-//! replayed event is applied and its letter resolved in one transaction. API boundary: it does
-//! not know how the component is called (the projector evaluates) or how letters are shown.
+//! Architecture invariant: the only module that reads or writes `projection_dead_letters`. API
+//! boundary: rows only; listing and replaying by name are operations in [`crate::lifecycle`],
+//! which also calls the component.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
-use crate::deploy::DeployError;
-use crate::registry;
-use crate::sandbox::engine::{to_guest_event, wit};
+use crate::sandbox::engine::wit;
 use crate::text::{clip, MAX_ERROR_BYTES};
-use crate::worker::BatchError;
-use crate::Projections;
 
 /// Most dead letters one replay request re-runs.
 pub const MAX_REPLAYED_DEAD_LETTERS: i64 = 1_000;
@@ -83,115 +79,53 @@ pub async fn record(
     Ok(())
 }
 
-impl Projections {
-    /// The dead letters of a projection (open ones, or all with `include_resolved`).
-    pub async fn dead_letters(
-        &self,
-        name: &str,
-        include_resolved: bool,
-    ) -> Result<Vec<DeadLetter>, DeployError> {
-        self.deployed(name).await?;
-        Ok(sqlx::query_as(
-            "SELECT id, projection, global_position, event_id, event_type, error, attempts,
-                    recorded_at, last_attempt_at, resolved_at
-             FROM projection_dead_letters
-             WHERE projection = $1 AND ($2 OR resolved_at IS NULL)
-             ORDER BY global_position LIMIT $3",
-        )
-        .bind(name)
-        .bind(include_resolved)
-        .bind(MAX_LISTED_DEAD_LETTERS)
-        .fetch_all(self.pool())
-        .await?)
-    }
+/// The letters of `projection` (open ones, or all with `include_resolved`), by position.
+pub async fn list(
+    pool: &sqlx::PgPool,
+    projection: &str,
+    include_resolved: bool,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, projection, global_position, event_id, event_type, error, attempts,
+                recorded_at, last_attempt_at, resolved_at
+         FROM projection_dead_letters
+         WHERE projection = $1 AND ($2 OR resolved_at IS NULL)
+         ORDER BY global_position LIMIT $3",
+    )
+    .bind(projection)
+    .bind(include_resolved)
+    .bind(MAX_LISTED_DEAD_LETTERS)
+    .fetch_all(pool)
+    .await
+}
 
-    /// Re-runs a projection's open dead letters with its live version (after a fix). Each one that
-    /// now succeeds is applied and marked resolved in one transaction; the others keep their row
-    /// with the new error. Replayed events are applied after the events that followed them, so a
-    /// projection relying on order must tolerate that (guarded upserts do).
-    pub async fn replay_dead_letters(
-        &self,
-        name: &str,
-        actor: &str,
-    ) -> Result<ReplayOutcome, DeployError> {
-        self.deployed(name).await?;
-        let projector = self
-            .get(name)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
-        let version = projector.active();
-        let open: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, global_position FROM projection_dead_letters
-             WHERE projection = $1 AND resolved_at IS NULL ORDER BY global_position LIMIT $2",
-        )
-        .bind(name)
-        .bind(MAX_REPLAYED_DEAD_LETTERS)
-        .fetch_all(self.pool())
-        .await?;
-        let mut outcome = ReplayOutcome::default();
-        for (id, position) in open {
-            let mut conn = self.pool().acquire().await?;
-            let mut tx = conn.begin().await?;
-            let still_open: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM projection_dead_letters WHERE id = $1 AND resolved_at IS NULL
-                 FOR UPDATE",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if still_open.is_none() {
-                continue;
-            }
-            let event = wallex_core::outbox::read_at(&mut tx, position)
-                .await
-                .map_err(|e| DeployError::Conflict(e.to_string()))?
-                .ok_or_else(|| {
-                    DeployError::Conflict(format!("event at position {position} left the outbox"))
-                })?;
-            let evaluated = projector
-                .evaluate_one(&version, to_guest_event(&event))
-                .await;
-            // PostgreSQL may still refuse the data: that is the event still failing, not an
-            // error of the replay.
-            let applied = match evaluated {
-                Ok(plan) => match crate::mutation::apply_or_reject(&mut tx, &plan).await? {
-                    None => Ok(()),
-                    Some(reason) => Err(BatchError::Data(reason)),
-                },
-                Err(error) => Err(error),
-            };
-            match applied {
-                Ok(()) => {
-                    resolve(&mut tx, id).await?;
-                    outcome.replayed += 1;
-                }
-                Err(error) => {
-                    let error = clip(&error.to_string(), MAX_ERROR_BYTES);
-                    failed_again(&mut tx, id, &error).await?;
-                    outcome.still_failing.push((position, error));
-                }
-            }
-            tx.commit().await?;
-        }
-        let detail = serde_json::json!({
-            "replayed": outcome.replayed,
-            "stillFailing": outcome.still_failing.len(),
-        });
-        let mut conn = self.pool().acquire().await?;
-        registry::record_action(
-            &mut conn,
-            actor,
-            "replay-dead-letters",
-            Some(name),
-            "ok",
-            &detail,
-        )
-        .await?;
-        Ok(outcome)
-    }
+/// The open letters of `projection` to replay: (id, position), by position, at most
+/// [`MAX_REPLAYED_DEAD_LETTERS`].
+pub async fn open(pool: &sqlx::PgPool, projection: &str) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, global_position FROM projection_dead_letters
+         WHERE projection = $1 AND resolved_at IS NULL ORDER BY global_position LIMIT $2",
+    )
+    .bind(projection)
+    .bind(MAX_REPLAYED_DEAD_LETTERS)
+    .fetch_all(pool)
+    .await
+}
+
+/// Locks letter `id` in the caller's transaction; `false` when it is no longer open (another
+/// replay resolved it).
+pub async fn lock_open(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
+    let open: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM projection_dead_letters WHERE id = $1 AND resolved_at IS NULL FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(open.is_some())
 }
 
 /// Marks a letter replayed (in the transaction that applied it).
-async fn resolve(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+pub async fn resolve(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE projection_dead_letters
          SET resolved_at = now(), attempts = attempts + 1, last_attempt_at = now()
@@ -204,7 +138,11 @@ async fn resolve(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
 }
 
 /// Records that a letter failed again, with why.
-async fn failed_again(conn: &mut PgConnection, id: i64, error: &str) -> Result<(), sqlx::Error> {
+pub async fn failed_again(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE projection_dead_letters
          SET error = $2, attempts = attempts + 1, last_attempt_at = now()

@@ -22,9 +22,7 @@
 //! change is one transaction under the registry lock. API boundary: no HTTP; errors are typed
 //! ([`DeployError`]), outcomes are [`Activation`]s.
 
-use super::text::quoted;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -34,116 +32,9 @@ use super::config::ProjectionSettings;
 use super::registry::{self, Deployment, DeploymentState};
 use super::schema::{namespace_base, ProjectionSchema};
 use super::Projections;
+use crate::operation::{execute_ddl, Activation, DeployError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
 use crate::rebuild::{drop_rebuild, start_rebuild};
 use crate::sandbox::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
-
-/// Actor recorded for changes the host makes by itself at start-up.
-pub const STARTUP_ACTOR: &str = "startup";
-/// Actor recorded for changes made by the directory watch.
-pub const WATCH_ACTOR: &str = "directory-watch";
-/// Actor recorded for cut-overs and failed rebuilds (the worker's own decisions).
-pub const SYSTEM_ACTOR: &str = "system";
-/// Source recorded for uploads through the admin API.
-pub const UPLOAD_SOURCE: &str = "upload";
-/// Source recorded for a rollback.
-pub const ROLLBACK_SOURCE: &str = "rollback";
-
-/// Why an operation was refused. Nothing changed.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    /// The component is bigger than the configured maximum.
-    #[error("the component is {size} bytes, more than the limit of {limit}")]
-    TooLarge {
-        /// Size of the component, in bytes.
-        size: usize,
-        /// The configured maximum, in bytes.
-        limit: usize,
-    },
-    /// The bytes are not WebAssembly at all.
-    #[error("not a WebAssembly binary (no `\\0asm` preamble)")]
-    NotWasm,
-    /// The bytes are a core module, not a component.
-    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 or wrap it with `wasm-tools component new`")]
-    CoreModule,
-    /// Compiling took longer than the compile time limit.
-    #[error("compiling the component took longer than {0:?}")]
-    CompileTimeout(Duration),
-    /// The component did not compile, link against the world, or `describe` itself.
-    #[error(transparent)]
-    Component(#[from] ComponentError),
-    /// The component's declaration is invalid.
-    #[error("invalid declaration: {0}")]
-    Schema(#[from] super::schema::SchemaError),
-    /// The component declares another name than the projection the operation was for.
-    #[error("the component is named {}, not {}", quoted(actual), quoted(expected))]
-    NameMismatch {
-        /// The name the operation was for.
-        expected: String,
-        /// The name the component declares.
-        actual: String,
-    },
-    /// The name maps to the same schema name as an existing projection's.
-    #[error(
-        "{} would share the tables of projection {} (`-` and `_` map to the same schema name)",
-        quoted(name),
-        quoted(other)
-    )]
-    NameCollision {
-        /// The name the component declares.
-        name: String,
-        /// The existing projection whose schema name is the same.
-        other: String,
-    },
-    /// The new version declares different tables under the live schema version.
-    #[error("version {schema_version} declares different tables than the live version: bump schema_version to rebuild into new tables")]
-    TablesChanged {
-        /// The schema version both the live and the new version declare.
-        schema_version: u32,
-    },
-    /// No live projection has this name, or the component a rollback needs is not stored.
-    #[error("no projection named {0}")]
-    NotFound(String),
-    /// The operation does not fit the projection's current state (a rebuild in progress, nothing
-    /// to roll back to, …); the message says what.
-    #[error("{0}")]
-    Conflict(String),
-    /// The registry's database refused or could not be reached.
-    #[error("registry database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// A checkpoint could not be read or written.
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    /// The outbox could not be read.
-    #[error(transparent)]
-    Outbox(#[from] wallex_core::outbox::OutboxError),
-    /// A stored component could not be loaded, or this instance could not put the registry's
-    /// state into effect.
-    #[error(transparent)]
-    Load(Box<super::LoadError>),
-}
-
-impl From<super::LoadError> for DeployError {
-    fn from(error: super::LoadError) -> Self {
-        Self::Load(Box::new(error))
-    }
-}
-
-impl DeployError {
-    /// Whether the component itself was refused (as opposed to the operation or the database).
-    pub fn is_invalid_component(&self) -> bool {
-        matches!(
-            self,
-            Self::NotWasm
-                | Self::CoreModule
-                | Self::CompileTimeout(_)
-                | Self::Component(_)
-                | Self::Schema(_)
-                | Self::NameMismatch { .. }
-                | Self::NameCollision { .. }
-                | Self::TablesChanged { .. }
-        )
-    }
-}
 
 /// A validated component, not yet live.
 #[derive(Clone)]
@@ -156,33 +47,6 @@ pub struct Candidate {
     pub component: Arc<LoadedComponent>,
     /// The declaration, in the namespace a first deployment of its version gets.
     pub schema: ProjectionSchema,
-}
-
-/// What an operation did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// A new projection: tables created, it starts from the beginning of the log.
-    Created,
-    /// Same tables: the new version runs from the next batch on, from the same checkpoint.
-    Swapped,
-    /// New tables are being filled in the background; readers keep the live version until the
-    /// cut-over.
-    RebuildStarted,
-    /// These bytes are already live (or already being rebuilt into).
-    Unchanged,
-}
-
-impl Activation {
-    /// The outcome as recorded in the audit trail and reported (`created`, `swapped`,
-    /// `rebuild-started`, `unchanged`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Swapped => "swapped",
-            Self::RebuildStarted => "rebuild-started",
-            Self::Unchanged => "unchanged",
-        }
-    }
 }
 
 impl Projections {
@@ -453,17 +317,6 @@ impl Projections {
     }
 }
 
-/// The live (not deleted) deployment of `name`, locked.
-pub(crate) async fn live_deployment(
-    conn: &mut PgConnection,
-    name: &str,
-) -> Result<Deployment, DeployError> {
-    registry::deployment_for_update(conn, name)
-        .await?
-        .filter(|d| d.state() != DeploymentState::Deleted)
-        .ok_or_else(|| DeployError::NotFound(name.to_owned()))
-}
-
 /// Creates a projection's first tables, stable views and checkpoint, and its deployment row
 /// (reviving a deleted one).
 async fn create(
@@ -492,18 +345,5 @@ async fn create(
         actor,
     )
     .await?;
-    Ok(())
-}
-
-/// Runs one DDL statement (built by the host from validated identifiers) on `conn`.
-pub(crate) async fn execute_ddl(
-    conn: &mut PgConnection,
-    statement: &str,
-) -> Result<(), sqlx::Error> {
-    // A plain (unprepared-cache) query: `raw_sql`'s future is not provably `Send` here.
-    sqlx::query(statement)
-        .persistent(false)
-        .execute(conn)
-        .await?;
     Ok(())
 }

@@ -38,6 +38,7 @@ pub mod dead_letters;
 pub mod deploy;
 pub mod lifecycle;
 pub mod mutation;
+pub mod operation;
 pub mod rebuild;
 pub mod reconcile;
 pub mod registry;
@@ -59,81 +60,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ProjectionArgs, ProjectionConfig};
-pub use deploy::DeployError;
+pub use operation::{DeployError, LoadError, MAX_COMPONENTS};
 use sandbox::engine::{ComponentError, LoadedComponent, ProjectionRuntime};
-use schema::{ProjectionSchema, SchemaError};
+use schema::ProjectionSchema;
 use worker::{Active, BatchHandler, Desired, Projector, WorkerContext};
 
 /// Extension of component files in `WALLEX_PROJECTIONS_DIR`.
 pub const COMPONENT_EXTENSION: &str = "wasm";
-/// Most components loaded from one directory.
-pub const MAX_COMPONENTS: usize = 64;
 /// Components compiled at the same time (uploads, directory changes, other instances' deploys).
 pub const MAX_CONCURRENT_COMPILES: usize = 2;
-
-/// Errors of loading the projections.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The engine could not be set up, or a component did not compile or describe itself.
-    #[error(transparent)]
-    Component(#[from] ComponentError),
-    /// A stored component's declaration is invalid.
-    #[error("{origin}: {source}")]
-    Schema {
-        /// Where the component came from (file name or `bundled:<name>`).
-        origin: String,
-        /// What is wrong with the declaration.
-        #[source]
-        source: SchemaError,
-    },
-    /// The projections directory or one of its files cannot be read.
-    #[error("cannot read projection components from {path}: {source}")]
-    Io {
-        /// The directory or file.
-        path: String,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Two components given at start-up declare the same name.
-    #[error("two components are named {0}")]
-    DuplicateName(String),
-    /// The projections directory holds more than [`MAX_COMPONENTS`] components.
-    #[error("too many components in {0} (more than {MAX_COMPONENTS})")]
-    TooMany(String),
-    /// The tables of a projection could not be created.
-    #[error("cannot create the tables of {projection}: {source}")]
-    Database {
-        /// The projection's name.
-        projection: String,
-        /// The database's error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// A checkpoint could not be created or read.
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    /// A component given at start-up was refused, or registering it failed.
-    #[error("{origin}: {source}")]
-    Deploy {
-        /// Where the component came from (file name or `bundled:<name>`).
-        origin: String,
-        /// Why the deploy failed.
-        #[source]
-        source: DeployError,
-    },
-    /// The registry cannot be read.
-    #[error("the registry cannot be read: {0}")]
-    Registry(#[source] sqlx::Error),
-    /// A deployment names a component the registry does not hold.
-    #[error("component {sha256} of {projection} is missing from the registry")]
-    MissingComponent {
-        /// The projection whose deployment names the component.
-        projection: String,
-        /// Hex SHA-256 of the missing component.
-        sha256: String,
-    },
-}
 
 /// The projections of this process: what the registry says each one runs, their workers, and
 /// the operations that change them (see [`control`]).
@@ -242,7 +177,7 @@ impl Projections {
                 return Err(LoadError::DuplicateName(candidate.schema.name.clone()));
             }
             projections
-                .sync_source(candidate, &source, deploy::STARTUP_ACTOR)
+                .sync_source(candidate, &source, operation::STARTUP_ACTOR)
                 .await
                 .map_err(deploy)?;
         }
@@ -386,7 +321,7 @@ impl Projections {
             pool: self.inner.pool.clone(),
             wake: signals.outbox,
             shutdown: shutdown.clone(),
-            projections: self.clone(),
+            supervisor: Arc::new(self.clone()),
         };
         let (spawner, mut to_start) = tokio::sync::mpsc::unbounded_channel::<Arc<Projector>>();
         for projector in self.all() {
@@ -433,6 +368,37 @@ impl Projections {
             let _ = listener.await;
         });
         vec![done]
+    }
+}
+
+impl worker::Supervisor for Projections {
+    fn reconcile<'a>(
+        &'a self,
+        projection: &'a str,
+    ) -> worker::BoxFuture<'a, Result<(), worker::SupervisorError>> {
+        Box::pin(async move { Ok(self.reconcile_one(projection).await?) })
+    }
+
+    fn cut_over<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        projector: &'a Projector,
+        target: &'a Active,
+    ) -> worker::BoxFuture<'a, Result<(), worker::SupervisorError>> {
+        Box::pin(async move { Ok(Projections::cut_over(self, conn, projector, target).await?) })
+    }
+
+    fn fail_rebuild<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        projection: &'a str,
+        error: &'a str,
+    ) -> worker::BoxFuture<'a, Result<(), worker::SupervisorError>> {
+        Box::pin(async move { Ok(Projections::fail_rebuild(self, conn, projection, error).await?) })
+    }
+
+    fn rebuild_batch_size(&self) -> u32 {
+        self.inner.config.rebuild_batch_size
     }
 }
 

@@ -1,4 +1,5 @@
-//! Pause, resume, reload and delete a projection by name, for every instance.
+//! Pause, resume, reload and delete a projection by name, for every instance; list and replay
+//! its dead letters.
 //!
 //! Architecture invariant: each is one registry transaction under the registry lock, announced
 //! and recorded in the audit trail; the workers act on it at their next batch boundary. API
@@ -7,10 +8,14 @@
 use serde_json::json;
 use sqlx::Connection;
 
-use crate::deploy::{execute_ddl, live_deployment, DeployError};
+use crate::dead_letters::{self, DeadLetter, ReplayOutcome};
+use crate::operation::{execute_ddl, live_deployment, DeployError};
 use crate::rebuild::drop_rebuild;
 use crate::registry::DeploymentState;
+use crate::sandbox::engine::to_guest_event;
 use crate::schema::quote;
+use crate::text::{clip, MAX_ERROR_BYTES};
+use crate::worker::BatchError;
 use crate::{checkpoint, registry, Projections};
 
 impl Projections {
@@ -117,5 +122,87 @@ impl Projections {
         tx.commit().await?;
         self.reconcile_one(name).await?;
         Ok(())
+    }
+}
+
+impl Projections {
+    /// The dead letters of a projection (open ones, or all with `include_resolved`).
+    pub async fn dead_letters(
+        &self,
+        name: &str,
+        include_resolved: bool,
+    ) -> Result<Vec<DeadLetter>, DeployError> {
+        self.deployed(name).await?;
+        Ok(dead_letters::list(self.pool(), name, include_resolved).await?)
+    }
+
+    /// Re-runs a projection's open dead letters with its live version (after a fix). Each one that
+    /// now succeeds is applied and marked resolved in one transaction; the others keep their row
+    /// with the new error. Replayed events are applied after the events that followed them, so a
+    /// projection relying on order must tolerate that (guarded upserts do).
+    pub async fn replay_dead_letters(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> Result<ReplayOutcome, DeployError> {
+        self.deployed(name).await?;
+        let projector = self
+            .get(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+        let version = projector.active();
+        let open = dead_letters::open(self.pool(), name).await?;
+        let mut outcome = ReplayOutcome::default();
+        for (id, position) in open {
+            let mut conn = self.pool().acquire().await?;
+            let mut tx = conn.begin().await?;
+            if !dead_letters::lock_open(&mut tx, id).await? {
+                continue;
+            }
+            let event = wallex_core::outbox::read_at(&mut tx, position)
+                .await
+                .map_err(|e| DeployError::Conflict(e.to_string()))?
+                .ok_or_else(|| {
+                    DeployError::Conflict(format!("event at position {position} left the outbox"))
+                })?;
+            let evaluated = projector
+                .evaluate_one(&version, to_guest_event(&event))
+                .await;
+            // PostgreSQL may still refuse the data: that is the event still failing, not an
+            // error of the replay.
+            let applied = match evaluated {
+                Ok(plan) => match crate::mutation::apply_or_reject(&mut tx, &plan).await? {
+                    None => Ok(()),
+                    Some(reason) => Err(BatchError::Data(reason)),
+                },
+                Err(error) => Err(error),
+            };
+            match applied {
+                Ok(()) => {
+                    dead_letters::resolve(&mut tx, id).await?;
+                    outcome.replayed += 1;
+                }
+                Err(error) => {
+                    let error = clip(&error.to_string(), MAX_ERROR_BYTES);
+                    dead_letters::failed_again(&mut tx, id, &error).await?;
+                    outcome.still_failing.push((position, error));
+                }
+            }
+            tx.commit().await?;
+        }
+        let detail = serde_json::json!({
+            "replayed": outcome.replayed,
+            "stillFailing": outcome.still_failing.len(),
+        });
+        let mut conn = self.pool().acquire().await?;
+        registry::record_action(
+            &mut conn,
+            actor,
+            "replay-dead-letters",
+            Some(name),
+            "ok",
+            &detail,
+        )
+        .await?;
+        Ok(outcome)
     }
 }

@@ -290,7 +290,7 @@ pub struct AdminAction {
     /// The projection it concerned, if one.
     pub projection: Option<String>,
     /// How it ended: `ok`, `failed`, `rejected`, or a deploy's
-    /// [`crate::deploy::Activation::as_str`].
+    /// [`crate::operation::Activation::as_str`].
     pub outcome: String,
     /// What else the action recorded, as a JSON object (for a deploy: digest, schema version,
     /// source, size, settings).

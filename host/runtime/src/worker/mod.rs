@@ -36,13 +36,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::checkpoint;
 use crate::checkpoint::{CheckpointError, Status};
-use crate::config::Policy;
+use crate::config::{Policy, WorkerConfig};
 use crate::mutation::MutationError;
 use crate::sandbox::engine::{wit, ComponentError, LoadedComponent, RuntimeLimits};
 use crate::sandbox::guest_pool::{GuestPool, GuestPoolError};
 use crate::schema::ProjectionSchema;
-use crate::{checkpoint, Projections};
 use wallex_core::outbox::{self, OutboxCursor, OutboxError};
 
 /// How long to wait before re-checking when committed rows are not readable yet because an older
@@ -59,47 +59,6 @@ pub const QUARANTINE_BURN: Duration = Duration::from_millis(100);
 /// by every further one), so that a component failing now and then (`skip`) cannot come back to
 /// the shared guest threads between its failures.
 pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
-
-/// Tuning of one projection's worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerConfig {
-    /// Most outbox rows per batch (a search for poison events may narrow the next one).
-    pub batch_size: u32,
-    /// How often the worker reads the outbox when no notification arrives.
-    pub poll_interval: Duration,
-    /// Pause after the first failure of a batch (it doubles with each further one).
-    pub error_backoff: Duration,
-    /// Consecutive failures of a batch after which the worker gives up (status `failed`).
-    pub max_retries: u32,
-    /// How often a worker without the lease tries to take it.
-    pub lease_retry: Duration,
-    /// The backoff after a failed batch doubles with every consecutive failure up to this.
-    pub max_backoff: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: 200,
-            poll_interval: Duration::from_millis(1000),
-            error_backoff: Duration::from_millis(5000),
-            max_retries: 3,
-            lease_retry: Duration::from_millis(1000),
-            max_backoff: Duration::from_millis(super::config::DEFAULT_MAX_BACKOFF_MS),
-        }
-    }
-}
-
-impl WorkerConfig {
-    /// The pause after `failures` consecutive failures: `error_backoff · 2^(failures-1)`, at most
-    /// `max_backoff`.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(20);
-        self.error_backoff
-            .saturating_mul(1_u32 << doublings)
-            .min(self.max_backoff.max(self.error_backoff))
-    }
-}
 
 /// Why a batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -441,7 +400,37 @@ pub struct WorkerContext {
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
     /// Reconciles with the registry and cuts rebuilds over.
-    pub projections: Projections,
+    pub supervisor: Arc<dyn Supervisor>,
+}
+
+/// A boxed future, for the [`Supervisor`] seam.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+/// Why a [`Supervisor`] request failed (the worker logs it and retries).
+pub type SupervisorError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a worker asks of the runtime around it. [`crate::Projections`] implements it; through
+/// this seam the worker depends on neither the registry, reconciliation nor the rebuild
+/// machinery.
+pub trait Supervisor: Send + Sync + 'static {
+    /// Makes this process run what the registry says for `projection` (after a lease is taken,
+    /// a checkpoint moved under the worker, or a cut-over failed).
+    fn reconcile<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>>;
+    /// Switches `projector`'s caught-up rebuild (`target`) live, on the lease connection.
+    fn cut_over<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        projector: &'a Projector,
+        target: &'a Active,
+    ) -> BoxFuture<'a, Result<(), SupervisorError>>;
+    /// Marks `projection`'s rebuild failed with `error` after its retries.
+    fn fail_rebuild<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        projection: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), SupervisorError>>;
+    /// Events per batch of a rebuild.
+    fn rebuild_batch_size(&self) -> u32;
 }
 
 /// Runs a projection's worker until shutdown or until the projection is deleted.
@@ -467,7 +456,7 @@ pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
             projector.lease_held.store(true, Ordering::Relaxed);
             tracing::info!("lease acquired");
             // Another instance may have changed the projection while this one waited.
-            if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
+            if let Err(error) = ctx.supervisor.reconcile(projector.name()).await {
                 tracing::warn!(%error, "cannot reconcile with the registry");
             }
             let outcome = process(&projector, &mut conn, &mut ctx, &mut control).await;
@@ -511,7 +500,7 @@ async fn process(
     control: &mut watch::Receiver<u64>,
 ) -> Outcome {
     let config = projector.config;
-    let rebuild_batch = ctx.projections.config().rebuild_batch_size;
+    let rebuild_batch = ctx.supervisor.rebuild_batch_size();
     let mut live = Failures::default();
     let mut rebuild = Failures::default();
     let mut control_seen = *control.borrow_and_update();
@@ -575,7 +564,7 @@ async fn process(
                         rebuild = Failures::default();
                         // Caught up with the log: switch readers and the live checkpoint over.
                         match ctx
-                            .projections
+                            .supervisor
                             .cut_over(conn, projector, &target.active)
                             .await
                         {
@@ -583,8 +572,7 @@ async fn process(
                             Err(error) => {
                                 tracing::warn!(%error, "cut-over failed; retrying");
                                 errored = true;
-                                if let Err(error) =
-                                    ctx.projections.reconcile_one(projector.name()).await
+                                if let Err(error) = ctx.supervisor.reconcile(projector.name()).await
                                 {
                                     tracing::warn!(%error, "cannot reconcile with the registry");
                                 }
@@ -663,7 +651,7 @@ async fn handle_failure(
             ?track,
             "checkpoint moved during the batch; retrying from it"
         );
-        if let Err(error) = ctx.projections.reconcile_one(projector.name()).await {
+        if let Err(error) = ctx.supervisor.reconcile(projector.name()).await {
             tracing::warn!(%error, "cannot reconcile with the registry");
         }
         return None;
@@ -697,7 +685,7 @@ async fn handle_failure(
         Track::Rebuild => {
             tracing::error!(error = %message, attempt = failures.count, gave_up, "rebuild batch failed; the live version is untouched");
             if gave_up {
-                ctx.projections
+                ctx.supervisor
                     .fail_rebuild(conn, projector.name(), &message)
                     .await
                     .map_err(|e| e.to_string())
