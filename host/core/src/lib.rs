@@ -18,6 +18,7 @@
 //! - [`outbox`] — enqueue and the gap-safe reader. Owns `outbox`.
 //! - [`db`] — the pool, database creation and the embedded migrations.
 //! - [`failpoint`] — test-only crash injection (`failpoints` feature).
+//! - [`seed`] — benchmark data written straight into the tables this crate owns.
 
 #![deny(missing_docs)]
 
@@ -27,5 +28,6 @@ pub mod eventstore;
 pub mod failpoint;
 pub mod idempotency;
 pub mod outbox;
+pub mod seed;
 pub mod wallet;
 pub mod write_path;

@@ -270,3 +270,23 @@ pub async fn has_rows_after(
     .await?;
     Ok(pending)
 }
+
+/// The cursor of the last row in read order (`None` when the outbox is empty): where a reader
+/// that has read everything stands.
+pub async fn last_cursor(pool: &sqlx::PgPool) -> Result<Option<OutboxCursor>, OutboxError> {
+    let last: Option<(String, i64)> = sqlx::query_as(
+        "SELECT xact_id::text, global_position FROM outbox
+         ORDER BY xact_id DESC, global_position DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    last.map(|(xact, position)| {
+        Ok(OutboxCursor {
+            xact_id: xact
+                .parse()
+                .map_err(|_| OutboxError::XactIdOutOfRange(xact.clone()))?,
+            position,
+        })
+    })
+    .transpose()
+}

@@ -377,3 +377,11 @@ pub async fn take_over(
     .await?;
     delete(conn, &rebuilt.projection).await
 }
+
+/// Forgets every checkpoint (a benchmark starting from a clean registry).
+pub async fn delete_all(conn: &mut PgConnection) -> Result<(), CheckpointError> {
+    sqlx::query("DELETE FROM projector_checkpoints")
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -529,3 +529,11 @@ pub async fn promote_rebuild(
     .await?;
     Ok(())
 }
+
+/// Forgets every deployment (a benchmark starting from a clean registry; component bytes stay).
+pub async fn delete_all_deployments(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM projection_deployments")
+        .execute(conn)
+        .await?;
+    Ok(())
+}

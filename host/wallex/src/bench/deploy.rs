@@ -19,7 +19,7 @@ use super::{format_latencies, latency_histogram};
 use crate::config::DatabaseConfig;
 use wallex_core::db;
 use wallex_runtime::sandbox::bundled;
-use wallex_runtime::{registry, ProjectionConfig, Projections};
+use wallex_runtime::{checkpoint, registry, ProjectionConfig, Projections};
 
 /// How often the rebuild bench checks for the cut-over.
 const REBUILD_POLL: Duration = Duration::from_millis(20);
@@ -82,6 +82,9 @@ pub enum DeployBenchError {
     /// A query on the bench database failed.
     #[error("bench database error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A checkpoint could not be read or reset.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     /// The projections could not be loaded in the bench process.
     #[error(transparent)]
     Load(#[from] wallex_runtime::LoadError),
@@ -222,12 +225,14 @@ pub async fn run_rebuild(args: RebuildBenchArgs) -> Result<(), DeployBenchError>
     let pool = db::pool(&database)?;
     db::migrate(&pool).await?;
     super::projections::preload(&pool, args.events).await?;
-    sqlx::raw_sql(
-        "DROP SCHEMA IF EXISTS proj_read_model_v1, projection_read_model CASCADE;
-         DELETE FROM projector_checkpoints; DELETE FROM projection_deployments;",
-    )
-    .execute(&pool)
-    .await?;
+    sqlx::raw_sql("DROP SCHEMA IF EXISTS proj_read_model_v1, projection_read_model CASCADE")
+        .execute(&pool)
+        .await?;
+    {
+        let mut conn = pool.acquire().await?;
+        checkpoint::delete_all(&mut conn).await?;
+        registry::delete_all_deployments(&mut conn).await?;
+    }
     let stale: Vec<String> = sqlx::query_scalar(
         "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'proj_read_model_v1_b%'",
     )
@@ -279,24 +284,21 @@ pub async fn run_rebuild(args: RebuildBenchArgs) -> Result<(), DeployBenchError>
 }
 
 async fn live_namespace(pool: &sqlx::PgPool) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT namespace FROM projection_deployments WHERE projection = $1")
-        .bind(PROJECTION)
-        .fetch_one(pool)
-        .await
+    registry::deployment(pool, PROJECTION)
+        .await?
+        .map(|d| d.namespace)
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Whether the read-model's checkpoint is the last outbox row.
 async fn caught_up(pool: sqlx::PgPool) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT (c.last_xact_id, c.last_position) = (o.xact_id, o.global_position)
-         FROM projector_checkpoints c,
-              (SELECT xact_id, global_position FROM outbox
-               ORDER BY xact_id DESC, global_position DESC LIMIT 1) o
-         WHERE c.projection = $1",
-    )
-    .bind(PROJECTION)
-    .fetch_one(&pool)
-    .await
+    let checkpoint = checkpoint::read(&pool, PROJECTION)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let last = wallex_core::outbox::last_cursor(&pool)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    Ok(checkpoint.is_some_and(|c| Some(c.cursor) == last))
 }
 
 /// Whether the rebuild replaced `before` as the live namespace.

@@ -25,8 +25,6 @@ use wallex_runtime::schema::ProjectionSchema;
 use wallex_runtime::worker::BatchHandler;
 use wallex_runtime::{checkpoint, ProjectionConfig, Projections};
 
-/// Rows generated per preload transaction.
-const PRELOAD_CHUNK: i64 = 10_000;
 /// How often the bench checks whether the workers caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(5);
 /// Longest any scenario may take.
@@ -143,50 +141,13 @@ pub async fn run(args: ProjectionBenchArgs) -> Result<(), ProjectionBenchError> 
     Ok(())
 }
 
-/// Fills the event store and outbox with `events` `WalletCreated` events (one wallet each), in
-/// chunks, unless exactly that many are already there.
+/// Fills the event store and outbox with `events` `WalletCreated` events (one wallet each),
+/// unless exactly that many are already there.
 pub async fn preload(pool: &PgPool, events: i64) -> Result<(), sqlx::Error> {
-    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
-        .await?;
-    if existing == events {
-        println!("preload: {events} events already present");
-        return Ok(());
+    match wallex_core::seed::wallet_created_events(pool, events).await? {
+        None => println!("preload: {events} events already present"),
+        Some(took) => println!("preload: {events} events in {:.1} s", took.as_secs_f64()),
     }
-    sqlx::raw_sql("TRUNCATE events, outbox, wallets")
-        .execute(pool)
-        .await?;
-    let started = Instant::now();
-    let mut from = 1;
-    while from <= events {
-        let to = (from + PRELOAD_CHUNK - 1).min(events);
-        sqlx::query(
-            "WITH e AS (
-                INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, recorded_at)
-                SELECT gen_random_uuid(), 'wallet-bw' || g, 1, 'WalletCreated',
-                       jsonb_build_object('walletId', 'bw' || g, 'ownerId', 'owner-' || (g % 1000),
-                                          'initialBalance', (g % 10000) || '.25', 'currency', 'USD',
-                                          'createdAt', '2026-11-26T12:00:00.000Z'),
-                       jsonb_build_object('correlationId', 'bench-' || g, 'causationId', 'bench-' || g),
-                       now()
-                FROM generate_series($1::bigint, $2::bigint) AS g
-                RETURNING global_position, event_id, stream_id, stream_version, event_type, data,
-                          metadata, recorded_at)
-             INSERT INTO outbox (global_position, event_id, stream_id, stream_version, event_type,
-                                 data, metadata, recorded_at)
-             SELECT * FROM e",
-        )
-        .bind(from)
-        .bind(to)
-        .execute(pool)
-        .await?;
-        from = to + 1;
-    }
-    sqlx::raw_sql("VACUUM ANALYZE outbox").execute(pool).await?;
-    println!(
-        "preload: {events} events in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 
@@ -210,28 +171,17 @@ async fn scenario(
         ))
         .execute(pool)
         .await?;
-        sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")
-            .bind(&schema.name)
-            .execute(pool)
-            .await?;
+        checkpoint::delete(&mut *pool.acquire().await?, &schema.name).await?;
         names.push(schema.name.clone());
         registered.push((schema, handler));
     }
     let mut config = ProjectionConfig::default();
     config.defaults.batch_size = batch_size;
     let projections = Projections::with_handlers(pool.clone(), config, registered).await?;
-    let (xact, position): (String, i64) = sqlx::query_as(
-        "SELECT xact_id::text, global_position FROM outbox
-         ORDER BY xact_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_one(pool)
-    .await?;
-    let target = wallex_core::outbox::OutboxCursor {
-        xact_id: xact
-            .parse()
-            .map_err(|_| ProjectionBenchError::Probe(format!("bad xact id {xact}")))?,
-        position,
-    };
+    let target = wallex_core::outbox::last_cursor(pool)
+        .await
+        .map_err(|e| ProjectionBenchError::Probe(e.to_string()))?
+        .ok_or_else(|| ProjectionBenchError::Probe("the outbox is empty".to_owned()))?;
     let stop = CancellationToken::new();
     let started = Instant::now();
     let tasks = projections.start(stop.clone());
