@@ -202,7 +202,8 @@ async fn skip_mode_spinners_are_penalised_and_quarantined_while_the_read_model_k
         "hostile-spin-some",
     )
     .await;
-    let share = elapsed / 10.0 + 4.0 * CALL_LIMIT_MS as f64 / 1000.0;
+    // One evaluation is 4 call limits of guest time; a loaded machine overshoots a limit a little.
+    let share = elapsed / 10.0 + 1.5 * 4.0 * CALL_LIMIT_MS as f64 / 1000.0;
     assert!(burned <= share, "burned {burned} s in {elapsed} s");
     assert_eq!(
         metric(&server, "projector_quarantined", "hostile-spin-some").await,
