@@ -109,7 +109,9 @@ fn ensure_guest_target() -> Result<(), String> {
     if target_installed(&rustc)? {
         return Ok(());
     }
-    println!("cargo:warning=the {GUEST_TARGET} target is missing; trying to install it with `{fix}`");
+    println!(
+        "cargo:warning=the {GUEST_TARGET} target is missing; trying to install it with `{fix}`"
+    );
     let mut rustup = Command::new("rustup");
     rustup.args(["target", "add"]);
     if let Some(toolchain) = &toolchain {
