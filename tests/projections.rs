@@ -2,11 +2,12 @@
 //! project wallets, replays are idempotent, bad mutations are rejected whole, leases fail over,
 //! and reads wait for their own writes.
 
-mod projection_support;
+mod common;
 
 use std::time::Duration;
 
-use projection_support::{create_wallet, last_cursor, table_snapshot, wait_caught_up, TestDb};
+use common::events::{create_wallet, last_cursor, table_snapshot, wait_caught_up};
+use common::PooledDb as TestDb;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use wallex_runtime::sandbox::bundled;

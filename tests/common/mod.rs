@@ -2,6 +2,8 @@
 //! `wallex` binary spawned against it on a random port.
 #![allow(dead_code)]
 
+pub mod events;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -110,6 +112,33 @@ impl Drop for TestDb {
             });
         })
         .join();
+    }
+}
+
+/// A migrated test database with a pool, for tests that run parts of wallex in the test
+/// process. The database is dropped by [`PooledDb::drop_db`], or with the value if the test
+/// panics first.
+pub struct PooledDb {
+    db: TestDb,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl PooledDb {
+    pub async fn new() -> PooledDb {
+        let db = TestDb::migrated().await;
+        let pool = db.pool().await;
+        PooledDb {
+            url: db.url.clone(),
+            pool,
+            db,
+        }
+    }
+
+    /// Closes the pool and drops the database.
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        drop(self.db);
     }
 }
 

@@ -1,67 +1,17 @@
-//! Test support for the projection tests: a throw-away database per test and a way to write
-//! events exactly as the write path does (event store + outbox in one transaction).
-
-#![allow(dead_code)]
+//! Writing events exactly as the write path does (event store + outbox in one transaction) and
+//! watching the in-process projection runtime catch up: the support of the tests that run the
+//! runtime in the test process instead of through the binary.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use wallex_core::eventstore::postgres::PgEventStore;
 use wallex_core::eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
 use wallex_core::outbox::{self, OutboxCursor};
 
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const POOL_SIZE: u32 = 8;
+/// How long an in-process projection may take to catch up.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A database created for one test, dropped by [`TestDb::drop_db`] or, if the test panics
-/// before, when the value is dropped.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-    pub pool: PgPool,
-}
-
-impl TestDb {
-    pub async fn new() -> TestDb {
-        let name = format!("wallex_t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(ADMIN_URL)
-            .await
-            .expect("admin connection");
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        let options: PgConnectOptions = url.parse().expect("url");
-        let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .connect_with(options.disable_statement_logging())
-            .await
-            .expect("pool");
-        wallex_core::db::MIGRATOR
-            .run(&pool)
-            .await
-            .expect("migrations");
-        TestDb { name, url, pool }
-    }
-
-    pub async fn drop_db(self) {
-        self.pool.close().await;
-        let mut admin = PgConnection::connect(ADMIN_URL)
-            .await
-            .expect("admin connection");
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("drop database");
-    }
-}
 
 /// Appends a `WalletCreated` and enqueues it in the outbox in one transaction; returns its position.
 pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i64 {
