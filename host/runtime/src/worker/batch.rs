@@ -198,9 +198,7 @@ impl Projector {
                 // Nothing settled: the first event is the poison (under `pause`).
                 tx.rollback().await?;
                 self.size_hint[track.index()].store(1, Ordering::Relaxed);
-                return Err(paused.unwrap_or_else(|| {
-                    BatchError::Data("no event of the batch could be settled".to_owned())
-                }));
+                return Err(paused.unwrap_or(BatchError::Unsettled));
             }
             rows = match mutation::apply(&mut tx, &evaluation.plan).await {
                 Ok(rows) => rows,

@@ -98,6 +98,10 @@ pub enum BatchError {
     /// worker then applies the batch range by range to attribute it.
     #[error("{0}")]
     Data(String),
+    /// The search for the failing event settled nothing (it always settles at least one event
+    /// or names the first poison event; this reports a broken promise instead of looping).
+    #[error("no event of the batch could be settled")]
+    Unsettled,
 }
 
 impl BatchError {
