@@ -14,7 +14,7 @@
 //!   graceful shutdown.
 //! - [`telemetry`] — the tracing subscriber, set up once.
 //! - [`cli`] — `wallex projections …`: the operator's client of the admin API.
-//! - [`bench`] — `wallex bench create|projections|deploy|rebuild`.
+//! - [`bench`] — `wallex bench create|projections|deploy|rebuild|system`.
 
 #![deny(missing_docs)]
 

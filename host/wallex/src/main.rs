@@ -52,6 +52,9 @@ enum BenchCommand {
     Deploy(wallex::bench::deploy::DeployBenchArgs),
     /// Blue/green rebuild throughput of the read-model (own bench database).
     Rebuild(wallex::bench::deploy::RebuildBenchArgs),
+    /// Creates/s with the projections live, their lag and catch-up, and (with --pgbench-url)
+    /// the ratio to PostgreSQL's 4-insert transaction ceiling measured in the same run.
+    System(wallex::bench::system::SystemBenchArgs),
 }
 
 /// `wallex` with no subcommand: `serve` configured from the environment.
@@ -113,6 +116,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Projections(args)) => {
             bench::projections::run(args).await?;
         }
+        Command::Bench(BenchCommand::System(args)) => bench::system::run(args).await?,
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod create;
 pub mod deploy;
 pub mod projections;
+pub mod system;
 
 use hdrhistogram::Histogram;
 
