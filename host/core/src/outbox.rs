@@ -229,7 +229,17 @@ fn parse_xact_id(text: &str) -> Result<u64, OutboxError> {
         .map_err(|_| OutboxError::XactIdOutOfRange(text.to_owned()))
 }
 
-/// Rows in the outbox and the highest global position (`None` when it is empty).
+/// The highest global position (`None` when the outbox is empty): one index lookup.
+pub async fn last_position<'e>(executor: impl PgExecutor<'e>) -> Result<Option<i64>, OutboxError> {
+    Ok(
+        sqlx::query_scalar("SELECT max(global_position) FROM outbox")
+            .fetch_one(executor)
+            .await?,
+    )
+}
+
+/// Rows in the outbox and the highest global position (`None` when it is empty). Counting reads
+/// the whole table: for operators' statistics, not for anything polled often.
 pub async fn size<'e>(executor: impl PgExecutor<'e>) -> Result<(i64, Option<i64>), OutboxError> {
     Ok(
         sqlx::query_as("SELECT count(*), max(global_position) FROM outbox")

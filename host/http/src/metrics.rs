@@ -30,7 +30,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let checkpoints = checkpoint::read_all(&state.pool)
         .await
         .map_err(|e| Problem::internal(&e))?;
-    let (_, last) = outbox::size(&state.pool)
+    let last = outbox::last_position(&state.pool)
         .await
         .map_err(|e| Problem::internal(&e))?;
     let mut out = String::new();
