@@ -598,6 +598,215 @@ async fn concurrent_creates_of_one_wallet_id_with_different_keys_yield_one_201()
     assert_eq!((wallets, events, outbox), (1, 1, 1));
 }
 
+/// What one request of the group-commit test is, and what it must get.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    /// A new wallet with a key of its own: 201.
+    Fresh,
+    /// A new wallet without a key: 201.
+    FreshNoKey,
+    /// One of several requests with one key and body: one 201, the rest 409 in flight or replay.
+    SameKey,
+    /// One of several requests for one wallet id with keys of their own: one 201, the rest
+    /// `wallet-exists` (stored for their keys).
+    SameWallet,
+    /// A wallet id that existed before: `wallet-exists`.
+    Existing,
+    /// A wallet whose stream exists without it (a damaged store): this request alone fails,
+    /// after its batch is split into one transaction per request.
+    Orphan,
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_share_transactions_yet_each_gets_its_own_answer() {
+    // One committer, and every commit held for a moment: requests pile up behind it and the next
+    // transaction carries many of them, with every kind of conflict mixed in.
+    let app = start(&[
+        ("WRITE_COMMITTERS", "1"),
+        ("WALLEX_FAILPOINTS", "before-commit=sleep(100)"),
+    ])
+    .await;
+    let client = client();
+    let existing = fresh_id("w-old");
+    let first = post_wallet(&client, &app.server, &wallet_body(&existing), &[]).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+
+    let orphan = fresh_id("w-orphan");
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, recorded_at)
+         VALUES (gen_random_uuid(), 'wallet-' || $1, 1, 'WalletCreated', '{}', '{}', now())",
+    )
+    .bind(&orphan)
+    .execute(&app.pool)
+    .await
+    .expect("orphan stream");
+    let same_key = fresh_id("k-same");
+    let same_key_body = wallet_body(&fresh_id("w-same-key"));
+    let contested = fresh_id("w-contested");
+    let mut requests: Vec<(Role, String, Option<String>)> = Vec::new();
+    for n in 0..12 {
+        requests.push((
+            Role::Fresh,
+            wallet_body(&fresh_id("w")),
+            Some(fresh_id("k")),
+        ));
+        if n < 6 {
+            requests.push((Role::FreshNoKey, wallet_body(&fresh_id("w")), None));
+            requests.push((Role::SameKey, same_key_body.clone(), Some(same_key.clone())));
+            requests.push((
+                Role::SameWallet,
+                wallet_body(&contested),
+                Some(fresh_id("k")),
+            ));
+        }
+        if n < 2 {
+            requests.push((Role::Existing, wallet_body(&existing), Some(fresh_id("k"))));
+        }
+        if n == 5 {
+            requests.push((Role::Orphan, wallet_body(&orphan), Some(fresh_id("k"))));
+        }
+    }
+    // A request that holds the committer while the crowd queues behind it.
+    let blocker = {
+        let (client, url) = (client.clone(), app.server.url("/wallets"));
+        tokio::spawn(post_owned(client, url, wallet_body(&fresh_id("w")), None))
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
+    let mut tasks = Vec::new();
+    for (role, body, key) in requests.clone() {
+        let (client, url, barrier) = (client.clone(), app.server.url("/wallets"), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            (role, key.clone(), post_owned(client, url, body, key).await)
+        }));
+    }
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.expect("task"));
+    }
+
+    assert_eq!(blocker.await.expect("task").status, 201);
+    let mut positions = std::collections::HashSet::new();
+    let (mut same_key_originals, mut contested_created) = (0, 0);
+    for (role, _, reply) in &replies {
+        let original = reply.status == 201 && reply.header("idempotent-replayed").is_none();
+        if original {
+            let position: i64 = reply
+                .header("x-global-position")
+                .and_then(|p| p.parse().ok())
+                .expect("X-Global-Position");
+            assert!(positions.insert(position), "positions are per request");
+            let wallet = reply.json()["id"].as_str().expect("id").to_owned();
+            let (stored,): (i64,) = sqlx::query_as(
+                "SELECT global_position FROM events WHERE stream_id = 'wallet-' || $1",
+            )
+            .bind(&wallet)
+            .fetch_one(&app.pool)
+            .await
+            .expect("the wallet's event");
+            assert_eq!(stored, position, "{role:?}: its own event's position");
+        }
+        match role {
+            Role::Fresh | Role::FreshNoKey => assert!(original, "{role:?}: {}", reply.text()),
+            Role::SameKey => match reply.status {
+                201 => same_key_originals += usize::from(original),
+                _ => {
+                    reply.assert_problem(409, "idempotency-key-in-flight");
+                }
+            },
+            Role::SameWallet => match reply.status {
+                201 => contested_created += 1,
+                _ => {
+                    reply.assert_problem(409, "wallet-exists");
+                }
+            },
+            Role::Existing | Role::Orphan => {
+                reply.assert_problem(409, "wallet-exists");
+            }
+        }
+    }
+    assert_eq!(
+        same_key_originals, 1,
+        "one request with the shared key did the work"
+    );
+    assert_eq!(
+        contested_created, 1,
+        "one request created the contested wallet"
+    );
+
+    // Every keyed answer was stored for its own key: a retry replays it byte for byte.
+    for (role, key, reply) in &replies {
+        let Some(key) = key else { continue };
+        if matches!(role, Role::SameKey | Role::Orphan) {
+            continue;
+        }
+        let body = requests
+            .iter()
+            .find(|(_, _, k)| k.as_deref() == Some(key))
+            .map(|(_, body, _)| body.clone())
+            .expect("request");
+        let again = post_wallet(&client, &app.server, &body, &[("Idempotency-Key", key)]).await;
+        assert_eq!(again.status, reply.status, "{role:?}");
+        assert_eq!(again.body, reply.body, "{role:?}: replayed byte for byte");
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    }
+
+    // 1 old + 1 blocker + 12 fresh + 6 without key + 1 shared key + 1 contested; the orphan's
+    // answer is an error, stored for nobody.
+    let wallets = 22;
+    let keys = 12 + 1 + 6 + 2;
+    assert_eq!(
+        row_counts(&app.pool).await,
+        (wallets, wallets + 1, wallets, keys)
+    );
+    let metrics = get(&client, &app.server, "/metrics").await.text();
+    assert!(
+        metric(&metrics, "wallet_write_batch_splits_total") >= 1,
+        "the orphan's batch was split: {metrics}"
+    );
+
+    // Without anomalies, a crowd shares transactions.
+    let (transactions, answered) = (
+        metric(&metrics, "wallet_write_transactions_total"),
+        metric(&metrics, "wallet_write_requests_total"),
+    );
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+    let crowd: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url, barrier) =
+                (client.clone(), app.server.url("/wallets"), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                post_owned(
+                    client,
+                    url,
+                    wallet_body(&fresh_id("w")),
+                    Some(fresh_id("k")),
+                )
+                .await
+            })
+        })
+        .collect();
+    for reply in crowd {
+        assert_eq!(reply.await.expect("task").status, 201);
+    }
+    let metrics = get(&client, &app.server, "/metrics").await.text();
+    let transactions = metric(&metrics, "wallet_write_transactions_total") - transactions;
+    let answered = metric(&metrics, "wallet_write_requests_total") - answered;
+    assert_eq!(answered, 16);
+    assert!(
+        transactions < answered,
+        "requests shared transactions: {transactions} transactions for {answered} requests"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_in_flight_answers_409_with_retry_after_then_replays() {
     let app = start(&[("WALLEX_FAILPOINTS", "before-commit=sleep(1500)")]).await;
@@ -664,6 +873,7 @@ async fn a_crash_between_append_and_commit_leaves_nothing_and_the_key_retryable(
     let client = client();
     let body = wallet_body("w-crash");
     for failpoint in ["after-append=abort", "before-commit=abort"] {
+        // The lone request, and then a crowd sharing one transaction.
         let mut server = Server::spawn(&db.url, &[("WALLEX_FAILPOINTS", failpoint)]);
         let result = client
             .post(server.url("/wallets"))
@@ -682,13 +892,55 @@ async fn a_crash_between_append_and_commit_leaves_nothing_and_the_key_retryable(
             (0, 0, 0, 0),
             "{failpoint}: nothing partial"
         );
+
+        let spec = format!("{failpoint},before-claim=sleep(200)");
+        let mut server = Server::spawn(
+            &db.url,
+            &[
+                ("WALLEX_FAILPOINTS", spec.as_str()),
+                ("WRITE_COMMITTERS", "1"),
+            ],
+        );
+        let crowd: Vec<_> = (0..16)
+            .map(|n| {
+                let request = client
+                    .post(server.url("/wallets"))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", format!("crash-key-{n}"))
+                    .body(wallet_body(&format!("w-crash-{n}")));
+                tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        for request in crowd {
+            let result = request.await.expect("task");
+            assert!(
+                result.is_err(),
+                "{failpoint}: no answer from a dead batch: {result:?}"
+            );
+        }
+        let status = server
+            .wait_exit(Duration::from_secs(10))
+            .expect("server exited");
+        assert!(!status.success(), "{failpoint}: aborted");
+        assert_eq!(
+            row_counts(&pool).await,
+            (0, 0, 0, 0),
+            "{failpoint}: nothing partial"
+        );
     }
-    // The sequence may have advanced; nothing else did. The same key now just works.
+    // The sequence may have advanced; nothing else did. The same keys now just work.
     let server = Server::spawn(&db.url, &[]);
     let reply = post_wallet(&client, &server, &body, &[("Idempotency-Key", "crash-key")]).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(reply.header("idempotent-replayed"), None);
-    assert_eq!(row_counts(&pool).await, (1, 1, 1, 1));
+    for n in 0..16 {
+        let key = format!("crash-key-{n}");
+        let body = wallet_body(&format!("w-crash-{n}"));
+        let reply = post_wallet(&client, &server, &body, &[("Idempotency-Key", &key)]).await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        assert_eq!(reply.header("idempotent-replayed"), None);
+    }
+    assert_eq!(row_counts(&pool).await, (17, 17, 17, 17));
 }
 
 #[tokio::test(flavor = "multi_thread")]

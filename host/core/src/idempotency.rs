@@ -137,9 +137,6 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
-/// A row of `idempotency_keys` as read back: fingerprint, status, headers, body.
-type StoredRow = (Vec<u8>, i16, sqlx::types::Json<Vec<StoredHeader>>, Vec<u8>);
-
 #[derive(Serialize, Deserialize)]
 struct StoredHeader {
     name: String,
@@ -160,66 +157,118 @@ pub async fn find_completed<'e>(
     executor: impl PgExecutor<'e>,
     key: &ScopedKey,
 ) -> Result<Option<CompletedRequest>, sqlx::Error> {
-    let row: Option<StoredRow> = sqlx::query_as(
-        "SELECT fingerprint, status_code, response_headers, response_body
-         FROM idempotency_keys
-         WHERE scope = $1 AND idempotency_key = $2 AND expires_at > now()",
-    )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .fetch_optional(executor)
-    .await?;
-    Ok(
-        row.map(|(fingerprint, status, headers, body)| CompletedRequest {
-            fingerprint,
-            response: StoredResponse {
-                status: u16::try_from(status).unwrap_or(500),
-                headers: headers
-                    .0
-                    .into_iter()
-                    .map(|header| (header.name, header.value))
-                    .collect(),
-                body,
-            },
-        }),
-    )
+    Ok(find_completed_many(executor, &[key]).await?.pop().flatten())
 }
 
-/// Tries to claim `key` for the caller's transaction. `false`: another request holds it.
-pub async fn try_claim<'e>(
+/// [`find_completed`] for many keys with one statement, in input order. Run it after claiming
+/// the keys: it then sees every request of them that committed before.
+pub async fn find_completed_many<'e>(
     executor: impl PgExecutor<'e>,
-    key: &ScopedKey,
-) -> Result<bool, sqlx::Error> {
-    let (claimed,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(key.lock_id())
-        .fetch_one(executor)
+    keys: &[&ScopedKey],
+) -> Result<Vec<Option<CompletedRequest>>, sqlx::Error> {
+    let scopes: Vec<&str> = keys.iter().map(|key| key.scope.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|key| key.key.as_str()).collect();
+    let rows: Vec<(i64, Option<Vec<u8>>, Option<i16>, Option<sqlx::types::Json<Vec<StoredHeader>>>, Option<Vec<u8>>)> =
+        sqlx::query_as(
+            "SELECT input.n, k.fingerprint, k.status_code, k.response_headers, k.response_body
+             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS input (scope, idempotency_key, n)
+             LEFT JOIN idempotency_keys k
+                    ON k.scope = input.scope AND k.idempotency_key = input.idempotency_key
+                   AND k.expires_at > now()
+             ORDER BY input.n",
+        )
+        .bind(&scopes)
+        .bind(&names)
+        .fetch_all(executor)
         .await?;
-    Ok(claimed)
+    Ok(rows
+        .into_iter()
+        .map(|(_, fingerprint, status, headers, body)| {
+            Some(CompletedRequest {
+                fingerprint: fingerprint?,
+                response: StoredResponse {
+                    status: u16::try_from(status?).unwrap_or(500),
+                    headers: headers?
+                        .0
+                        .into_iter()
+                        .map(|header| (header.name, header.value))
+                        .collect(),
+                    body: body?,
+                },
+            })
+        })
+        .collect())
 }
 
-/// Records the completed response of `key` in the caller's transaction. An expired record of the
-/// same key is replaced: after expiry the key is new again. `false`: a live record exists already
-/// (a request with the key completed between the caller's first look and its claim); the caller
-/// must roll back and answer from that record.
-pub async fn store<'e>(
+/// Tries to claim many keys for the caller's transaction with one statement: `true` at index `i`
+/// if `keys[i]` is now held by it. A key that appears twice is claimed by its first occurrence
+/// only (advisory locks are re-entrant within a session, so the second would succeed too).
+pub async fn try_claim_many<'e>(
     executor: impl PgExecutor<'e>,
-    key: &ScopedKey,
-    fingerprint: &[u8],
-    response: &StoredResponse,
-    expires_at: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let headers: Vec<StoredHeader> = response
-        .headers
-        .iter()
-        .map(|(name, value)| StoredHeader {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect();
-    let stored = sqlx::query(
+    keys: &[&ScopedKey],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<i64> = keys.iter().map(|key| key.lock_id()).collect();
+    let claimed: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT n, pg_try_advisory_xact_lock(id)
+         FROM UNNEST($1::bigint[]) WITH ORDINALITY AS k (id, n)
+         ORDER BY n",
+    )
+    .bind(&ids)
+    .fetch_all(executor)
+    .await?;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    Ok(claimed
+        .into_iter()
+        .zip(&ids)
+        .map(|((_, claimed), id)| claimed && seen.insert(*id))
+        .collect())
+}
+
+/// A completed response to record: one entry of [`store_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The key, claimed by the caller's transaction.
+    pub key: &'a ScopedKey,
+    /// [`fingerprint`] of the request's body.
+    pub fingerprint: &'a [u8],
+    /// What the request is answered with.
+    pub response: &'a StoredResponse,
+    /// When the record may be forgotten.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Records completed responses in the caller's transaction, with one statement: `true` at index
+/// `i` if `completions[i]` was recorded, `false` if a live record of its key exists already (it
+/// completed between the caller's first look and its claim; the caller must roll back and answer
+/// from that record). An expired record of the same key is replaced: after expiry the key is new
+/// again. The keys must be distinct and claimed by the caller.
+pub async fn store_many<'e>(
+    executor: impl PgExecutor<'e>,
+    completions: &[Completion<'_>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if completions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut scopes = Vec::with_capacity(completions.len());
+    let mut keys = Vec::with_capacity(completions.len());
+    let mut fingerprints = Vec::with_capacity(completions.len());
+    let mut statuses = Vec::with_capacity(completions.len());
+    let mut headers = Vec::with_capacity(completions.len());
+    let mut bodies = Vec::with_capacity(completions.len());
+    let mut expiries = Vec::with_capacity(completions.len());
+    for completion in completions {
+        scopes.push(completion.key.scope.as_str());
+        keys.push(completion.key.key.as_str());
+        fingerprints.push(completion.fingerprint);
+        statuses.push(i16::try_from(completion.response.status).unwrap_or(i16::MAX));
+        headers.push(stored_headers(completion.response));
+        bodies.push(completion.response.body.as_slice());
+        expiries.push(completion.expires_at);
+    }
+    let stored: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO idempotency_keys
              (scope, idempotency_key, fingerprint, status_code, response_headers, response_body, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::smallint[], $5::jsonb[], $6::bytea[], $7::timestamptz[])
          ON CONFLICT (scope, idempotency_key) DO UPDATE
              SET fingerprint = EXCLUDED.fingerprint,
                  status_code = EXCLUDED.status_code,
@@ -227,18 +276,38 @@ pub async fn store<'e>(
                  response_body = EXCLUDED.response_body,
                  created_at = now(),
                  expires_at = EXCLUDED.expires_at
-             WHERE idempotency_keys.expires_at <= now()",
+             WHERE idempotency_keys.expires_at <= now()
+         RETURNING scope, idempotency_key",
     )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .bind(fingerprint)
-    .bind(i16::try_from(response.status).unwrap_or(i16::MAX))
-    .bind(sqlx::types::Json(headers))
-    .bind(&response.body)
-    .bind(expires_at)
-    .execute(executor)
+    .bind(&scopes)
+    .bind(&keys)
+    .bind(&fingerprints)
+    .bind(&statuses)
+    .bind(&headers)
+    .bind(&bodies)
+    .bind(&expiries)
+    .fetch_all(executor)
     .await?;
-    Ok(stored.rows_affected() == 1)
+    let stored: std::collections::HashSet<(String, String)> = stored.into_iter().collect();
+    Ok(completions
+        .iter()
+        .map(|completion| {
+            stored.contains(&(completion.key.scope.clone(), completion.key.key.clone()))
+        })
+        .collect())
+}
+
+fn stored_headers(response: &StoredResponse) -> sqlx::types::Json<Vec<StoredHeader>> {
+    sqlx::types::Json(
+        response
+            .headers
+            .iter()
+            .map(|(name, value)| StoredHeader {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// Deletes expired keys in batches of at most `batch_size` until none are left. Returns how many.

@@ -132,5 +132,27 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             u8::from(projector.in_quarantine())
         );
     }
+    let writes = state.write_path.stats();
+    for (metric, help, value) in [
+        (
+            "wallet_write_transactions_total",
+            "Write transactions committed by this process (group commit: one per batch).",
+            writes.transactions(),
+        ),
+        (
+            "wallet_write_requests_total",
+            "Create requests answered by those transactions.",
+            writes.requests(),
+        ),
+        (
+            "wallet_write_batch_splits_total",
+            "Write batches re-run one transaction per request (a key completed meanwhile, or a damaged stream).",
+            writes.splits(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {help}");
+        let _ = writeln!(out, "# TYPE {metric} counter");
+        let _ = writeln!(out, "{metric} {value}");
+    }
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], out))
 }

@@ -120,7 +120,7 @@ async fn create(
     };
     let outcome = state
         .write_path
-        .create_wallet(&command, &context, render_create_result)
+        .create_wallet(command, context, render_create_result)
         .await
         .map_err(write_error_problem)?;
     Ok(match outcome {
@@ -228,6 +228,18 @@ fn stored_response(stored: &StoredResponse, replayed: bool) -> Response {
 }
 
 fn write_error_problem(error: WriteError) -> Problem {
+    if let WriteError::Batch(shared) = &error {
+        return source_sqlx(shared).map_or_else(|| Problem::internal(&error), Problem::from_sqlx);
+    }
+    if let WriteError::Stopped = error {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "Shutting down",
+            "The server is shutting down; retry against another instance.",
+        )
+        .with_retry_after(1);
+    }
     if let WriteError::StreamExists(_) = error {
         return Problem::new(
             StatusCode::CONFLICT,

@@ -100,7 +100,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(
     let state = AppState {
         admin,
         projections,
-        write_path: WritePath::new(pool.clone(), config.idempotency.ttl()),
+        write_path: WritePath::start(pool.clone(), &config.write_path, config.idempotency.ttl()),
         pool: pool.clone(),
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout(),

@@ -41,6 +41,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub idempotency: IdempotencyConfig,
 
+    /// How many write transactions run at once and how many creates one of them carries.
+    #[command(flatten)]
+    pub write_path: wallex_core::write_path::WritePathConfig,
+
     /// Settings of the projection runtime.
     #[command(flatten)]
     pub projections: wallex_runtime::ProjectionArgs,

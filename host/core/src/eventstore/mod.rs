@@ -95,6 +95,17 @@ pub enum ExpectedVersion {
     Exact(i64),
 }
 
+/// One stream's part of [`EventStore::append_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct StreamAppend<'a> {
+    /// The stream appended to.
+    pub stream: &'a str,
+    /// Its optimistic concurrency check.
+    pub expected: ExpectedVersion,
+    /// What is appended to it (at least one event).
+    pub events: &'a [NewEvent],
+}
+
 /// Errors of an event store.
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
@@ -130,6 +141,20 @@ pub trait EventStore: Send + Sync {
         events: &[NewEvent],
         recorded_at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, EventStoreError>> + Send;
+
+    /// Appends to many streams at once, in the caller's transaction: each [`StreamAppend`] is
+    /// checked against its own expected version and its outcome is its own, in input order. A
+    /// stream whose check fails gets `WrongExpectedVersion` and nothing of it is written, while the
+    /// others are appended (the transaction stays usable). This is how a group commit appends the
+    /// events of many requests with one statement.
+    fn append_many(
+        &self,
+        tx: &mut Self::Transaction,
+        appends: &[StreamAppend<'_>],
+        recorded_at: DateTime<Utc>,
+    ) -> impl Future<
+        Output = Result<Vec<Result<Vec<RecordedEvent>, EventStoreError>>, EventStoreError>,
+    > + Send;
 
     /// Reads a whole stream in version order (empty if it does not exist).
     fn read_stream(

@@ -1,0 +1,454 @@
+//! One write transaction for many create requests (group commit).
+//!
+//! A committer takes every request waiting in the queue (up to the batch limit) and writes them in
+//! one transaction, with one statement per table:
+//!
+//! 1. claim every idempotency key (`pg_try_advisory_xact_lock` over an array); a key held
+//!    elsewhere, or by an earlier request of the same batch, answers that request `KeyInFlight`;
+//!    then look the claimed keys up: a completed one answers its replay (or `KeyReused`);
+//! 2. insert the wallets, sorted by id so that two batches wanting the same ids take their row
+//!    locks in the same order and cannot deadlock; an id that exists (or was taken by an earlier
+//!    request of the batch) answers `WalletExists`;
+//! 3. append one `WalletCreated` per new wallet ([`EventStore::append_many`]) and enqueue them
+//!    in the outbox;
+//! 4. render each request's response and store those of requests with a key;
+//! 5. commit, then answer every request.
+//!
+//! If the whole transaction fails, every request of the batch gets the error and nothing is
+//! stored. Two anomalies belong to one request but can only be seen after its rows are written: a
+//! live record for a key the batch holds (the safety net of step 4), and a stream that exists
+//! without its wallet. Then the batch is rolled back and its requests are run again one
+//! transaction each, where they are answered exactly as alone (replay, or the error).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{
+    replay_or_reject, wallet_stream, CreateResult, Render, RequestContext, WriteError,
+    WriteOutcome, WriteStats,
+};
+use crate::eventstore::postgres::PgEventStore;
+use crate::eventstore::{
+    deterministic_event_id, EventMetadata, EventStore, EventStoreError, ExpectedVersion, NewEvent,
+    StreamAppend,
+};
+use crate::failpoint;
+use crate::idempotency::{self, Completion, ScopedKey};
+use crate::outbox;
+use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
+
+/// A request waiting for a committer.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) command: CreateWallet,
+    pub(super) context: RequestContext,
+    pub(super) render: Render,
+    pub(super) reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+/// What the committers share: the pool and the settings of a write.
+#[derive(Debug)]
+pub(super) struct Committer {
+    pool: PgPool,
+    events: PgEventStore,
+    idempotency_ttl: chrono::Duration,
+    max_batch: usize,
+    stats: Arc<WriteStats>,
+}
+
+/// Why a batch did not commit.
+enum Failure {
+    /// The transaction failed; every request gets this error.
+    Write(WriteError),
+    /// One request needs a transaction of its own (see the module docs); rolled back.
+    Isolate,
+}
+
+macro_rules! failure_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failure {
+            fn from(error: $error) -> Self {
+                Self::Write(error.into())
+            }
+        }
+    )*};
+}
+failure_from!(
+    sqlx::Error,
+    EventStoreError,
+    outbox::OutboxError,
+    WriteError
+);
+
+/// Takes batches from `queue` and commits them until every sender is gone.
+pub(super) async fn run(committer: Arc<Committer>, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    let mut batch = Vec::with_capacity(committer.max_batch);
+    loop {
+        {
+            // Whoever holds the receiver waits for the next request, then takes what else is
+            // waiting: a lone request goes at once, a crowd shares one transaction.
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, committer.max_batch).await == 0 {
+                return;
+            }
+        }
+        let span = tracing::debug_span!("write_batch", requests = batch.len());
+        committer
+            .commit(std::mem::take(&mut batch))
+            .instrument(span)
+            .await;
+    }
+}
+
+impl Committer {
+    pub(super) fn new(
+        pool: PgPool,
+        idempotency_ttl: chrono::Duration,
+        max_batch: usize,
+        stats: Arc<WriteStats>,
+    ) -> Self {
+        Self {
+            events: PgEventStore::new(pool.clone()),
+            pool,
+            idempotency_ttl,
+            max_batch,
+            stats,
+        }
+    }
+
+    /// Writes `batch` and answers each of its requests.
+    async fn commit(&self, batch: Vec<Pending>) {
+        let (requests, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|pending| {
+                let request = Request {
+                    command: pending.command,
+                    context: pending.context,
+                    render: pending.render,
+                };
+                (request, pending.reply)
+            })
+            .unzip();
+        match self.write(&requests).await {
+            Ok(outcomes) => {
+                self.stats.committed(requests.len());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A requester that went away (timeout, disconnect) finds its response stored.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(Failure::Isolate) => {
+                tracing::debug!(
+                    requests = requests.len(),
+                    "batch split: one transaction each"
+                );
+                self.stats.split();
+                for (request, reply) in requests.into_iter().zip(replies) {
+                    let alone = std::slice::from_ref(&request);
+                    let outcome = match self.write(alone).await {
+                        Ok(mut outcomes) => {
+                            self.stats.committed(1);
+                            outcomes.pop().ok_or(WriteError::Stopped)
+                        }
+                        Err(Failure::Write(error)) => Err(error),
+                        // A lone request settles its anomaly itself; this is unreachable.
+                        Err(Failure::Isolate) => Err(WriteError::Stopped),
+                    };
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(Failure::Write(error)) => {
+                let mut replies = replies;
+                if replies.len() == 1 {
+                    if let Some(reply) = replies.pop() {
+                        let _ = reply.send(Err(error));
+                    }
+                    return;
+                }
+                tracing::warn!(requests = replies.len(), %error, "write batch failed");
+                let shared = Arc::new(error);
+                for reply in replies {
+                    let _ = reply.send(Err(WriteError::Batch(shared.clone())));
+                }
+            }
+        }
+    }
+
+    /// One transaction for `requests`; their outcomes in the same order.
+    async fn write(&self, requests: &[Request]) -> Result<Vec<WriteOutcome>, Failure> {
+        let alone = requests.len() == 1;
+        let mut settled: Vec<Option<WriteOutcome>> = vec![None; requests.len()];
+        let mut tx = self.pool.begin().await?;
+
+        // 1. Claims.
+        let keyed: Vec<(usize, &ScopedKey)> = requests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, request)| Some((i, &request.context.idempotency.as_ref()?.key)))
+            .collect();
+        if !keyed.is_empty() {
+            let keys: Vec<&ScopedKey> = keyed.iter().map(|(_, key)| *key).collect();
+            let claimed = idempotency::try_claim_many(&mut *tx, &keys).await?;
+            let mut held = Vec::with_capacity(keyed.len());
+            for ((i, key), claimed) in keyed.iter().zip(claimed) {
+                if claimed {
+                    held.push((*i, *key));
+                } else {
+                    settled[*i] = Some(WriteOutcome::KeyInFlight);
+                }
+            }
+            // Completed keys are answered from their record (replay, or 422 for another body).
+            // Looked up after the claim, so a request that completed just before is seen.
+            let keys: Vec<&ScopedKey> = held.iter().map(|(_, key)| *key).collect();
+            let completed = idempotency::find_completed_many(&mut *tx, &keys).await?;
+            for ((i, _), completed) in held.iter().zip(completed) {
+                if let Some(stored) = completed {
+                    let fingerprint = requests[*i]
+                        .context
+                        .idempotency
+                        .as_ref()
+                        .map_or(&[][..], |request| &request.fingerprint);
+                    settled[*i] = Some(replay_or_reject(stored, fingerprint));
+                }
+            }
+        }
+
+        // 2. Wallets, in id order; the first request of each id writes it.
+        let now = Utc::now().trunc_subsecs(3);
+        let mut order: Vec<usize> = (0..requests.len())
+            .filter(|i| settled[*i].is_none())
+            .collect();
+        order.sort_by(|a, b| {
+            requests[*a]
+                .command
+                .wallet_id
+                .cmp(&requests[*b].command.wallet_id)
+        });
+        let mut writers = Vec::with_capacity(order.len());
+        let mut taken = HashSet::with_capacity(order.len());
+        for &i in &order {
+            if taken.insert(requests[i].command.wallet_id.as_str()) {
+                writers.push(i);
+            }
+        }
+        let wallets: Vec<WalletSnapshot> = writers
+            .iter()
+            .map(|&i| snapshot(&requests[i].command, now))
+            .collect();
+        let inserted = insert_wallets(&mut tx, &wallets).await?;
+
+        // 3. Events and outbox rows of the new wallets.
+        let created: Vec<(usize, &WalletSnapshot)> = writers
+            .iter()
+            .zip(&wallets)
+            .filter(|(_, wallet)| inserted.contains(wallet.id.as_str()))
+            .map(|(&i, wallet)| (i, wallet))
+            .collect();
+        let events: Vec<(String, [NewEvent; 1])> = created
+            .iter()
+            .map(|(i, wallet)| {
+                let context = &requests[*i].context;
+                (
+                    wallet_stream(&wallet.id),
+                    [created_event(wallet, context, now)],
+                )
+            })
+            .collect();
+        let appends: Vec<StreamAppend<'_>> = events
+            .iter()
+            .map(|(stream, events)| StreamAppend {
+                stream,
+                expected: ExpectedVersion::NoStream,
+                events,
+            })
+            .collect();
+        let appended = self.events.append_many(&mut tx, &appends, now).await?;
+        failpoint::hit("after-append").await;
+        let mut positions: Vec<Option<(i64, &WalletSnapshot)>> = vec![None; requests.len()];
+        let mut recorded = Vec::with_capacity(appended.len());
+        for ((i, wallet), outcome) in created.iter().zip(appended) {
+            match outcome {
+                Ok(events) => {
+                    positions[*i] = events.last().map(|event| (event.global_position, *wallet));
+                    recorded.extend(events);
+                }
+                Err(EventStoreError::WrongExpectedVersion { stream, .. }) => {
+                    tx.rollback().await?;
+                    return Err(if alone {
+                        Failure::Write(WriteError::StreamExists(stream))
+                    } else {
+                        Failure::Isolate
+                    });
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        outbox::enqueue(&mut *tx, &recorded).await?;
+
+        // 4. Responses, stored for the keys.
+        let mut responses = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            if settled[i].is_some() {
+                responses.push(None);
+                continue;
+            }
+            let result = match positions[i] {
+                Some((position, wallet)) => CreateResult::Created {
+                    wallet: wallet.clone(),
+                    position,
+                },
+                None => CreateResult::WalletExists {
+                    wallet_id: request.command.wallet_id.clone(),
+                },
+            };
+            responses.push(Some((request.render)(&result)?));
+        }
+        let expires_at = now + self.idempotency_ttl;
+        let completions: Vec<(usize, Completion<'_>)> = requests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, request)| {
+                let idempotent = request.context.idempotency.as_ref()?;
+                Some((
+                    i,
+                    Completion {
+                        key: &idempotent.key,
+                        fingerprint: &idempotent.fingerprint,
+                        response: responses[i].as_ref()?,
+                        expires_at,
+                    },
+                ))
+            })
+            .collect();
+        let entries: Vec<Completion<'_>> = completions.iter().map(|(_, c)| *c).collect();
+        let stored = idempotency::store_many(&mut *tx, &entries).await?;
+        if let Some(((_, lost), _)) = completions
+            .iter()
+            .zip(&stored)
+            .find(|(_, stored)| !**stored)
+        {
+            // A live record appeared after the look-up (it cannot while the key is held; this is
+            // the safety net).
+            tx.rollback().await?;
+            if !alone {
+                return Err(Failure::Isolate);
+            }
+            return Ok(vec![
+                match idempotency::find_completed(&self.pool, lost.key).await? {
+                    Some(stored) => replay_or_reject(stored, lost.fingerprint),
+                    // Completed and expired within this request: it is simply in the way.
+                    None => WriteOutcome::KeyInFlight,
+                },
+            ]);
+        }
+
+        failpoint::hit("before-commit").await;
+        tx.commit().await?;
+        Ok(settled
+            .into_iter()
+            .zip(responses)
+            .map(|(settled, response)| match (settled, response) {
+                (Some(outcome), _) => outcome,
+                (None, Some(response)) => WriteOutcome::Completed(response),
+                // Every request is either settled early or has a response.
+                (None, None) => WriteOutcome::KeyInFlight,
+            })
+            .collect())
+    }
+}
+
+/// A request as a committer holds it.
+struct Request {
+    command: CreateWallet,
+    context: RequestContext,
+    render: Render,
+}
+
+fn snapshot(command: &CreateWallet, now: DateTime<Utc>) -> WalletSnapshot {
+    WalletSnapshot {
+        id: command.wallet_id.clone(),
+        owner_id: command.owner_id.clone(),
+        balance: command.initial_balance,
+        currency: command.currency.clone(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Inserts the snapshots in order; returns the ids that were new. A concurrent create of the same
+/// id waits here for the other transaction, then finds the row: exactly one of them creates it.
+async fn insert_wallets<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    wallets: &'a [WalletSnapshot],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if wallets.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<&str> = wallets.iter().map(|w| w.id.as_str()).collect();
+    let owners: Vec<&str> = wallets.iter().map(|w| w.owner_id.as_str()).collect();
+    let balances: Vec<rust_decimal::Decimal> = wallets.iter().map(|w| w.balance).collect();
+    let currencies: Vec<&str> = wallets.iter().map(|w| w.currency.as_str()).collect();
+    let now = wallets[0].created_at;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO wallets (id, owner_id, balance, currency, version, created_at, updated_at)
+         SELECT id, owner_id, balance, currency, 1, $5, $5
+         FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::text[])
+              WITH ORDINALITY AS input (id, owner_id, balance, currency, n)
+         ORDER BY n
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&balances)
+    .bind(&currencies)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// The `WalletCreated` event of a new wallet. Its id derives from the request's key, so a retry
+/// against an external store deduplicates.
+fn created_event(
+    wallet: &WalletSnapshot,
+    context: &RequestContext,
+    now: DateTime<Utc>,
+) -> NewEvent {
+    let event_id = match &context.idempotency {
+        Some(request) => deterministic_event_id(
+            &request.key.scope,
+            &request.key.key,
+            &request.fingerprint,
+            0,
+        ),
+        None => Uuid::new_v4(),
+    };
+    NewEvent {
+        event_id,
+        event_type: WALLET_CREATED.to_owned(),
+        data: json!({
+            "walletId": wallet.id,
+            "ownerId": wallet.owner_id,
+            "initialBalance": wallet.balance.to_string(),
+            "currency": wallet.currency,
+            "createdAt": crate::wallet::format_timestamp(now),
+        }),
+        metadata: EventMetadata {
+            correlation_id: context.correlation_id.clone(),
+            causation_id: context.correlation_id.clone(),
+            idempotency_key: context
+                .idempotency
+                .as_ref()
+                .map(|request| request.key.key.clone()),
+        },
+    }
+}

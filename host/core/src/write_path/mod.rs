@@ -1,0 +1,268 @@
+//! The create-wallet write path, with group commit.
+//!
+//! Why it exists: this is where the invariants of a write are kept. For each request it claims the
+//! idempotency key, writes the wallet snapshot, appends `WalletCreated` to stream `wallet-{id}`
+//! with expected version "no stream", enqueues the event in the outbox and stores the response for
+//! the key — all in one PostgreSQL transaction. Either all of it commits or none of it does; a
+//! failure anywhere (including a crash) leaves the key retryable.
+//!
+//! Group commit. Requests that are already waiting share one transaction (see [`batch`]), so one
+//! WAL flush serves many of them: each request still gets its own claim, its own conflicts and its
+//! own stored response, and one request's conflict never fails its neighbours. A request that
+//! finds an idle committer is not held back for company; batches only form from requests that
+//! queue while every committer is busy.
+
+mod batch;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::eventstore::EventStoreError;
+use crate::failpoint;
+use crate::idempotency::{CompletedRequest, ScopedKey, StoredResponse};
+use crate::outbox::OutboxError;
+use crate::wallet::{CreateWallet, WalletSnapshot};
+
+/// The idempotency part of a write request.
+#[derive(Debug, Clone)]
+pub struct IdempotentRequest {
+    /// The key and the operation it is scoped to; what is claimed and stored.
+    pub key: ScopedKey,
+    /// SHA-256 of the canonical body.
+    pub fingerprint: Vec<u8>,
+}
+
+/// What the caller knows about the request besides its body.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The request's `X-Correlation-Id`; becomes the event's correlation and causation id.
+    pub correlation_id: String,
+    /// The request's idempotency key and body fingerprint; `None` when it sent no key.
+    pub idempotency: Option<IdempotentRequest>,
+}
+
+/// The business result of a create, before it is rendered as a response.
+#[derive(Debug, Clone)]
+pub enum CreateResult {
+    /// This request created the wallet.
+    Created {
+        /// The wallet as written.
+        wallet: WalletSnapshot,
+        /// Global position of the `WalletCreated` event.
+        position: i64,
+    },
+    /// A wallet with this id exists already (created by another request).
+    WalletExists {
+        /// The id that is taken.
+        wallet_id: String,
+    },
+}
+
+/// What the write path did.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// The request ran now; this is its response (stored for the key, if any).
+    Completed(StoredResponse),
+    /// A request with the same key and body completed before: its stored response.
+    Replayed(StoredResponse),
+    /// The key is held by a request still in flight.
+    KeyInFlight,
+    /// The key was used before with a different body.
+    KeyReused,
+}
+
+/// Errors of the write path (all of them leave nothing written).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A query or the transaction itself failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event store refused or failed the append.
+    #[error("event store error: {0}")]
+    EventStore(#[from] EventStoreError),
+    /// Enqueueing the event in the outbox failed.
+    #[error("outbox error: {0}")]
+    Outbox(#[from] OutboxError),
+    /// The wallet's stream exists although its snapshot did not: another writer won the race.
+    #[error("stream {0} exists already")]
+    StreamExists(String),
+    /// The response to return and store could not be serialised.
+    #[error("response could not be rendered: {0}")]
+    Render(#[from] serde_json::Error),
+    /// The transaction this request shared with others failed as a whole; nothing of it was
+    /// written.
+    #[error("the shared write transaction failed: {0}")]
+    Batch(Arc<WriteError>),
+    /// The write path is shutting down (its committers have stopped).
+    #[error("the write path has stopped")]
+    Stopped,
+}
+
+/// How many transactions write at once and how many requests one of them may carry.
+#[derive(Debug, Clone, Args)]
+pub struct WritePathConfig {
+    /// Transactions that may write wallets at the same time (each holds a pooled connection while
+    /// it runs). Requests that arrive while all of them are busy wait and share the next one.
+    #[arg(long, env = "WRITE_COMMITTERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub write_committers: u32,
+
+    /// Most create requests one transaction carries.
+    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub write_batch_max: u32,
+}
+
+/// The response renderer a request brings: turns its business result into what it is answered
+/// with (and what is stored for its key). A plain function, so that the committer task can run it.
+pub type Render = fn(&CreateResult) -> Result<StoredResponse, WriteError>;
+
+/// Counters of the group commit since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    transactions: AtomicU64,
+    requests: AtomicU64,
+    splits: AtomicU64,
+}
+
+impl WriteStats {
+    /// Write transactions committed.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Create requests answered by committed write transactions (their mean batch size is
+    /// `requests / transactions`).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Batches rolled back and re-run one transaction per request, because one of their requests
+    /// needed it (see [`batch`]).
+    pub fn splits(&self) -> u64 {
+        self.splits.load(Ordering::Relaxed)
+    }
+
+    fn split(&self) {
+        self.splits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn committed(&self, requests: usize) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+    }
+}
+
+/// Creates wallets. Cloning it is cheap; the committers stop when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct WritePath {
+    pool: PgPool,
+    queue: mpsc::Sender<batch::Pending>,
+    stats: Arc<WriteStats>,
+}
+
+/// Stream of a wallet's events.
+pub fn wallet_stream(wallet_id: &str) -> String {
+    format!("wallet-{wallet_id}")
+}
+
+impl WritePath {
+    /// Starts the committers (tokio tasks) of a write path on `pool`; stored responses are kept
+    /// for `idempotency_ttl`.
+    pub fn start(
+        pool: PgPool,
+        config: &WritePathConfig,
+        idempotency_ttl: chrono::Duration,
+    ) -> Self {
+        let max_batch = config.write_batch_max.max(1) as usize;
+        let committers = config.write_committers.max(1) as usize;
+        let (queue, receiver) = mpsc::channel(max_batch * committers);
+        let stats = Arc::new(WriteStats::default());
+        let committer = Arc::new(batch::Committer::new(
+            pool.clone(),
+            idempotency_ttl,
+            max_batch,
+            stats.clone(),
+        ));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..committers {
+            tokio::spawn(batch::run(committer.clone(), receiver.clone()));
+        }
+        Self { pool, queue, stats }
+    }
+
+    /// Counters of the group commit.
+    pub fn stats(&self) -> &WriteStats {
+        &self.stats
+    }
+
+    /// Creates a wallet, once per idempotency key. `render` turns the business result into the
+    /// response that is returned and stored for the key.
+    #[tracing::instrument(skip_all, fields(wallet_id = %command.wallet_id))]
+    pub async fn create_wallet(
+        &self,
+        command: CreateWallet,
+        context: RequestContext,
+        render: Render,
+    ) -> Result<WriteOutcome, WriteError> {
+        failpoint::hit("before-claim").await;
+        let (reply, answer) = oneshot::channel();
+        let pending = batch::Pending {
+            command,
+            context,
+            render,
+            reply,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// The wallet snapshot from the write model.
+    pub async fn find_wallet(
+        &self,
+        wallet_id: &str,
+    ) -> Result<Option<WalletSnapshot>, sqlx::Error> {
+        let row: Option<WalletRow> = sqlx::query_as(
+            "SELECT id, owner_id, balance, currency, version, created_at, updated_at
+             FROM wallets WHERE id = $1",
+        )
+        .bind(wallet_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| WalletSnapshot {
+            id: row.id,
+            owner_id: row.owner_id,
+            balance: row.balance,
+            currency: row.currency,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }))
+    }
+}
+
+fn replay_or_reject(stored: CompletedRequest, fingerprint: &[u8]) -> WriteOutcome {
+    if stored.fingerprint == fingerprint {
+        WriteOutcome::Replayed(stored.response)
+    } else {
+        WriteOutcome::KeyReused
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct WalletRow {
+    id: String,
+    owner_id: String,
+    balance: rust_decimal::Decimal,
+    currency: String,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
