@@ -152,6 +152,15 @@ pub struct CompletedRequest {
     pub response: StoredResponse,
 }
 
+/// A key looked up: its input index, then fingerprint, status, headers, body if it completed.
+type LookupRow = (
+    i64,
+    Option<Vec<u8>>,
+    Option<i16>,
+    Option<sqlx::types::Json<Vec<StoredHeader>>>,
+    Option<Vec<u8>>,
+);
+
 /// The outcome recorded for a key, if it completed and has not expired.
 pub async fn find_completed<'e>(
     executor: impl PgExecutor<'e>,
@@ -168,7 +177,7 @@ pub async fn find_completed_many<'e>(
 ) -> Result<Vec<Option<CompletedRequest>>, sqlx::Error> {
     let scopes: Vec<&str> = keys.iter().map(|key| key.scope.as_str()).collect();
     let names: Vec<&str> = keys.iter().map(|key| key.key.as_str()).collect();
-    let rows: Vec<(i64, Option<Vec<u8>>, Option<i16>, Option<sqlx::types::Json<Vec<StoredHeader>>>, Option<Vec<u8>>)> =
+    let rows: Vec<LookupRow> =
         sqlx::query_as(
             "SELECT input.n, k.fingerprint, k.status_code, k.response_headers, k.response_body
              FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS input (scope, idempotency_key, n)

@@ -385,9 +385,9 @@ fn snapshot(command: &CreateWallet, now: DateTime<Utc>) -> WalletSnapshot {
 
 /// Inserts the snapshots in order; returns the ids that were new. A concurrent create of the same
 /// id waits here for the other transaction, then finds the row: exactly one of them creates it.
-async fn insert_wallets<'a>(
+async fn insert_wallets(
     tx: &mut Transaction<'static, Postgres>,
-    wallets: &'a [WalletSnapshot],
+    wallets: &[WalletSnapshot],
 ) -> Result<HashSet<String>, sqlx::Error> {
     if wallets.is_empty() {
         return Ok(HashSet::new());
