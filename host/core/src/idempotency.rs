@@ -179,11 +179,16 @@ pub async fn find_completed_many<'e>(
     let names: Vec<&str> = keys.iter().map(|key| key.key.as_str()).collect();
     let rows: Vec<LookupRow> =
         sqlx::query_as(
+            // LATERAL … LIMIT 1: one primary-key probe per key. A plain join lets the planner
+            // hash a sequential scan of the whole table for a batch of keys.
             "SELECT input.n, k.fingerprint, k.status_code, k.response_headers, k.response_body
              FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS input (scope, idempotency_key, n)
-             LEFT JOIN idempotency_keys k
-                    ON k.scope = input.scope AND k.idempotency_key = input.idempotency_key
-                   AND k.expires_at > now()
+             LEFT JOIN LATERAL (
+                 SELECT fingerprint, status_code, response_headers, response_body
+                 FROM idempotency_keys
+                 WHERE scope = input.scope AND idempotency_key = input.idempotency_key
+                   AND expires_at > now()
+                 LIMIT 1) k ON true
              ORDER BY input.n",
         )
         .bind(&scopes)

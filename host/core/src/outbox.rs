@@ -270,15 +270,21 @@ pub async fn has_rows_after(
     pool: &sqlx::PgPool,
     cursor: OutboxCursor,
 ) -> Result<bool, OutboxError> {
-    let (pending,): (bool,) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM outbox
-                        WHERE (xact_id, global_position) > ($1::text::xid8, $2))",
+    // ORDER BY … LIMIT 1 makes the plan an index probe whatever the cursor. A generic plan of
+    // `EXISTS (…)` (which drops ORDER BY and LIMIT) expects a third of the table to match and
+    // scans it from the oldest row: the whole outbox on every idle check, as the matching rows
+    // are the newest.
+    let first: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM outbox
+         WHERE (xact_id, global_position) > ($1::text::xid8, $2)
+         ORDER BY outbox.xact_id, outbox.global_position
+         LIMIT 1",
     )
     .bind(cursor.xact_id.to_string())
     .bind(cursor.position)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(pending)
+    Ok(first.is_some())
 }
 
 /// The cursor of the last row in read order (`None` when the outbox is empty): where a reader

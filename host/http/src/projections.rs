@@ -286,6 +286,13 @@ async fn wait_for(
                 .await
                 .map_err(|e| Problem::internal(&e))?;
             if let Some(checkpoint) = checkpoint.filter(|c| c.cursor >= target) {
+                if !projector.config.synchronous_commit {
+                    // The batch may have committed asynchronously: answer only once a
+                    // PostgreSQL crash can no longer take it back.
+                    wallex_core::db::flush_wal(pool)
+                        .await
+                        .map_err(|e| Problem::from_sqlx(&e))?;
+                }
                 return Ok(checkpoint.cursor.position);
             }
         }

@@ -244,7 +244,9 @@ impl Group {
 
 /// SQL of a guarded accumulating upsert whose rows may repeat a key with increasing guards: per
 /// key, the rows above the stored guard (a suffix, since guards increase) are folded — increments
-/// summed, other columns and the guard from the last — and then upserted as usual.
+/// summed, other columns and the guard from the last — and then upserted as usual. The stored
+/// guard is looked up with `LATERAL … LIMIT 1`, one primary-key probe per row: a plain join lets
+/// the planner hash a sequential scan of the whole table for every batch.
 fn combined_upsert_sql(
     projection: &ProjectionSchema,
     table: &TableSchema,
@@ -296,9 +298,16 @@ fn combined_upsert_sql(
     let join = table
         .primary_key
         .iter()
-        .map(|&c| format!("t.{} = {}", name(c), param(c)))
+        .map(|&c| format!("stored.{} = {}", name(c), param(c)))
         .collect::<Vec<_>>()
         .join(" AND ");
+    let mut looked_up_columns: Vec<usize> = table.primary_key.clone();
+    looked_up_columns.extend(guard.iter().filter(|&&c| !table.is_key(c)));
+    let looked_up = looked_up_columns
+        .iter()
+        .map(|&c| format!("stored.{}", name(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let stored_guard = guard
         .iter()
         .map(|&c| format!("t.{}", name(c)))
@@ -321,7 +330,8 @@ fn combined_upsert_sql(
         .unwrap_or_default();
     format!(
         "WITH v AS (SELECT * FROM UNNEST({unnest}) WITH ORDINALITY AS v({aliases}, ord)), \
-         f AS (SELECT {folded} FROM v LEFT JOIN {target} AS t ON {join} \
+         f AS (SELECT {folded} FROM v LEFT JOIN LATERAL \
+               (SELECT {looked_up} FROM {target} AS stored WHERE {join} LIMIT 1) AS t ON true \
                WHERE {first_key} IS NULL OR ({stored_guard}) < ({new_guard}) \
                GROUP BY {}) \
          INSERT INTO {target} AS t ({}) SELECT {aliases} FROM f ON CONFLICT {conflict}",

@@ -112,7 +112,8 @@ mod unit {
         assert_eq!(
             plan.statements[0].sql,
             "WITH v AS (SELECT * FROM UNNEST($1::text[], $2::text[]::numeric[], $3::bigint[]) WITH ORDINALITY AS v(p0, p1, p2, ord)), \
-             f AS (SELECT v.p0 AS p0, sum(v.p1) AS p1, (array_agg(v.p2 ORDER BY v.ord DESC))[1] AS p2 FROM v LEFT JOIN \"proj_p_v1\".\"accounts\" AS t ON t.\"id\" = v.p0 \
+             f AS (SELECT v.p0 AS p0, sum(v.p1) AS p1, (array_agg(v.p2 ORDER BY v.ord DESC))[1] AS p2 FROM v LEFT JOIN LATERAL \
+             (SELECT stored.\"id\", stored.\"version\" FROM \"proj_p_v1\".\"accounts\" AS stored WHERE stored.\"id\" = v.p0 LIMIT 1) AS t ON true \
              WHERE t.\"id\" IS NULL OR (t.\"version\") < (v.p2) \
              GROUP BY v.p0) \
              INSERT INTO \"proj_p_v1\".\"accounts\" AS t (\"id\", \"balance\", \"version\") SELECT p0, p1, p2 FROM f ON CONFLICT (\"id\") DO UPDATE SET \"balance\" = t.\"balance\" + EXCLUDED.\"balance\", \"version\" = EXCLUDED.\"version\" WHERE (t.\"version\") < (EXCLUDED.\"version\")"

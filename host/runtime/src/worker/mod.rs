@@ -526,6 +526,7 @@ async fn process(
         }
         // Mark notifications up to here as seen: any later commit wakes the next wait.
         ctx.wake.borrow_and_update();
+        let started = tokio::time::Instant::now();
         let mut busy = false;
         let mut errored = false;
         if !live.gave_up {
@@ -629,12 +630,22 @@ async fn process(
                 }
             }
         };
-        tokio::select! {
-            _ = ctx.wake.changed(), if !errored && !penalised => {}
-            _ = control.changed() => {}
-            _ = tokio::time::sleep(delay) => {}
+        let notified = tokio::select! {
+            _ = ctx.wake.changed(), if !errored && !penalised => true,
+            _ = control.changed() => false,
+            _ = tokio::time::sleep(delay) => false,
             _ = projector.stopped.cancelled() => return Outcome::Stop,
             _ = ctx.shutdown.cancelled() => return Outcome::Stop,
+        };
+        if notified {
+            // Under load, commits notify faster than batches are worth starting: wait out the
+            // rest of the interval so that the next batch takes them all at once.
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + config.min_batch_interval) => {}
+                _ = control.changed() => {}
+                _ = projector.stopped.cancelled() => return Outcome::Stop,
+                _ = ctx.shutdown.cancelled() => return Outcome::Stop,
+            }
         }
     }
 }
