@@ -166,7 +166,17 @@ pub async fn find_completed<'e>(
     executor: impl PgExecutor<'e>,
     key: &ScopedKey,
 ) -> Result<Option<CompletedRequest>, sqlx::Error> {
-    Ok(find_completed_many(executor, &[key]).await?.pop().flatten())
+    // A point look-up (the hot path of every replay): cheaper for PostgreSQL than the array form.
+    let row: Option<LookupRow> = sqlx::query_as(
+        "SELECT 1::bigint, fingerprint, status_code, response_headers, response_body
+         FROM idempotency_keys
+         WHERE scope = $1 AND idempotency_key = $2 AND expires_at > now()",
+    )
+    .bind(&key.scope)
+    .bind(&key.key)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.and_then(completed_request))
 }
 
 /// [`find_completed`] for many keys with one statement, in input order. Run it after claiming
@@ -195,23 +205,24 @@ pub async fn find_completed_many<'e>(
         .bind(&names)
         .fetch_all(executor)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(_, fingerprint, status, headers, body)| {
-            Some(CompletedRequest {
-                fingerprint: fingerprint?,
-                response: StoredResponse {
-                    status: u16::try_from(status?).unwrap_or(500),
-                    headers: headers?
-                        .0
-                        .into_iter()
-                        .map(|header| (header.name, header.value))
-                        .collect(),
-                    body: body?,
-                },
-            })
-        })
-        .collect())
+    Ok(rows.into_iter().map(completed_request).collect())
+}
+
+/// The completed request of a looked-up row, if the key had one.
+fn completed_request(row: LookupRow) -> Option<CompletedRequest> {
+    let (_, fingerprint, status, headers, body) = row;
+    Some(CompletedRequest {
+        fingerprint: fingerprint?,
+        response: StoredResponse {
+            status: u16::try_from(status?).unwrap_or(500),
+            headers: headers?
+                .0
+                .into_iter()
+                .map(|header| (header.name, header.value))
+                .collect(),
+            body: body?,
+        },
+    })
 }
 
 /// Tries to claim many keys for the caller's transaction with one statement: `true` at index `i`

@@ -3,21 +3,23 @@
 //! A committer takes every request waiting in the queue (up to the batch limit) and writes them in
 //! one transaction, with one statement per table:
 //!
-//! 1. claim every idempotency key (`pg_try_advisory_xact_lock` over an array); a key held
-//!    elsewhere, or by an earlier request of the same batch, answers that request `KeyInFlight`;
-//!    then look the claimed keys up: a completed one answers its replay (or `KeyReused`);
-//! 2. insert the wallets, sorted by id so that two batches wanting the same ids take their row
+//! 1. look up the keys that their requests could not look up themselves (no connection was free;
+//!    one statement, before the transaction): a completed key answers its replay (or
+//!    `KeyReused`); a batch of replays needs no transaction at all;
+//! 2. claim the other keys (`pg_try_advisory_xact_lock` over an array); a key held elsewhere, or
+//!    by an earlier request of the same batch, answers that request `KeyInFlight`;
+//! 3. insert the wallets, sorted by id so that two batches wanting the same ids take their row
 //!    locks in the same order and cannot deadlock; an id that exists (or was taken by an earlier
 //!    request of the batch) answers `WalletExists`;
-//! 3. append one `WalletCreated` per new wallet ([`EventStore::append_many`]) and enqueue them
+//! 4. append one `WalletCreated` per new wallet ([`EventStore::append_many`]) and enqueue them
 //!    in the outbox;
-//! 4. render each request's response and store those of requests with a key;
-//! 5. commit, then answer every request.
+//! 5. render each request's response and store those of requests with a key;
+//! 6. commit, then answer every request.
 //!
 //! If the whole transaction fails, every request of the batch gets the error and nothing is
 //! stored. Two anomalies belong to one request but can only be seen after its rows are written: a
-//! live record for a key the batch holds (the safety net of step 4), and a stream that exists
-//! without its wallet. Then the batch is rolled back and its requests are run again one
+//! key that completed between the look-up and the claim (its record exists when step 5 stores),
+//! and a stream that exists without its wallet. Then the batch is rolled back and its requests are run again one
 //! transaction each, where they are answered exactly as alone (replay, or the error).
 
 use std::collections::HashSet;
@@ -50,6 +52,9 @@ pub(super) struct Pending {
     pub(super) command: CreateWallet,
     pub(super) context: RequestContext,
     pub(super) render: Render,
+    /// Whether the request looked its key up itself (and found no record): the batch then only
+    /// claims it.
+    pub(super) looked_up: bool,
     pub(super) reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
@@ -132,13 +137,13 @@ impl Committer {
                     command: pending.command,
                     context: pending.context,
                     render: pending.render,
+                    looked_up: pending.looked_up,
                 };
                 (request, pending.reply)
             })
             .unzip();
         match self.write(&requests).await {
             Ok(outcomes) => {
-                self.stats.committed(requests.len());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A requester that went away (timeout, disconnect) finds its response stored.
                     let _ = reply.send(Ok(outcome));
@@ -153,10 +158,7 @@ impl Committer {
                 for (request, reply) in requests.into_iter().zip(replies) {
                     let alone = std::slice::from_ref(&request);
                     let outcome = match self.write(alone).await {
-                        Ok(mut outcomes) => {
-                            self.stats.committed(1);
-                            outcomes.pop().ok_or(WriteError::Stopped)
-                        }
+                        Ok(mut outcomes) => outcomes.pop().ok_or(WriteError::Stopped),
                         Err(Failure::Write(error)) => Err(error),
                         // A lone request settles its anomaly itself; this is unreachable.
                         Err(Failure::Isolate) => Err(WriteError::Stopped),
@@ -185,42 +187,49 @@ impl Committer {
     async fn write(&self, requests: &[Request]) -> Result<Vec<WriteOutcome>, Failure> {
         let alone = requests.len() == 1;
         let mut settled: Vec<Option<WriteOutcome>> = vec![None; requests.len()];
-        let mut tx = self.pool.begin().await?;
-
-        // 1. Claims.
+        // 1. Completed keys are answered from their record (a replay, or `KeyReused` for another
+        //    body) without a transaction: a record does not change until it expires.
         let keyed: Vec<(usize, &ScopedKey)> = requests
             .iter()
             .enumerate()
             .filter_map(|(i, request)| Some((i, &request.context.idempotency.as_ref()?.key)))
             .collect();
-        if !keyed.is_empty() {
-            let keys: Vec<&ScopedKey> = keyed.iter().map(|(_, key)| *key).collect();
-            let claimed = idempotency::try_claim_many(&mut *tx, &keys).await?;
-            let mut held = Vec::with_capacity(keyed.len());
-            for ((i, key), claimed) in keyed.iter().zip(claimed) {
-                if claimed {
-                    held.push((*i, *key));
-                } else {
-                    settled[*i] = Some(WriteOutcome::KeyInFlight);
+        let unknown: Vec<(usize, &ScopedKey)> = keyed
+            .iter()
+            .copied()
+            .filter(|(i, _)| !requests[*i].looked_up)
+            .collect();
+        if !unknown.is_empty() {
+            let keys: Vec<&ScopedKey> = unknown.iter().map(|(_, key)| *key).collect();
+            let completed = idempotency::find_completed_many(&self.pool, &keys).await?;
+            for ((i, _), completed) in unknown.iter().zip(completed) {
+                if let Some(stored) = completed {
+                    settled[*i] = Some(replay_or_reject(stored, requests[*i].fingerprint()));
                 }
             }
-            // Completed keys are answered from their record (replay, or 422 for another body).
-            // Looked up after the claim, so a request that completed just before is seen.
-            let keys: Vec<&ScopedKey> = held.iter().map(|(_, key)| *key).collect();
-            let completed = idempotency::find_completed_many(&mut *tx, &keys).await?;
-            for ((i, _), completed) in held.iter().zip(completed) {
-                if let Some(stored) = completed {
-                    let fingerprint = requests[*i]
-                        .context
-                        .idempotency
-                        .as_ref()
-                        .map_or(&[][..], |request| &request.fingerprint);
-                    settled[*i] = Some(replay_or_reject(stored, fingerprint));
+        }
+        if settled.iter().all(Option::is_some) {
+            return Ok(settled.into_iter().flatten().collect());
+        }
+
+        // 2. Claims of the other keys. A key that completes between the look-up and the claim is
+        //    caught when its response is stored (step 5).
+        let mut tx = self.pool.begin().await?;
+        let claiming: Vec<(usize, &ScopedKey)> = keyed
+            .into_iter()
+            .filter(|(i, _)| settled[*i].is_none())
+            .collect();
+        if !claiming.is_empty() {
+            let keys: Vec<&ScopedKey> = claiming.iter().map(|(_, key)| *key).collect();
+            let claimed = idempotency::try_claim_many(&mut *tx, &keys).await?;
+            for ((i, _), claimed) in claiming.iter().zip(claimed) {
+                if !claimed {
+                    settled[*i] = Some(WriteOutcome::KeyInFlight);
                 }
             }
         }
 
-        // 2. Wallets, in id order; the first request of each id writes it.
+        // 3. Wallets, in id order; the first request of each id writes it.
         let now = Utc::now().trunc_subsecs(3);
         let mut order: Vec<usize> = (0..requests.len())
             .filter(|i| settled[*i].is_none())
@@ -244,7 +253,7 @@ impl Committer {
             .collect();
         let inserted = insert_wallets(&mut tx, &wallets).await?;
 
-        // 3. Events and outbox rows of the new wallets.
+        // 4. Events and outbox rows of the new wallets.
         let created: Vec<(usize, &WalletSnapshot)> = writers
             .iter()
             .zip(&wallets)
@@ -269,7 +278,11 @@ impl Committer {
                 events,
             })
             .collect();
-        let appended = self.events.append_many(&mut tx, &appends, now).await?;
+        let appended = if appends.is_empty() {
+            Vec::new()
+        } else {
+            self.events.append_many(&mut tx, &appends, now).await?
+        };
         failpoint::hit("after-append").await;
         let mut positions: Vec<Option<(i64, &WalletSnapshot)>> = vec![None; requests.len()];
         let mut recorded = Vec::with_capacity(appended.len());
@@ -292,7 +305,7 @@ impl Committer {
         }
         outbox::enqueue(&mut *tx, &recorded).await?;
 
-        // 4. Responses, stored for the keys.
+        // 5. Responses, stored for the keys.
         let mut responses = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
             if settled[i].is_some() {
@@ -334,8 +347,7 @@ impl Committer {
             .zip(&stored)
             .find(|(_, stored)| !**stored)
         {
-            // A live record appeared after the look-up (it cannot while the key is held; this is
-            // the safety net).
+            // The key completed between the look-up and the claim.
             tx.rollback().await?;
             if !alone {
                 return Err(Failure::Isolate);
@@ -351,6 +363,7 @@ impl Committer {
 
         failpoint::hit("before-commit").await;
         tx.commit().await?;
+        self.stats.committed(requests.len());
         Ok(settled
             .into_iter()
             .zip(responses)
@@ -369,6 +382,17 @@ struct Request {
     command: CreateWallet,
     context: RequestContext,
     render: Render,
+    looked_up: bool,
+}
+
+impl Request {
+    /// The fingerprint of the request's body (empty without a key).
+    fn fingerprint(&self) -> &[u8] {
+        self.context
+            .idempotency
+            .as_ref()
+            .map_or(&[][..], |request| &request.fingerprint)
+    }
 }
 
 fn snapshot(command: &CreateWallet, now: DateTime<Utc>) -> WalletSnapshot {

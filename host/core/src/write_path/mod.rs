@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::eventstore::EventStoreError;
 use crate::failpoint;
-use crate::idempotency::{CompletedRequest, ScopedKey, StoredResponse};
+use crate::idempotency::{self, CompletedRequest, ScopedKey, StoredResponse};
 use crate::outbox::OutboxError;
 use crate::wallet::{CreateWallet, WalletSnapshot};
 
@@ -209,12 +209,27 @@ impl WritePath {
         context: RequestContext,
         render: Render,
     ) -> Result<WriteOutcome, WriteError> {
+        // A completed key is answered from its record at once while the pool has a connection
+        // to spare (idle, or not opened yet); when it has none, the committer looks the key up
+        // together with its batch, so that waiting requests never starve the committers.
+        let mut looked_up = false;
+        if let Some(request) = &context.idempotency {
+            let spare = self.pool.num_idle() > 0
+                || self.pool.size() < self.pool.options().get_max_connections();
+            if spare {
+                if let Some(stored) = idempotency::find_completed(&self.pool, &request.key).await? {
+                    return Ok(replay_or_reject(stored, &request.fingerprint));
+                }
+                looked_up = true;
+            }
+        }
         failpoint::hit("before-claim").await;
         let (reply, answer) = oneshot::channel();
         let pending = batch::Pending {
             command,
             context,
             render,
+            looked_up,
             reply,
         };
         self.queue
