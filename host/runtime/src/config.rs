@@ -14,7 +14,7 @@ use crate::sandbox::engine::{EngineLimits, RuntimeLimits};
 use crate::sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 
 /// Events per batch of a live worker, by default.
-pub const DEFAULT_BATCH_SIZE: u32 = 200;
+pub const DEFAULT_BATCH_SIZE: u32 = 1_000;
 /// How often a worker polls the outbox when no notification arrives, by default.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
 /// Pause after a failed batch, by default (it doubles up to [`DEFAULT_MAX_BACKOFF_MS`]).
@@ -491,7 +491,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            batch_size: 200,
+            batch_size: DEFAULT_BATCH_SIZE,
             poll_interval: Duration::from_millis(1000),
             min_batch_interval: Duration::from_millis(DEFAULT_MIN_BATCH_INTERVAL_MS),
             synchronous_commit: false,
