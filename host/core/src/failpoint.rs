@@ -6,8 +6,10 @@
 //! environment variable `WALLEX_FAILPOINTS` names actions per point, e.g.
 //! `after-append=abort,before-commit=sleep(2000)`. Without the feature, [`hit`] compiles to nothing.
 //!
-//! Points: `before-claim` (the key was looked up, not yet claimed), `after-append` (event appended, outbox not yet written), `before-commit` (everything
-//! written, transaction not committed).
+//! Points of the write path: `before-claim` (per request: about to be queued for a committer; its
+//! key may have been looked up, it is not claimed), `after-append` (per batch: events appended,
+//! outbox not yet written), `before-commit` (per batch: everything written, transaction not
+//! committed).
 
 /// Runs the action configured for failpoint `name`, if any.
 #[allow(clippy::unused_async)]
