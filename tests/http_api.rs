@@ -808,6 +808,42 @@ async fn concurrent_creates_share_transactions_yet_each_gets_its_own_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_create_that_timed_out_while_queued_is_not_written() {
+    // One committer, held by the first request; the second waits in the queue past its timeout.
+    let app = start(&[
+        ("WRITE_COMMITTERS", "1"),
+        ("WALLEX_FAILPOINTS", "before-commit=sleep(1500)"),
+        ("WALLEX_REQUEST_TIMEOUT_MS", "700"),
+    ])
+    .await;
+    let client = client();
+    let first = {
+        let (client, url) = (client.clone(), app.server.url("/wallets"));
+        tokio::spawn(post_owned(client, url, wallet_body("w-held"), None))
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = post_wallet(
+        &client,
+        &app.server,
+        &wallet_body("w-queued"),
+        &[("Idempotency-Key", "queued-key")],
+    )
+    .await;
+    queued.assert_problem(503, "request-timeout");
+    let first = first.await.expect("task");
+    first.assert_problem(503, "request-timeout");
+    // The held request was inside its transaction and completes; the queued one was dropped
+    // (written, it would commit one held commit later, ~3 s from the start).
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM wallets ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .expect("wallets");
+    assert_eq!(ids, vec![("w-held".to_owned(),)]);
+    assert_eq!(row_counts(&app.pool).await, (1, 1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_key_in_flight_answers_409_with_retry_after_then_replays() {
     let app = start(&[("WALLEX_FAILPOINTS", "before-commit=sleep(1500)")]).await;
     let client = client();

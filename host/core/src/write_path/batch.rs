@@ -130,8 +130,11 @@ impl Committer {
 
     /// Writes `batch` and answers each of its requests.
     async fn commit(&self, batch: Vec<Pending>) {
+        // A request that gave up while it waited (its timeout, a dropped connection) is not
+        // written: nobody would learn its outcome but a retry, which finds it not done.
         let (requests, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
+            .filter(|pending| !pending.reply.is_closed())
             .map(|pending| {
                 let request = Request {
                     command: pending.command,
@@ -142,6 +145,9 @@ impl Committer {
                 (request, pending.reply)
             })
             .unzip();
+        if requests.is_empty() {
+            return;
+        }
         match self.write(&requests).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
