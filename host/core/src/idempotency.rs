@@ -152,9 +152,8 @@ pub struct CompletedRequest {
     pub response: StoredResponse,
 }
 
-/// A key looked up: its input index, then fingerprint, status, headers, body if it completed.
+/// A key looked up: fingerprint, status, headers and body if it completed (all `NULL` if not).
 type LookupRow = (
-    i64,
     Option<Vec<u8>>,
     Option<i16>,
     Option<sqlx::types::Json<Vec<StoredHeader>>>,
@@ -168,7 +167,7 @@ pub async fn find_completed<'e>(
 ) -> Result<Option<CompletedRequest>, sqlx::Error> {
     // A point look-up (the hot path of every replay): cheaper for PostgreSQL than the array form.
     let row: Option<LookupRow> = sqlx::query_as(
-        "SELECT 1::bigint, fingerprint, status_code, response_headers, response_body
+        "SELECT fingerprint, status_code, response_headers, response_body
          FROM idempotency_keys
          WHERE scope = $1 AND idempotency_key = $2 AND expires_at > now()",
     )
@@ -179,8 +178,8 @@ pub async fn find_completed<'e>(
     Ok(row.and_then(completed_request))
 }
 
-/// [`find_completed`] for many keys with one statement, in input order. Run it after claiming
-/// the keys: it then sees every request of them that committed before.
+/// [`find_completed`] for many keys with one statement, in input order. A key may complete right
+/// after it was looked up: [`store_many`] catches that.
 pub async fn find_completed_many<'e>(
     executor: impl PgExecutor<'e>,
     keys: &[&ScopedKey],
@@ -191,7 +190,7 @@ pub async fn find_completed_many<'e>(
         sqlx::query_as(
             // LATERAL … LIMIT 1: one primary-key probe per key. A plain join lets the planner
             // hash a sequential scan of the whole table for a batch of keys.
-            "SELECT input.n, k.fingerprint, k.status_code, k.response_headers, k.response_body
+            "SELECT k.fingerprint, k.status_code, k.response_headers, k.response_body
              FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS input (scope, idempotency_key, n)
              LEFT JOIN LATERAL (
                  SELECT fingerprint, status_code, response_headers, response_body
@@ -210,7 +209,7 @@ pub async fn find_completed_many<'e>(
 
 /// The completed request of a looked-up row, if the key had one.
 fn completed_request(row: LookupRow) -> Option<CompletedRequest> {
-    let (_, fingerprint, status, headers, body) = row;
+    let (fingerprint, status, headers, body) = row;
     Some(CompletedRequest {
         fingerprint: fingerprint?,
         response: StoredResponse {
@@ -233,8 +232,8 @@ pub async fn try_claim_many<'e>(
     keys: &[&ScopedKey],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let ids: Vec<i64> = keys.iter().map(|key| key.lock_id()).collect();
-    let claimed: Vec<(i64, bool)> = sqlx::query_as(
-        "SELECT n, pg_try_advisory_xact_lock(id)
+    let claimed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_try_advisory_xact_lock(id)
          FROM UNNEST($1::bigint[]) WITH ORDINALITY AS k (id, n)
          ORDER BY n",
     )
@@ -245,7 +244,7 @@ pub async fn try_claim_many<'e>(
     Ok(claimed
         .into_iter()
         .zip(&ids)
-        .map(|((_, claimed), id)| claimed && seen.insert(*id))
+        .map(|((claimed,), id)| claimed && seen.insert(*id))
         .collect())
 }
 

@@ -46,15 +46,10 @@ use crate::idempotency::{self, Completion, ScopedKey};
 use crate::outbox;
 use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
 
-/// A request waiting for a committer.
+/// A request waiting for a committer, and where its answer goes.
 #[derive(Debug)]
 pub(super) struct Pending {
-    pub(super) command: CreateWallet,
-    pub(super) context: RequestContext,
-    pub(super) render: Render,
-    /// Whether the request looked its key up itself (and found no record): the batch then only
-    /// claims it.
-    pub(super) looked_up: bool,
+    pub(super) request: Request,
     pub(super) reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
@@ -135,15 +130,7 @@ impl Committer {
         let (requests, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .filter(|pending| !pending.reply.is_closed())
-            .map(|pending| {
-                let request = Request {
-                    command: pending.command,
-                    context: pending.context,
-                    render: pending.render,
-                    looked_up: pending.looked_up,
-                };
-                (request, pending.reply)
-            })
+            .map(|pending| (pending.request, pending.reply))
             .unzip();
         if requests.is_empty() {
             return;
@@ -312,10 +299,9 @@ impl Committer {
         outbox::enqueue(&mut *tx, &recorded).await?;
 
         // 5. Responses, stored for the keys.
-        let mut responses = Vec::with_capacity(requests.len());
+        let mut rendered = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
             if settled[i].is_some() {
-                responses.push(None);
                 continue;
             }
             let result = match positions[i] {
@@ -327,28 +313,27 @@ impl Committer {
                     wallet_id: request.command.wallet_id.clone(),
                 },
             };
-            responses.push(Some((request.render)(&result)?));
+            settled[i] = Some(WriteOutcome::Completed((request.render)(&result)?));
+            rendered.push(i);
         }
         let expires_at = now + self.idempotency_ttl;
-        let completions: Vec<(usize, Completion<'_>)> = requests
+        let completions: Vec<Completion<'_>> = rendered
             .iter()
-            .enumerate()
-            .filter_map(|(i, request)| {
-                let idempotent = request.context.idempotency.as_ref()?;
-                Some((
-                    i,
-                    Completion {
-                        key: &idempotent.key,
-                        fingerprint: &idempotent.fingerprint,
-                        response: responses[i].as_ref()?,
-                        expires_at,
-                    },
-                ))
+            .filter_map(|&i| {
+                let idempotent = requests[i].context.idempotency.as_ref()?;
+                let Some(WriteOutcome::Completed(response)) = &settled[i] else {
+                    return None;
+                };
+                Some(Completion {
+                    key: &idempotent.key,
+                    fingerprint: &idempotent.fingerprint,
+                    response,
+                    expires_at,
+                })
             })
             .collect();
-        let entries: Vec<Completion<'_>> = completions.iter().map(|(_, c)| *c).collect();
-        let stored = idempotency::store_many(&mut *tx, &entries).await?;
-        if let Some(((_, lost), _)) = completions
+        let stored = idempotency::store_many(&mut *tx, &completions).await?;
+        if let Some((lost, _)) = completions
             .iter()
             .zip(&stored)
             .find(|(_, stored)| !**stored)
@@ -370,25 +355,21 @@ impl Committer {
         failpoint::hit("before-commit").await;
         tx.commit().await?;
         self.stats.committed(requests.len());
-        Ok(settled
-            .into_iter()
-            .zip(responses)
-            .map(|(settled, response)| match (settled, response) {
-                (Some(outcome), _) => outcome,
-                (None, Some(response)) => WriteOutcome::Completed(response),
-                // Every request is either settled early or has a response.
-                (None, None) => WriteOutcome::KeyInFlight,
-            })
-            .collect())
+        // Every request is settled: early (replay, in flight) or with its rendered response.
+        Ok(settled.into_iter().flatten().collect())
     }
 }
 
-/// A request as a committer holds it.
-struct Request {
-    command: CreateWallet,
-    context: RequestContext,
-    render: Render,
-    looked_up: bool,
+/// A create request as the committers take it.
+#[derive(Debug)]
+pub(super) struct Request {
+    pub(super) command: CreateWallet,
+    pub(super) context: RequestContext,
+    /// Renders the business result into the response (see [`Render`]).
+    pub(super) render: Render,
+    /// Whether the request looked its key up itself (and found no record): the batch then only
+    /// claims it.
+    pub(super) looked_up: bool,
 }
 
 impl Request {

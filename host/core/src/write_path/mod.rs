@@ -226,10 +226,12 @@ impl WritePath {
         failpoint::hit("before-claim").await;
         let (reply, answer) = oneshot::channel();
         let pending = batch::Pending {
-            command,
-            context,
-            render,
-            looked_up,
+            request: batch::Request {
+                command,
+                context,
+                render,
+                looked_up,
+            },
             reply,
         };
         self.queue

@@ -1,0 +1,120 @@
+//! The PostgreSQL event store's batch append: each stream's check is its own, a failed check
+//! writes nothing of that stream, and the others are appended in the same transaction.
+
+mod common;
+
+use chrono::Utc;
+use common::TestDb;
+use wallex_core::eventstore::postgres::PgEventStore;
+use wallex_core::eventstore::{
+    EventMetadata, EventStore, EventStoreError, ExpectedVersion, NewEvent, StreamAppend,
+};
+
+fn event(n: u32) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "Tested".into(),
+        data: serde_json::json!({ "n": n }),
+        metadata: EventMetadata {
+            correlation_id: "c".into(),
+            causation_id: "c".into(),
+            idempotency_key: None,
+        },
+    }
+}
+
+fn versions(
+    outcome: &Result<Vec<wallex_core::eventstore::RecordedEvent>, EventStoreError>,
+) -> Vec<i64> {
+    match outcome {
+        Ok(events) => events.iter().map(|e| e.stream_version).collect(),
+        Err(EventStoreError::WrongExpectedVersion { .. }) => Vec::new(),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn append_many_checks_each_stream_on_its_own() {
+    let db = TestDb::migrated().await;
+    let pool = db.pool().await;
+    let store = PgEventStore::new(pool.clone());
+    let now = Utc::now();
+
+    // One event per new stream (the write path's case): one statement; a stream named twice
+    // is written by its first append only.
+    let (a, b, again) = ([event(1)], [event(2)], [event(3)]);
+    let mut tx = pool.begin().await.expect("begin");
+    let outcomes = store
+        .append_many(
+            &mut tx,
+            &[
+                StreamAppend {
+                    stream: "s-a",
+                    expected: ExpectedVersion::NoStream,
+                    events: &a,
+                },
+                StreamAppend {
+                    stream: "s-b",
+                    expected: ExpectedVersion::NoStream,
+                    events: &b,
+                },
+                StreamAppend {
+                    stream: "s-a",
+                    expected: ExpectedVersion::NoStream,
+                    events: &again,
+                },
+            ],
+            now,
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        outcomes.iter().map(versions).collect::<Vec<_>>(),
+        vec![vec![1], vec![1], vec![]]
+    );
+    tx.commit().await.expect("commit");
+
+    // The general case (several events, exact versions): each append in its own savepoint.
+    let (next_a, stale_b, new_c) = ([event(4), event(5)], [event(6)], [event(7), event(8)]);
+    let mut tx = pool.begin().await.expect("begin");
+    let outcomes = store
+        .append_many(
+            &mut tx,
+            &[
+                StreamAppend {
+                    stream: "s-a",
+                    expected: ExpectedVersion::Exact(1),
+                    events: &next_a,
+                },
+                // s-b is at version 1, not 3: refused, nothing of it written.
+                StreamAppend {
+                    stream: "s-b",
+                    expected: ExpectedVersion::Exact(3),
+                    events: &stale_b,
+                },
+                StreamAppend {
+                    stream: "s-c",
+                    expected: ExpectedVersion::NoStream,
+                    events: &new_c,
+                },
+            ],
+            now,
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        outcomes.iter().map(versions).collect::<Vec<_>>(),
+        vec![vec![2, 3], vec![], vec![1, 2]]
+    );
+    tx.commit().await.expect("commit");
+
+    for (stream, expected) in [
+        ("s-a", vec![1, 2, 3]),
+        ("s-b", vec![1]),
+        ("s-c", vec![1, 2]),
+    ] {
+        let read = store.read_stream(stream).await.expect("read");
+        let got: Vec<i64> = read.iter().map(|e| e.stream_version).collect();
+        assert_eq!(got, expected, "{stream}");
+    }
+}
