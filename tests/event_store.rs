@@ -33,80 +33,64 @@ fn versions(
     }
 }
 
+/// `append_many` in one transaction that commits; the stream versions each append wrote.
+async fn append_and_commit(
+    store: &PgEventStore,
+    pool: &sqlx::PgPool,
+    appends: &[(&str, ExpectedVersion, &[NewEvent])],
+) -> Vec<Vec<i64>> {
+    let appends: Vec<StreamAppend<'_>> = appends
+        .iter()
+        .map(|&(stream, expected, events)| StreamAppend {
+            stream,
+            expected,
+            events,
+        })
+        .collect();
+    let mut tx = pool.begin().await.expect("begin");
+    let outcomes = store
+        .append_many(&mut tx, &appends, Utc::now())
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    outcomes.iter().map(versions).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn append_many_checks_each_stream_on_its_own() {
     let db = TestDb::migrated().await;
     let pool = db.pool().await;
     let store = PgEventStore::new(pool.clone());
-    let now = Utc::now();
 
     // One event per new stream (the write path's case): one statement; a stream named twice
     // is written by its first append only.
     let (a, b, again) = ([event(1)], [event(2)], [event(3)]);
-    let mut tx = pool.begin().await.expect("begin");
-    let outcomes = store
-        .append_many(
-            &mut tx,
-            &[
-                StreamAppend {
-                    stream: "s-a",
-                    expected: ExpectedVersion::NoStream,
-                    events: &a,
-                },
-                StreamAppend {
-                    stream: "s-b",
-                    expected: ExpectedVersion::NoStream,
-                    events: &b,
-                },
-                StreamAppend {
-                    stream: "s-a",
-                    expected: ExpectedVersion::NoStream,
-                    events: &again,
-                },
-            ],
-            now,
-        )
-        .await
-        .expect("append");
-    assert_eq!(
-        outcomes.iter().map(versions).collect::<Vec<_>>(),
-        vec![vec![1], vec![1], vec![]]
-    );
-    tx.commit().await.expect("commit");
+    let appended = append_and_commit(
+        &store,
+        &pool,
+        &[
+            ("s-a", ExpectedVersion::NoStream, &a[..]),
+            ("s-b", ExpectedVersion::NoStream, &b[..]),
+            ("s-a", ExpectedVersion::NoStream, &again[..]),
+        ],
+    )
+    .await;
+    assert_eq!(appended, vec![vec![1], vec![1], vec![]]);
 
     // The general case (several events, exact versions): each append in its own savepoint.
+    // s-b is at version 1, not 3: refused, nothing of it written.
     let (next_a, stale_b, new_c) = ([event(4), event(5)], [event(6)], [event(7), event(8)]);
-    let mut tx = pool.begin().await.expect("begin");
-    let outcomes = store
-        .append_many(
-            &mut tx,
-            &[
-                StreamAppend {
-                    stream: "s-a",
-                    expected: ExpectedVersion::Exact(1),
-                    events: &next_a,
-                },
-                // s-b is at version 1, not 3: refused, nothing of it written.
-                StreamAppend {
-                    stream: "s-b",
-                    expected: ExpectedVersion::Exact(3),
-                    events: &stale_b,
-                },
-                StreamAppend {
-                    stream: "s-c",
-                    expected: ExpectedVersion::NoStream,
-                    events: &new_c,
-                },
-            ],
-            now,
-        )
-        .await
-        .expect("append");
-    assert_eq!(
-        outcomes.iter().map(versions).collect::<Vec<_>>(),
-        vec![vec![2, 3], vec![], vec![1, 2]]
-    );
-    tx.commit().await.expect("commit");
+    let appended = append_and_commit(
+        &store,
+        &pool,
+        &[
+            ("s-a", ExpectedVersion::Exact(1), &next_a[..]),
+            ("s-b", ExpectedVersion::Exact(3), &stale_b[..]),
+            ("s-c", ExpectedVersion::NoStream, &new_c[..]),
+        ],
+    )
+    .await;
+    assert_eq!(appended, vec![vec![2, 3], vec![], vec![1, 2]]);
 
     for (stream, expected) in [
         ("s-a", vec![1, 2, 3]),
