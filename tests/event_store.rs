@@ -19,6 +19,7 @@ fn event(n: u32) -> NewEvent {
             correlation_id: "c".into(),
             causation_id: "c".into(),
             idempotency_key: None,
+            traceparent: None,
         },
     }
 }

@@ -23,6 +23,7 @@ fn event(position: i64) -> RecordedEvent {
             correlation_id: "c".into(),
             causation_id: "c".into(),
             idempotency_key: None,
+            traceparent: None,
         },
         recorded_at: Utc::now(),
     }

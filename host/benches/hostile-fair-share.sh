@@ -34,7 +34,7 @@ sleep 2
 wait $load
 grep -E "creates|p95" "$dir/create.txt" | sed "s/^/[$label] /"
 if [ "$hostile" = 1 ]; then
-  curl -s http://127.0.0.1:3951/metrics | grep -E '^projector_(failed_guest_seconds_total|quarantined|dead_letters_total)\{projection="hostile' \
+  curl -s http://127.0.0.1:3951/metrics | grep -E '^projector_(guest_call_duration_seconds_sum|quarantined|dead_letters_total)\{projection="hostile' \
     | sed "s/^/[$label] /"
 fi
 kill $server; wait $server 2>/dev/null || true

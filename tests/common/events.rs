@@ -32,6 +32,7 @@ pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i6
             correlation_id: format!("corr-{id}"),
             causation_id: format!("cause-{id}"),
             idempotency_key: None,
+            traceparent: None,
         },
     };
     let recorded = store

@@ -14,6 +14,7 @@
 //! - [`projections`] — `GET /projections[/{name}]`, `GET /projections/{name}/{table}/{key}`;
 //! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit);
 //! - [`health`] — `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
+//! - [`observe`] — every request's span, correlation id and HTTP metrics (middleware);
 //! - [`wire`] — typed bodies of the admin API and the projections' status.
 
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod health;
 pub mod metrics;
+pub mod observe;
 pub mod problem;
 pub mod projections;
 pub mod wallets;
@@ -33,7 +35,6 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
-use tower_http::trace::TraceLayer;
 
 use problem::Problem;
 use wallex_core::write_path::WritePath;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub projections: wallex_runtime::Projections,
     /// State of the `/admin` routes.
     pub admin: crate::admin::AdminState,
+    /// What telemetry was installed (the Prometheus handle `/metrics` renders).
+    pub telemetry: wallex_telemetry::Telemetry,
 }
 
 /// The service's routes.
@@ -79,7 +82,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |request, next| {
             timeout_as_problem(request, next, request_timeout)
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(observe::observe))
 }
 
 async fn not_found() -> Problem {

@@ -1,12 +1,10 @@
-//! `GET /metrics`: Prometheus text exposition of the projections' health.
+//! `GET /metrics`: every metric of the process, in the Prometheus text format.
 //!
-//! Why it exists: a failing or skipping projection must be visible to monitoring, not only in
-//! logs and the admin API. Names follow the reference design (`outbox_lag_events`,
-//! `projector_*`). Counters are this process's since it started; gauges are read from the
-//! database at scrape time (one cheap query).
-
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Why it exists: operators watch wallet creation, idempotency, HTTP, the database pool and the
+//! projections from one scrape. Counters and histograms are recorded where things happen,
+//! through the `metrics` facade (names in [`wallex_telemetry::catalogue`]); the gauges that
+//! describe shared state (projection lag and status, rebuilds, the pool) are read at scrape time
+//! — from the database, so every process reports the same lag — and set just before rendering.
 
 use axum::extract::State;
 use axum::http::header;
@@ -14,145 +12,92 @@ use axum::response::IntoResponse;
 
 use super::problem::Problem;
 use super::AppState;
-use wallex_core::outbox;
-use wallex_runtime::checkpoint;
+use wallex_runtime::status::ReportedStatus;
+use wallex_telemetry::catalogue::{
+    DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, OUTBOX_LAG_EVENTS, OUTBOX_LAG_SECONDS,
+    PROJECTOR_QUARANTINED, PROJECTOR_REBUILD_PROGRESS_RATIO, PROJECTOR_REBUILD_STATUS,
+    PROJECTOR_STATUS,
+};
 
 /// `Content-Type` of the text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Checkpoint statuses reported as `projector_status` (one series each, 0 or 1).
-const STATUSES: [&str; 3] = ["running", "failing", "failed"];
+/// Every status a projection can report (one `projector_status` series each, 0 or 1).
+const STATUSES: [ReportedStatus; 5] = [
+    ReportedStatus::Running,
+    ReportedStatus::Failing,
+    ReportedStatus::Failed,
+    ReportedStatus::Paused,
+    ReportedStatus::Rebuilding,
+];
+/// Every status a rebuild can have.
+const REBUILD_STATUSES: [&str; 2] = ["running", "failed"];
 
-/// `GET /metrics`: outbox lag and status per projection, and this process's projector counters,
-/// in the Prometheus text format.
+/// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
-    // Live checkpoints only (`read_all` leaves out a rebuild's `<name>#rebuild`).
-    let checkpoints = checkpoint::read_all(&state.pool)
+    let Some(handle) = state.telemetry.prometheus() else {
+        return Err(Problem::not_found(
+            "Metrics are disabled on this server (METRICS_ENABLED=false).",
+        ));
+    };
+    set_gauges(&state).await?;
+    Ok((
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        handle.render(),
+    ))
+}
+
+/// Sets the scrape-time gauges.
+async fn set_gauges(state: &AppState) -> Result<(), Problem> {
+    let pool = &state.pool;
+    let size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set((size - idle).max(0.0));
+    metrics::gauge!(DB_POOL_MAX_CONNECTIONS).set(f64::from(pool.options().get_max_connections()));
+
+    let statuses = state
+        .projections
+        .admin_list()
         .await
-        .map_err(|e| Problem::internal(&e))?;
-    let last = outbox::last_position(&state.pool)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP outbox_lag_events Outbox events after the projection's checkpoint (by position)."
-    );
-    let _ = writeln!(out, "# TYPE outbox_lag_events gauge");
-    for checkpoint in &checkpoints {
-        let name = &checkpoint.projection;
-        let lag = last
-            .unwrap_or(0)
-            .saturating_sub(checkpoint.cursor.position)
-            .max(0);
-        let _ = writeln!(out, "outbox_lag_events{{projection=\"{name}\"}} {lag}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP projector_status 1 for the projection's reported status."
-    );
-    let _ = writeln!(out, "# TYPE projector_status gauge");
-    for checkpoint in &checkpoints {
-        let name = &checkpoint.projection;
+        .map_err(|error| Problem::internal(&error))?;
+    for item in &statuses {
+        let name = item.name.clone();
+        metrics::gauge!(OUTBOX_LAG_EVENTS, "projection" => name.clone())
+            .set(item.lag_events as f64);
+        metrics::gauge!(OUTBOX_LAG_SECONDS, "projection" => name.clone()).set(item.lag_seconds);
         for candidate in STATUSES {
-            let value = u8::from(checkpoint.status.as_str() == candidate);
-            let _ = writeln!(
-                out,
-                "projector_status{{projection=\"{name}\",status=\"{candidate}\"}} {value}"
-            );
+            metrics::gauge!(
+                PROJECTOR_STATUS,
+                "projection" => name.clone(),
+                "status" => candidate.as_str()
+            )
+            .set(f64::from(u8::from(item.status == candidate)));
         }
-    }
-    let projectors = state.projections.all();
-    let counter = |out: &mut String,
-                   metric: &str,
-                   help: &str,
-                   value: &dyn Fn(&wallex_runtime::worker::Projector) -> String| {
-        let _ = writeln!(out, "# HELP {metric} {help}");
-        let _ = writeln!(out, "# TYPE {metric} counter");
-        for projector in &projectors {
-            let _ = writeln!(
-                out,
-                "{metric}{{projection=\"{}\"}} {}",
-                projector.name(),
-                value(projector)
-            );
+        // Without a rebuild both statuses are 0 and the progress 0, so that an alert on a
+        // failed rebuild clears as soon as it is cancelled or cut over.
+        let rebuild = item.rebuild.as_ref();
+        for candidate in REBUILD_STATUSES {
+            let current = rebuild.is_some_and(|r| r.status == candidate);
+            metrics::gauge!(
+                PROJECTOR_REBUILD_STATUS,
+                "projection" => name.clone(),
+                "status" => candidate
+            )
+            .set(f64::from(u8::from(current)));
         }
-    };
-    let count = |n: &AtomicU64| n.load(Ordering::Relaxed).to_string();
-    let seconds = |micros: &AtomicU64| {
-        let micros = micros.load(Ordering::Relaxed);
-        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-    };
-    counter(
-        &mut out,
-        "projector_batches_applied_total",
-        "Batches committed by this process.",
-        &|p| count(&p.counters.batches_applied),
-    );
-    counter(
-        &mut out,
-        "projector_batches_failed_total",
-        "Failed batch attempts in this process.",
-        &|p| count(&p.counters.batches_failed),
-    );
-    counter(
-        &mut out,
-        "projector_dead_letters_total",
-        "Events dead-lettered by this process (on_poison = skip).",
-        &|p| count(&p.counters.dead_letters),
-    );
-    counter(
-        &mut out,
-        "projector_events_applied_total",
-        "Outbox rows committed by this process.",
-        &|p| p.events_applied().to_string(),
-    );
-    counter(
-        &mut out,
-        "projector_guest_seconds_total",
-        "Guest time of the projection's calls in this process.",
-        &|p| seconds(&p.counters.guest_micros),
-    );
-    counter(
-        &mut out,
-        "projector_failed_guest_seconds_total",
-        "Guest time burned by calls that failed (the base of the penalty wait).",
-        &|p| seconds(&p.counters.failed_guest_micros),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP projector_quarantined Whether the projection's calls run on the quarantine thread."
-    );
-    let _ = writeln!(out, "# TYPE projector_quarantined gauge");
-    for projector in &projectors {
-        let _ = writeln!(
-            out,
-            "projector_quarantined{{projection=\"{}\"}} {}",
-            projector.name(),
-            u8::from(projector.in_quarantine())
-        );
+        let ratio = rebuild.map_or(0.0, |r| {
+            if r.events_total > 0 {
+                (r.events_done as f64 / r.events_total as f64).clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+        });
+        metrics::gauge!(PROJECTOR_REBUILD_PROGRESS_RATIO, "projection" => name).set(ratio);
     }
-    let writes = state.write_path.stats();
-    for (metric, help, value) in [
-        (
-            "wallet_write_transactions_total",
-            "Write transactions committed by this process (group commit: one per batch).",
-            writes.transactions(),
-        ),
-        (
-            "wallet_write_requests_total",
-            "Create requests answered by those transactions.",
-            writes.requests(),
-        ),
-        (
-            "wallet_write_batch_splits_total",
-            "Write batches re-run one transaction per request (a key completed meanwhile, or a damaged stream).",
-            writes.splits(),
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {metric} {help}");
-        let _ = writeln!(out, "# TYPE {metric} counter");
-        let _ = writeln!(out, "{metric} {value}");
+    for projector in state.projections.all() {
+        metrics::gauge!(PROJECTOR_QUARANTINED, "projection" => projector.name().to_owned())
+            .set(f64::from(u8::from(projector.in_quarantine())));
     }
-    Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], out))
+    Ok(())
 }

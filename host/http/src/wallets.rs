@@ -5,11 +5,15 @@
 //! rendering of outcomes as responses.
 
 use axum::body::Body;
+use std::time::Instant;
+
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http_body_util::BodyExt;
 
+use super::observe::{ClientTrace, CorrelationId};
 use super::problem::Problem;
 use super::AppState;
 use wallex_core::idempotency::{self, ScopedKey, StoredResponse, IN_FLIGHT_RETRY_AFTER_SECS};
@@ -18,6 +22,10 @@ use wallex_core::wallet::{validate_id, CreateWallet};
 use wallex_core::write_path::{
     CreateResult, IdempotentRequest, RequestContext, WriteError, WriteOutcome,
 };
+use wallex_telemetry::catalogue::{
+    IDEMPOTENCY_REQUESTS_TOTAL, WALLET_CREATE_DURATION_MS, WALLET_CREATE_TOTAL,
+};
+use wallex_telemetry::context;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -43,21 +51,51 @@ const JSON: &str = "application/json";
 /// `POST /wallets`.
 pub async fn create_wallet(
     State(state): State<AppState>,
+    correlation: Option<Extension<CorrelationId>>,
+    client_trace: Option<Extension<ClientTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let correlation_id = match correlation_id(&headers) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
+    let started = Instant::now();
+    let response = match correlation {
+        Some(Extension(CorrelationId(id))) => {
+            let trace = client_trace.map(|Extension(ClientTrace(cx))| cx);
+            match create(&state, &headers, body, &id, trace.as_ref()).await {
+                Ok(response) => response,
+                Err(problem) => problem.into_response(),
+            }
+        }
+        None => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-correlation-id",
+            "Invalid X-Correlation-Id",
+            "X-Correlation-Id must be 1 to 128 visible ASCII characters.",
+        )
+        .into_response(),
     };
-    let mut response = match create(&state, &headers, body, &correlation_id).await {
-        Ok(response) => response,
-        Err(problem) => problem.into_response(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
-        response.headers_mut().insert(CORRELATION_ID.clone(), value);
-    }
+    let status = create_status(&response);
+    metrics::counter!(WALLET_CREATE_TOTAL, "status" => status).increment(1);
+    metrics::histogram!(WALLET_CREATE_DURATION_MS, "status" => status)
+        .record(started.elapsed().as_secs_f64() * 1000.0);
     response
+}
+
+/// The `status` label of a create's answer in `wallet_create_total`: `replayed` for a stored
+/// answer returned again, `success` for 2xx, `conflict` for 409 (wallet exists, key in flight),
+/// `invalid` for other 4xx, `error` for 5xx.
+fn create_status(response: &Response) -> &'static str {
+    let status = response.status();
+    if response.headers().contains_key(&IDEMPOTENT_REPLAYED) {
+        "replayed"
+    } else if status.is_success() {
+        "success"
+    } else if status == StatusCode::CONFLICT {
+        "conflict"
+    } else if status.is_client_error() {
+        "invalid"
+    } else {
+        "error"
+    }
 }
 
 async fn create(
@@ -65,6 +103,7 @@ async fn create(
     headers: &HeaderMap,
     body: Body,
     correlation_id: &str,
+    client_trace: Option<&opentelemetry::Context>,
 ) -> Result<Response, Problem> {
     let key = idempotency::parse_key_header(
         headers
@@ -110,6 +149,7 @@ async fn create(
 
     let context = RequestContext {
         correlation_id: correlation_id.to_owned(),
+        traceparent: context::traceparent_for(&tracing::Span::current(), client_trace),
         idempotency: key.map(|key| IdempotentRequest {
             fingerprint: idempotency::fingerprint(&json),
             key: ScopedKey {
@@ -118,11 +158,21 @@ async fn create(
             },
         }),
     };
+    let keyed = context.idempotency.is_some();
     let outcome = state
         .write_path
         .create_wallet(command, context, render_create_result)
         .await
         .map_err(write_error_problem)?;
+    if keyed {
+        let outcome = match &outcome {
+            WriteOutcome::Completed(_) => "new",
+            WriteOutcome::Replayed(_) => "replayed",
+            WriteOutcome::KeyInFlight => "in_flight",
+            WriteOutcome::KeyReused => "reused",
+        };
+        metrics::counter!(IDEMPOTENCY_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+    }
     Ok(match outcome {
         WriteOutcome::Completed(stored) => stored_response(&stored, false),
         WriteOutcome::Replayed(stored) => stored_response(&stored, true),
@@ -261,23 +311,6 @@ fn source_sqlx(error: &WriteError) -> Option<&sqlx::Error> {
         }
         _ => None,
     }
-}
-
-fn correlation_id(headers: &HeaderMap) -> Result<String, Problem> {
-    let Some(value) = headers.get(&CORRELATION_ID) else {
-        return Ok(uuid::Uuid::new_v4().to_string());
-    };
-    let bytes = value.as_bytes();
-    let printable = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
-    if bytes.is_empty() || bytes.len() > MAX_CORRELATION_ID_LEN || !printable {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-correlation-id",
-            "Invalid X-Correlation-Id",
-            "X-Correlation-Id must be 1 to 128 visible ASCII characters.",
-        ));
-    }
-    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn require_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {

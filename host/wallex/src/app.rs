@@ -51,7 +51,11 @@ pub enum ServeError {
 }
 
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
-pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    config: ServeConfig,
+    telemetry: wallex_telemetry::Telemetry,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let admin_token = config.admin_token.as_deref().filter(|t| !t.is_empty());
     if admin_token.is_some_and(|t| t.len() < wallex_http::admin::MIN_TOKEN_LEN) {
         return Err(ServeError::WeakAdminToken);
@@ -98,6 +102,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(
     }
     let admin = wallex_http::admin::AdminState::new(projections.clone(), admin_token);
     let state = AppState {
+        telemetry,
         admin,
         projections,
         write_path: WritePath::start(pool.clone(), &config.write_path, config.idempotency.ttl()),

@@ -33,6 +33,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WALLEX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Record metrics and serve them at `GET /metrics`. With `false` every metric is a no-op
+    /// (the recorder is not installed) and `/metrics` answers 404.
+    #[arg(long, env = "METRICS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_enabled: bool,
+
     /// Where the database is, how the pool is sized, statement limits.
     #[command(flatten)]
     pub database: DatabaseConfig,

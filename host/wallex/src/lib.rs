@@ -1,5 +1,6 @@
 //! wallex: event-sourced wallets whose projections are WebAssembly components — the binary's
-//! library: configuration, `serve`, the operator's CLI client, telemetry and the benchmarks.
+//! library: configuration, `serve`, the operator's CLI client and the benchmarks (telemetry is
+//! `wallex-telemetry`'s).
 //!
 //! How it fits: `wallex-core` is the write side, `wallex-runtime` the projection runtime,
 //! `wallex-http` every route; this crate composes them into a process. `src/main.rs` is a thin
@@ -12,7 +13,6 @@
 //!   variables; each part's own settings are flattened in from its crate).
 //! - [`app`] — `serve`: database, migrations, projections, HTTP server, background tasks,
 //!   graceful shutdown.
-//! - [`telemetry`] — the tracing subscriber, set up once.
 //! - [`cli`] — `wallex projections …`: the operator's client of the admin API.
 //! - [`bench`] — `wallex bench create|projections|deploy|rebuild|system`.
 
@@ -22,4 +22,3 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod telemetry;

@@ -8,8 +8,9 @@ use tokio_util::sync::CancellationToken;
 use wallex::bench::create::CreateBenchArgs;
 use wallex::bench::projections::ProjectionBenchArgs;
 use wallex::config::{DatabaseConfig, LogFormat, ServeConfig};
-use wallex::{app, bench, telemetry};
+use wallex::{app, bench};
 use wallex_core::db;
+use wallex_telemetry::{Telemetry, TelemetryConfig};
 
 /// Event-sourced wallets with WebAssembly projections.
 #[derive(Debug, Parser)]
@@ -73,10 +74,28 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
     let command = cli
         .command
         .unwrap_or_else(|| Command::Serve(Box::new(DefaultServe::parse_from(["wallex"]).serve)));
+    // Metrics and exported traces belong to the server; the other commands only log.
+    let (metrics, traces) = match &command {
+        Command::Serve(config) => (config.metrics_enabled, true),
+        _ => (false, false),
+    };
+    let telemetry = match wallex_telemetry::init(TelemetryConfig {
+        log_format: match cli.log_format {
+            LogFormat::Text => wallex_telemetry::LogFormat::Text,
+            LogFormat::Json => wallex_telemetry::LogFormat::Json,
+        },
+        metrics,
+        traces,
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -84,7 +103,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(command)) {
+    let result = runtime.block_on(run(command, telemetry.clone()));
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -93,9 +114,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, telemetry: Telemetry) -> anyhow::Result<()> {
     match command {
-        Command::Serve(config) => app::serve(*config, CancellationToken::new()).await?,
+        Command::Serve(config) => app::serve(*config, telemetry, CancellationToken::new()).await?,
         Command::Migrate(config) => {
             db::ensure_database(&config).await?;
             let pool = db::pool(&config)?;

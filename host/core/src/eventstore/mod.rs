@@ -48,6 +48,9 @@ pub struct EventMetadata {
     /// The request's `Idempotency-Key`, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// W3C `traceparent` of the request that caused the event, when it had a trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// An event about to be appended.

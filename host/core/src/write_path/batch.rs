@@ -33,8 +33,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    replay_or_reject, wallet_stream, CreateResult, Render, RequestContext, WriteError,
-    WriteOutcome, WriteStats,
+    replay_or_reject, wallet_stream, CreateResult, Render, RequestContext, WriteError, WriteOutcome,
 };
 use crate::eventstore::postgres::PgEventStore;
 use crate::eventstore::{
@@ -45,12 +44,18 @@ use crate::failpoint;
 use crate::idempotency::{self, Completion, ScopedKey};
 use crate::outbox;
 use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
+use wallex_telemetry::catalogue::{
+    DB_POOL_ACQUIRE_DURATION_SECONDS, WALLET_WRITE_BATCH_SIZE, WALLET_WRITE_BATCH_SPLITS_TOTAL,
+    WALLET_WRITE_REQUESTS_TOTAL, WALLET_WRITE_TRANSACTIONS_TOTAL,
+};
 
 /// A request waiting for a committer, and where its answer goes.
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) request: Request,
     pub(super) reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    /// The request's span: the transaction's span links to it (`follows_from`).
+    pub(super) span: tracing::Span,
 }
 
 /// What the committers share: the pool and the settings of a write.
@@ -60,7 +65,6 @@ pub(super) struct Committer {
     events: PgEventStore,
     idempotency_ttl: chrono::Duration,
     max_batch: usize,
-    stats: Arc<WriteStats>,
 }
 
 /// Why a batch did not commit.
@@ -99,7 +103,14 @@ pub(super) async fn run(committer: Arc<Committer>, queue: Arc<Mutex<mpsc::Receiv
                 return;
             }
         }
-        let span = tracing::debug_span!("write_batch", requests = batch.len());
+        let span = tracing::info_span!(
+            parent: None,
+            "wallet.write_transaction",
+            requests = batch.len()
+        );
+        for pending in &batch {
+            span.follows_from(&pending.span);
+        }
         committer
             .commit(std::mem::take(&mut batch))
             .instrument(span)
@@ -108,18 +119,12 @@ pub(super) async fn run(committer: Arc<Committer>, queue: Arc<Mutex<mpsc::Receiv
 }
 
 impl Committer {
-    pub(super) fn new(
-        pool: PgPool,
-        idempotency_ttl: chrono::Duration,
-        max_batch: usize,
-        stats: Arc<WriteStats>,
-    ) -> Self {
+    pub(super) fn new(pool: PgPool, idempotency_ttl: chrono::Duration, max_batch: usize) -> Self {
         Self {
             events: PgEventStore::new(pool.clone()),
             pool,
             idempotency_ttl,
             max_batch,
-            stats,
         }
     }
 
@@ -147,7 +152,7 @@ impl Committer {
                     requests = requests.len(),
                     "batch split: one transaction each"
                 );
-                self.stats.split();
+                metrics::counter!(WALLET_WRITE_BATCH_SPLITS_TOTAL).increment(1);
                 for (request, reply) in requests.into_iter().zip(replies) {
                     let alone = std::slice::from_ref(&request);
                     let outcome = match self.write(alone).await {
@@ -194,7 +199,9 @@ impl Committer {
             .collect();
         if !unknown.is_empty() {
             let keys: Vec<&ScopedKey> = unknown.iter().map(|(_, key)| *key).collect();
-            let completed = idempotency::find_completed_many(&self.pool, &keys).await?;
+            let completed = idempotency::find_completed_many(&self.pool, &keys)
+                .instrument(tracing::info_span!("idempotency.lookup", keys = keys.len()))
+                .await?;
             for ((i, _), completed) in unknown.iter().zip(completed) {
                 if let Some(stored) = completed {
                     settled[*i] = Some(replay_or_reject(stored, requests[*i].fingerprint()));
@@ -207,14 +214,19 @@ impl Committer {
 
         // 2. Claims of the other keys. A key that completes between the look-up and the claim is
         //    caught when its response is stored (step 5).
+        let waited = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
+        metrics::histogram!(DB_POOL_ACQUIRE_DURATION_SECONDS)
+            .record(waited.elapsed().as_secs_f64());
         let claiming: Vec<(usize, &ScopedKey)> = keyed
             .into_iter()
             .filter(|(i, _)| settled[*i].is_none())
             .collect();
         if !claiming.is_empty() {
             let keys: Vec<&ScopedKey> = claiming.iter().map(|(_, key)| *key).collect();
-            let claimed = idempotency::try_claim_many(&mut *tx, &keys).await?;
+            let claimed = idempotency::try_claim_many(&mut *tx, &keys)
+                .instrument(tracing::info_span!("idempotency.claim", keys = keys.len()))
+                .await?;
             for ((i, _), claimed) in claiming.iter().zip(claimed) {
                 if !claimed {
                     settled[*i] = Some(WriteOutcome::KeyInFlight);
@@ -354,7 +366,9 @@ impl Committer {
 
         failpoint::hit("before-commit").await;
         tx.commit().await?;
-        self.stats.committed(requests.len());
+        metrics::counter!(WALLET_WRITE_TRANSACTIONS_TOTAL).increment(1);
+        metrics::counter!(WALLET_WRITE_REQUESTS_TOTAL).increment(requests.len() as u64);
+        metrics::histogram!(WALLET_WRITE_BATCH_SIZE).record(requests.len() as f64);
         // Every request is settled: early (replay, in flight) or with its rendered response.
         Ok(settled.into_iter().flatten().collect())
     }
@@ -460,6 +474,7 @@ fn created_event(
                 .idempotency
                 .as_ref()
                 .map(|request| request.key.key.clone()),
+            traceparent: context.traceparent.clone(),
         },
     }
 }

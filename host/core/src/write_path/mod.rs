@@ -13,13 +13,13 @@
 //! queue while every committer is busy.
 
 mod batch;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::eventstore::EventStoreError;
 use crate::failpoint;
@@ -41,6 +41,9 @@ pub struct IdempotentRequest {
 pub struct RequestContext {
     /// The request's `X-Correlation-Id`; becomes the event's correlation and causation id.
     pub correlation_id: String,
+    /// W3C `traceparent` of the request's span (or of the client's, when spans are not
+    /// exported): recorded in the event's metadata so the batches that apply it link to it.
+    pub traceparent: Option<String>,
     /// The request's idempotency key and body fingerprint; `None` when it sent no key.
     pub idempotency: Option<IdempotentRequest>,
 }
@@ -121,48 +124,11 @@ pub struct WritePathConfig {
 /// with (and what is stored for its key). A plain function, so that the committer task can run it.
 pub type Render = fn(&CreateResult) -> Result<StoredResponse, WriteError>;
 
-/// Counters of the group commit since start, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct WriteStats {
-    transactions: AtomicU64,
-    requests: AtomicU64,
-    splits: AtomicU64,
-}
-
-impl WriteStats {
-    /// Write transactions committed.
-    pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
-    }
-
-    /// Create requests answered by committed write transactions (their mean batch size is
-    /// `requests / transactions`).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Batches rolled back and re-run one transaction per request, because one of their requests
-    /// needed it (see [`batch`]).
-    pub fn splits(&self) -> u64 {
-        self.splits.load(Ordering::Relaxed)
-    }
-
-    fn split(&self) {
-        self.splits.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn committed(&self, requests: usize) {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
-    }
-}
-
 /// Creates wallets. Cloning it is cheap; the committers stop when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct WritePath {
     pool: PgPool,
     queue: mpsc::Sender<batch::Pending>,
-    stats: Arc<WriteStats>,
 }
 
 /// Stream of a wallet's events.
@@ -181,23 +147,16 @@ impl WritePath {
         let max_batch = config.write_batch_max.max(1) as usize;
         let committers = config.write_committers.max(1) as usize;
         let (queue, receiver) = mpsc::channel(max_batch * committers);
-        let stats = Arc::new(WriteStats::default());
         let committer = Arc::new(batch::Committer::new(
             pool.clone(),
             idempotency_ttl,
             max_batch,
-            stats.clone(),
         ));
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for _ in 0..committers {
             tokio::spawn(batch::run(committer.clone(), receiver.clone()));
         }
-        Self { pool, queue, stats }
-    }
-
-    /// Counters of the group commit.
-    pub fn stats(&self) -> &WriteStats {
-        &self.stats
+        Self { pool, queue }
     }
 
     /// Creates a wallet, once per idempotency key. `render` turns the business result into the
@@ -217,7 +176,13 @@ impl WritePath {
             let spare = self.pool.num_idle() > 0
                 || self.pool.size() < self.pool.options().get_max_connections();
             if spare {
-                if let Some(stored) = idempotency::find_completed(&self.pool, &request.key).await? {
+                let span =
+                    tracing::info_span!("idempotency.lookup", replayed = tracing::field::Empty);
+                let found = idempotency::find_completed(&self.pool, &request.key)
+                    .instrument(span.clone())
+                    .await?;
+                span.record("replayed", found.is_some());
+                if let Some(stored) = found {
                     return Ok(replay_or_reject(stored, &request.fingerprint));
                 }
                 looked_up = true;
@@ -233,6 +198,7 @@ impl WritePath {
                 looked_up,
             },
             reply,
+            span: tracing::Span::current(),
         };
         self.queue
             .send(pending)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
+use tracing::Instrument;
 
 use super::{
     Active, BatchError, BatchHandler, BatchOutcome, Projector, Track, QUARANTINE_BURN,
@@ -21,6 +22,12 @@ use crate::schema::ProjectionSchema;
 use crate::search::Search;
 use crate::{checkpoint, dead_letters};
 use wallex_core::outbox;
+use wallex_telemetry::catalogue::{
+    PROJECTOR_BATCHES_APPLIED_TOTAL, PROJECTOR_BATCH_DURATION_SECONDS, PROJECTOR_BATCH_EVENTS,
+    PROJECTOR_DEAD_LETTERS_TOTAL, PROJECTOR_EVENTS_APPLIED_TOTAL,
+    PROJECTOR_GUEST_CALL_DURATION_SECONDS,
+};
+use wallex_telemetry::context;
 
 /// Runs the handler on (part of) a batch and validates its output against the limits and the
 /// declaration.
@@ -152,6 +159,7 @@ impl Projector {
         let cursor = checkpoint::cursor(&mut tx, &key).await?;
         let events = outbox::read_batch(&mut *tx, cursor, limit).await?;
         let read = started.elapsed();
+
         if events.is_empty() {
             tx.rollback().await?;
             if track == Track::Live {
@@ -167,114 +175,148 @@ impl Projector {
                 more: false,
             });
         }
-        // The guest batch, and where each of its events is in the outbox rows read.
-        let mut rows_of = Vec::new();
-        let batch: Vec<_> = events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| schema.subscriptions.includes(&e.event_type))
-            .map(|(row, e)| {
-                rows_of.push(row);
-                to_guest_event(e)
-            })
-            .collect();
-        let mut rows = 0;
-        let (mut handled, mut applied) = (read, read);
-        let mut consumed = events.len();
-        let mut paused = None;
-        let mut narrowed = None;
-        if !batch.is_empty() {
-            let batch = Arc::new(batch);
-            let evaluation = self
-                .evaluate(&mut tx, pool, &key, version, &batch, careful)
-                .await?;
-            handled = started.elapsed();
-            paused = evaluation.paused;
-            narrowed = evaluation.narrowed;
-            if let Some(&row) = rows_of.get(evaluation.settled) {
-                // Only the rows before the first unsettled event are consumed.
-                consumed = row;
-            }
-            if consumed == 0 {
-                // Nothing settled: the first event is the poison (under `pause`).
-                tx.rollback().await?;
-                self.size_hint[track.index()].store(1, Ordering::Relaxed);
-                return Err(paused.unwrap_or(BatchError::Unsettled));
-            }
-            rows = match mutation::apply(&mut tx, &evaluation.plan).await {
-                Ok(rows) => rows,
-                Err(error) => {
-                    return Err(match mutation::data_rejection(&error) {
-                        Some(reason) if !careful => BatchError::Data(reason),
-                        _ => BatchError::Database(error),
-                    })
-                }
-            };
-            for (index, error) in &evaluation.poison {
-                let event = &batch[*index];
-                dead_letters::record(&mut tx, name, event, error).await?;
-                tracing::warn!(
-                    projection = name,
-                    ?track,
-                    position = event.global_position,
-                    event_id = %event.event_id,
-                    %error,
-                    "poison event skipped and dead-lettered (on_poison = skip)"
-                );
-            }
-            self.counters
-                .dead_letters
-                .fetch_add(evaluation.poison.len() as u64, Ordering::Relaxed);
-            applied = started.elapsed();
-        }
-        let last = events[consumed - 1].cursor();
-        wallex_core::failpoint::hit("projection-after-apply").await;
-        let counted = i64::try_from(consumed).unwrap_or(i64::MAX);
-        checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, counted).await?;
-        wallex_core::failpoint::hit("projection-before-commit").await;
-        tx.commit().await?;
-        wallex_core::failpoint::hit("projection-after-commit").await;
-        let committed = started.elapsed();
-        self.counters
-            .batches_applied
-            .fetch_add(1, Ordering::Relaxed);
-        if track == Track::Live {
-            self.events_applied
-                .fetch_add(consumed as u64, Ordering::Relaxed);
-            self.progress.send_replace(last);
-        }
-        // The next batch: as narrowed by the search, or growing back to the configured size.
-        let next_hint = match (paused.is_some(), narrowed, hint) {
-            (true, _, _) => 1,
-            (false, Some(size), _) => size.max(1),
-            (false, None, 0) => 0,
-            (false, None, hint) => hint.saturating_mul(2),
-        };
-        let next_hint = if next_hint >= batch_size as usize {
-            0
-        } else {
-            next_hint
-        };
-        self.size_hint[track.index()].store(next_hint, Ordering::Relaxed);
-        tracing::debug!(
+        // A root span per batch that read events: it links to the requests whose events it
+        // applies (their `traceparent`, kept in the events' metadata).
+        let span = tracing::info_span!(
+            parent: None,
+            "projection.batch",
             projection = name,
-            ?track,
-            events = consumed,
-            rows,
-            to = ?last,
-            read_us = read.as_micros(),
-            handled_us = handled.as_micros(),
-            applied_us = applied.as_micros(),
-            committed_us = committed.as_micros(),
-            "batch applied"
+            track = ?track,
+            from_position = cursor.position,
+            to_position = tracing::field::Empty,
+            events = tracing::field::Empty,
+            linked_traces = tracing::field::Empty,
         );
-        if let Some(poison) = paused {
-            return Err(poison);
+        if context::exporting() {
+            let linked = context::link_all(
+                &span,
+                events.iter().filter_map(|e| {
+                    e.metadata
+                        .get(context::TRACEPARENT)
+                        .and_then(serde_json::Value::as_str)
+                }),
+            );
+            span.record("linked_traces", linked);
         }
-        Ok(BatchOutcome {
-            consumed,
-            more: events.len() >= limit as usize || consumed < events.len(),
-        })
+        async move {
+            // The guest batch, and where each of its events is in the outbox rows read.
+            let mut rows_of = Vec::new();
+            let batch: Vec<_> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| schema.subscriptions.includes(&e.event_type))
+                .map(|(row, e)| {
+                    rows_of.push(row);
+                    to_guest_event(e)
+                })
+                .collect();
+            let mut rows = 0;
+            let (mut handled, mut applied) = (read, read);
+            let mut consumed = events.len();
+            let mut paused = None;
+            let mut narrowed = None;
+            if !batch.is_empty() {
+                let batch = Arc::new(batch);
+                let evaluation = self
+                    .evaluate(&mut tx, pool, &key, version, &batch, careful)
+                    .await?;
+                handled = started.elapsed();
+                paused = evaluation.paused;
+                narrowed = evaluation.narrowed;
+                if let Some(&row) = rows_of.get(evaluation.settled) {
+                    // Only the rows before the first unsettled event are consumed.
+                    consumed = row;
+                }
+                if consumed == 0 {
+                    // Nothing settled: the first event is the poison (under `pause`).
+                    tx.rollback().await?;
+                    self.size_hint[track.index()].store(1, Ordering::Relaxed);
+                    return Err(paused.unwrap_or(BatchError::Unsettled));
+                }
+                rows = match mutation::apply(&mut tx, &evaluation.plan).await {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        return Err(match mutation::data_rejection(&error) {
+                            Some(reason) if !careful => BatchError::Data(reason),
+                            _ => BatchError::Database(error),
+                        })
+                    }
+                };
+                for (index, error) in &evaluation.poison {
+                    let event = &batch[*index];
+                    dead_letters::record(&mut tx, name, event, error).await?;
+                    tracing::warn!(
+                        projection = name,
+                        ?track,
+                        position = event.global_position,
+                        event_id = %event.event_id,
+                        %error,
+                        "poison event skipped and dead-lettered (on_poison = skip)"
+                    );
+                }
+                metrics::counter!(PROJECTOR_DEAD_LETTERS_TOTAL, "projection" => name.to_owned())
+                    .increment(evaluation.poison.len() as u64);
+                applied = started.elapsed();
+            }
+            let last = events[consumed - 1].cursor();
+            wallex_core::failpoint::hit("projection-after-apply").await;
+            let counted = i64::try_from(consumed).unwrap_or(i64::MAX);
+            checkpoint::advance_from(&mut tx, &key, &schema.namespace, cursor, last, counted)
+                .await?;
+            wallex_core::failpoint::hit("projection-before-commit").await;
+            tx.commit().await?;
+            wallex_core::failpoint::hit("projection-after-commit").await;
+            let committed = started.elapsed();
+            let label = || ("projection", name.to_owned());
+            metrics::counter!(PROJECTOR_BATCHES_APPLIED_TOTAL, &[label()]).increment(1);
+            metrics::histogram!(PROJECTOR_BATCH_DURATION_SECONDS, &[label()])
+                .record(committed.as_secs_f64());
+            metrics::histogram!(PROJECTOR_BATCH_EVENTS, &[label()]).record(consumed as f64);
+            let current = tracing::Span::current();
+            current.record("to_position", last.position);
+            current.record("events", consumed);
+            if track == Track::Live {
+                metrics::counter!(PROJECTOR_EVENTS_APPLIED_TOTAL, &[label()])
+                    .increment(consumed as u64);
+                self.events_applied
+                    .fetch_add(consumed as u64, Ordering::Relaxed);
+                self.progress.send_replace(last);
+            }
+            // The next batch: as narrowed by the search, or growing back to the configured size.
+            let next_hint = match (paused.is_some(), narrowed, hint) {
+                (true, _, _) => 1,
+                (false, Some(size), _) => size.max(1),
+                (false, None, 0) => 0,
+                (false, None, hint) => hint.saturating_mul(2),
+            };
+            let next_hint = if next_hint >= batch_size as usize {
+                0
+            } else {
+                next_hint
+            };
+            self.size_hint[track.index()].store(next_hint, Ordering::Relaxed);
+            tracing::debug!(
+                projection = name,
+                ?track,
+                events = consumed,
+                rows,
+                to = ?last,
+                read_us = read.as_micros(),
+                handled_us = handled.as_micros(),
+                applied_us = applied.as_micros(),
+                committed_us = committed.as_micros(),
+                "batch applied"
+            );
+            if let Some(poison) = paused {
+                return Err(poison);
+            }
+            Ok(BatchOutcome {
+                consumed,
+                more: events.len() >= limit as usize || consumed < events.len(),
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     /// Whether the component's calls run on the quarantine thread now.
@@ -320,14 +362,14 @@ impl Projector {
         let failed = matches!(&outcome, Err(error) if error.is_component_failure());
         self.last_call_failed.store(failed, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.counters
-            .guest_micros
-            .fetch_add(micros, Ordering::Relaxed);
+        metrics::histogram!(
+            PROJECTOR_GUEST_CALL_DURATION_SECONDS,
+            "projection" => self.name().to_owned(),
+            "outcome" => if failed { "failed" } else { "ok" }
+        )
+        .record(elapsed.as_secs_f64());
         if failed {
             self.burned_micros.fetch_add(micros, Ordering::Relaxed);
-            self.counters
-                .failed_guest_micros
-                .fetch_add(micros, Ordering::Relaxed);
             if elapsed >= QUARANTINE_BURN {
                 let until = Instant::now() + QUARANTINE_WINDOW;
                 match self.quarantined_until.lock() {

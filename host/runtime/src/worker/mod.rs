@@ -252,8 +252,6 @@ pub struct Projector {
     last_deploy_error: std::sync::Mutex<Option<String>>,
     /// Where guest code runs.
     guests: Arc<GuestPool>,
-    /// Counters since this process started (`GET /metrics`).
-    pub counters: Counters,
     /// Guest time burned by failing calls since the worker last looked, in microseconds (the
     /// base of its penalty wait).
     burned_micros: AtomicU64,
@@ -264,21 +262,6 @@ pub struct Projector {
     /// Per track ([`Track::index`]): the batch size a search narrowed the next batch to (0: the
     /// configured size).
     size_hint: [AtomicUsize; 2],
-}
-
-/// What a projector did in this process, for metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Batches committed.
-    pub batches_applied: AtomicU64,
-    /// Failed batch attempts.
-    pub batches_failed: AtomicU64,
-    /// Events dead-lettered (`on_poison = skip`).
-    pub dead_letters: AtomicU64,
-    /// Guest time of all calls, in microseconds.
-    pub guest_micros: AtomicU64,
-    /// Guest time of the calls that failed, in microseconds.
-    pub failed_guest_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for Projector {
@@ -295,7 +278,6 @@ impl Projector {
     pub fn new(desired: Desired, config: WorkerConfig, guests: Arc<GuestPool>) -> Self {
         Self {
             guests,
-            counters: Counters::default(),
             burned_micros: AtomicU64::new(0),
             last_call_failed: AtomicBool::new(false),
             quarantined_until: std::sync::Mutex::new(None),
@@ -676,10 +658,11 @@ async fn handle_failure(
         return Some(Outcome::LeaseLost);
     }
     let config = projector.config;
-    projector
-        .counters
-        .batches_failed
-        .fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(
+        wallex_telemetry::catalogue::PROJECTOR_BATCHES_FAILED_TOTAL,
+        "projection" => projector.name().to_owned()
+    )
+    .increment(1);
     failures.count += 1;
     let gave_up = failures.count > config.max_retries;
     let message = error.to_string();
