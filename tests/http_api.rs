@@ -1191,10 +1191,7 @@ async fn migrate_command_is_idempotent_and_bad_configuration_fails_in_one_line()
         .current_dir(std::env::temp_dir())
         .output()
         .expect("run");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_one_line_error(&output, "error: ");
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_wallex"))
         .args(["serve", "--listen", "not-an-address"])

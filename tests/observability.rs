@@ -707,9 +707,6 @@ fn an_unsupported_otlp_protocol_is_a_one_line_startup_error() {
             .current_dir(std::env::temp_dir())
             .output()
             .expect("run");
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with("error: OpenTelemetry: "), "{stderr}");
+        assert_one_line_error(&output, "error: OpenTelemetry: ");
     }
 }

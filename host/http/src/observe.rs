@@ -86,7 +86,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         CorrelationHeader::Absent => Some(uuid::Uuid::new_v4().to_string()),
         CorrelationHeader::Invalid => None,
     };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "http.request",
         otel.name = format!("{method} {route}"),
         otel.kind = "server",

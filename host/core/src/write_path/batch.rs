@@ -103,7 +103,7 @@ pub(super) async fn run(committer: Arc<Committer>, queue: Arc<Mutex<mpsc::Receiv
                 return;
             }
         }
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             parent: None,
             "wallet.write_transaction",
             requests = batch.len()
@@ -200,7 +200,7 @@ impl Committer {
         if !unknown.is_empty() {
             let keys: Vec<&ScopedKey> = unknown.iter().map(|(_, key)| *key).collect();
             let completed = idempotency::find_completed_many(&self.pool, &keys)
-                .instrument(tracing::info_span!("idempotency.lookup", keys = keys.len()))
+                .instrument(tracing::debug_span!("idempotency.lookup", keys = keys.len()))
                 .await?;
             for ((i, _), completed) in unknown.iter().zip(completed) {
                 if let Some(stored) = completed {
@@ -225,7 +225,7 @@ impl Committer {
         if !claiming.is_empty() {
             let keys: Vec<&ScopedKey> = claiming.iter().map(|(_, key)| *key).collect();
             let claimed = idempotency::try_claim_many(&mut *tx, &keys)
-                .instrument(tracing::info_span!("idempotency.claim", keys = keys.len()))
+                .instrument(tracing::debug_span!("idempotency.claim", keys = keys.len()))
                 .await?;
             for ((i, _), claimed) in claiming.iter().zip(claimed) {
                 if !claimed {

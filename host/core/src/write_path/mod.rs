@@ -161,7 +161,7 @@ impl WritePath {
 
     /// Creates a wallet, once per idempotency key. `render` turns the business result into the
     /// response that is returned and stored for the key.
-    #[tracing::instrument(skip_all, fields(wallet_id = %command.wallet_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(wallet_id = %command.wallet_id))]
     pub async fn create_wallet(
         &self,
         command: CreateWallet,
@@ -177,7 +177,7 @@ impl WritePath {
                 || self.pool.size() < self.pool.options().get_max_connections();
             if spare {
                 let span =
-                    tracing::info_span!("idempotency.lookup", replayed = tracing::field::Empty);
+                    tracing::debug_span!("idempotency.lookup", replayed = tracing::field::Empty);
                 let found = idempotency::find_completed(&self.pool, &request.key)
                     .instrument(span.clone())
                     .await?;

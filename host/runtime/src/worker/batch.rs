@@ -177,7 +177,7 @@ impl Projector {
         }
         // A root span per batch that read events: it links to the requests whose events it
         // applies (their `traceparent`, kept in the events' metadata).
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             parent: None,
             "projection.batch",
             projection = name,
