@@ -200,7 +200,10 @@ impl Committer {
         if !unknown.is_empty() {
             let keys: Vec<&ScopedKey> = unknown.iter().map(|(_, key)| *key).collect();
             let completed = idempotency::find_completed_many(&self.pool, &keys)
-                .instrument(tracing::debug_span!("idempotency.lookup", keys = keys.len()))
+                .instrument(tracing::debug_span!(
+                    "idempotency.lookup",
+                    keys = keys.len()
+                ))
                 .await?;
             for ((i, _), completed) in unknown.iter().zip(completed) {
                 if let Some(stored) = completed {
