@@ -49,6 +49,12 @@ const WALLEX_ENV: &[&str] = &[
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
     "OTEL_SERVICE_NAME",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_TIMEOUT_MS",
+    "REDIS_LOCK_TTL_MS",
+    "REDIS_LOCK_WAIT_MS",
 ];
 
 fn admin_url() -> String {

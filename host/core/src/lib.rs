@@ -16,6 +16,8 @@
 //! - [`write_path`] — the create-wallet transaction. Owns `wallets`.
 //! - [`eventstore`] — the `EventStore` seam and its PostgreSQL implementation. Owns `events`.
 //! - [`outbox`] — enqueue and the gap-safe reader. Owns `outbox`.
+//! - [`redis_assist`] — Redis beside PostgreSQL, for efficiency only: the per-wallet lock and the
+//!   replay cache (owns no table; owns the `wallex:*` Redis keys).
 //! - [`db`] — the pool, database creation and the embedded migrations.
 //! - [`failpoint`] — test-only crash injection (`failpoints` feature).
 //! - [`seed`] — benchmark data written straight into the tables this crate owns.
@@ -28,6 +30,7 @@ pub mod eventstore;
 pub mod failpoint;
 pub mod idempotency;
 pub mod outbox;
+pub mod redis_assist;
 pub mod seed;
 pub mod wallet;
 pub mod write_path;

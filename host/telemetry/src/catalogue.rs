@@ -43,6 +43,15 @@ pub const DB_POOL_MAX_CONNECTIONS: &str = "db_pool_max_connections";
 /// Time the write path waited for a pooled connection. Histogram, seconds.
 pub const DB_POOL_ACQUIRE_DURATION_SECONDS: &str = "db_pool_acquire_duration_seconds";
 
+/// Redis commands that failed or timed out, by `op` (`lock`, `unlock`, `cache_get`,
+/// `cache_set`). Counter.
+pub const REDIS_ERRORS_TOTAL: &str = "redis_errors_total";
+/// Replay-cache look-ups, by `result` (`hit`, `miss`). Counter.
+pub const REDIS_REPLAY_CACHE_TOTAL: &str = "redis_replay_cache_total";
+/// Wallet-lock attempts, by `result` (`acquired`, `acquired_after_wait`, `wait_expired`,
+/// `unavailable`). Counter.
+pub const REDIS_LOCK_TOTAL: &str = "redis_lock_total";
+
 /// Outbox rows after a projection's live checkpoint, by `projection`. Gauge.
 pub const OUTBOX_LAG_EVENTS: &str = "outbox_lag_events";
 /// Age of the oldest of those rows (0 when caught up), by `projection`. Gauge, seconds.
@@ -76,7 +85,7 @@ pub const PROJECTOR_REBUILD_STATUS: &str = "projector_rebuild_status";
 pub const PROJECTOR_REBUILD_PROGRESS_RATIO: &str = "projector_rebuild_progress_ratio";
 
 /// Every metric name above, for checks that dashboards and rules use no other.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 28] = [
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     WALLET_CREATE_DURATION_MS,
@@ -89,6 +98,9 @@ pub const ALL: [&str; 25] = [
     DB_POOL_CONNECTIONS,
     DB_POOL_MAX_CONNECTIONS,
     DB_POOL_ACQUIRE_DURATION_SECONDS,
+    REDIS_ERRORS_TOTAL,
+    REDIS_REPLAY_CACHE_TOTAL,
+    REDIS_LOCK_TOTAL,
     OUTBOX_LAG_EVENTS,
     OUTBOX_LAG_SECONDS,
     PROJECTOR_STATUS,
@@ -201,6 +213,12 @@ fn describe() {
         Unit::Seconds,
         "Time the write path waited for a pooled connection."
     );
+    describe_counter!(
+        REDIS_ERRORS_TOTAL,
+        "Redis commands that failed or timed out (the write path went on without Redis)."
+    );
+    describe_counter!(REDIS_REPLAY_CACHE_TOTAL, "Replay-cache look-ups by result.");
+    describe_counter!(REDIS_LOCK_TOTAL, "Wallet-lock attempts by result.");
     describe_gauge!(
         OUTBOX_LAG_EVENTS,
         "Outbox events after the projection's checkpoint."

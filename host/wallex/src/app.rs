@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
+use wallex_core::redis_assist::{RedisAssist, RedisSetupError};
 use wallex_core::write_path::WritePath;
 use wallex_core::{db, idempotency};
 use wallex_http::{AppState, HttpConfig};
@@ -48,6 +49,9 @@ pub enum ServeError {
         wallex_http::admin::MIN_TOKEN_LEN
     )]
     WeakAdminToken,
+    /// The Redis settings are invalid.
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
 }
 
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
@@ -60,6 +64,7 @@ pub async fn serve(
     if admin_token.is_some_and(|t| t.len() < wallex_http::admin::MIN_TOKEN_LEN) {
         return Err(ServeError::WeakAdminToken);
     }
+    let redis = RedisAssist::from_config(&config.redis)?;
     db::ensure_database(&config.database).await?;
     let pool = db::pool(&config.database)?;
     db::migrate(&pool).await?;
@@ -105,7 +110,12 @@ pub async fn serve(
         telemetry,
         admin,
         projections,
-        write_path: WritePath::start(pool.clone(), &config.write_path, config.idempotency.ttl()),
+        write_path: WritePath::start(
+            pool.clone(),
+            &config.write_path,
+            config.idempotency.ttl(),
+            redis,
+        ),
         pool: pool.clone(),
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout(),

@@ -46,6 +46,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub idempotency: IdempotencyConfig,
 
+    /// Redis for the wallet lock and the replay cache (optional).
+    #[command(flatten)]
+    pub redis: wallex_core::redis_assist::RedisConfig,
+
     /// How many write transactions run at once and how many creates one of them carries.
     #[command(flatten)]
     pub write_path: wallex_core::write_path::WritePathConfig,

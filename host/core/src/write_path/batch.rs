@@ -43,6 +43,7 @@ use crate::eventstore::{
 use crate::failpoint;
 use crate::idempotency::{self, Completion, ScopedKey};
 use crate::outbox;
+use crate::redis_assist::{Completed, RedisAssist};
 use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
 use wallex_telemetry::catalogue::{
     DB_POOL_ACQUIRE_DURATION_SECONDS, WALLET_WRITE_BATCH_SIZE, WALLET_WRITE_BATCH_SPLITS_TOTAL,
@@ -65,6 +66,26 @@ pub(super) struct Committer {
     events: PgEventStore,
     idempotency_ttl: chrono::Duration,
     max_batch: usize,
+    /// The replay cache, when Redis is configured.
+    redis: Option<RedisAssist>,
+}
+
+/// What a transaction settled.
+struct Written {
+    /// Each request's outcome, in order.
+    outcomes: Vec<WriteOutcome>,
+    /// When the stored responses expire, if the transaction committed any.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl Written {
+    /// Outcomes settled without a commit (replays, a key that completed meanwhile).
+    fn uncommitted(outcomes: Vec<WriteOutcome>) -> Self {
+        Self {
+            outcomes,
+            expires_at: None,
+        }
+    }
 }
 
 /// Why a batch did not commit.
@@ -119,12 +140,18 @@ pub(super) async fn run(committer: Arc<Committer>, queue: Arc<Mutex<mpsc::Receiv
 }
 
 impl Committer {
-    pub(super) fn new(pool: PgPool, idempotency_ttl: chrono::Duration, max_batch: usize) -> Self {
+    pub(super) fn new(
+        pool: PgPool,
+        idempotency_ttl: chrono::Duration,
+        max_batch: usize,
+        redis: Option<RedisAssist>,
+    ) -> Self {
         Self {
             events: PgEventStore::new(pool.clone()),
             pool,
             idempotency_ttl,
             max_batch,
+            redis,
         }
     }
 
@@ -141,7 +168,9 @@ impl Committer {
             return;
         }
         match self.write(&requests).await {
-            Ok(outcomes) => {
+            Ok(written) => {
+                self.cache_completed(&requests, &written);
+                let outcomes = written.outcomes;
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A requester that went away (timeout, disconnect) finds its response stored.
                     let _ = reply.send(Ok(outcome));
@@ -156,7 +185,10 @@ impl Committer {
                 for (request, reply) in requests.into_iter().zip(replies) {
                     let alone = std::slice::from_ref(&request);
                     let outcome = match self.write(alone).await {
-                        Ok(mut outcomes) => outcomes.pop().ok_or(WriteError::Stopped),
+                        Ok(mut written) => {
+                            self.cache_completed(alone, &written);
+                            written.outcomes.pop().ok_or(WriteError::Stopped)
+                        }
                         Err(Failure::Write(error)) => Err(error),
                         // A lone request settles its anomaly itself; this is unreachable.
                         Err(Failure::Isolate) => Err(WriteError::Stopped),
@@ -181,8 +213,37 @@ impl Committer {
         }
     }
 
+    /// Hands the responses stored by a committed transaction to the replay cache (in the
+    /// background: the requests are answered at once).
+    fn cache_completed(&self, requests: &[Request], written: &Written) {
+        let (Some(redis), Some(expires_at)) = (&self.redis, written.expires_at) else {
+            return;
+        };
+        let completed: Vec<Completed> = requests
+            .iter()
+            .zip(&written.outcomes)
+            .filter_map(|(request, outcome)| {
+                let idempotent = request.context.idempotency.as_ref()?;
+                let WriteOutcome::Completed(response) = outcome else {
+                    return None;
+                };
+                Some(Completed {
+                    key: idempotent.key.clone(),
+                    fingerprint: idempotent.fingerprint.clone(),
+                    response: response.clone(),
+                    expires_at,
+                })
+            })
+            .collect();
+        if completed.is_empty() {
+            return;
+        }
+        let redis = redis.clone();
+        tokio::spawn(async move { redis.cache(completed).await });
+    }
+
     /// One transaction for `requests`; their outcomes in the same order.
-    async fn write(&self, requests: &[Request]) -> Result<Vec<WriteOutcome>, Failure> {
+    async fn write(&self, requests: &[Request]) -> Result<Written, Failure> {
         let alone = requests.len() == 1;
         let mut settled: Vec<Option<WriteOutcome>> = vec![None; requests.len()];
         // 1. Completed keys are answered from their record (a replay, or `KeyReused` for another
@@ -212,7 +273,9 @@ impl Committer {
             }
         }
         if settled.iter().all(Option::is_some) {
-            return Ok(settled.into_iter().flatten().collect());
+            return Ok(Written::uncommitted(
+                settled.into_iter().flatten().collect(),
+            ));
         }
 
         // 2. Claims of the other keys. A key that completes between the look-up and the claim is
@@ -358,13 +421,13 @@ impl Committer {
             if !alone {
                 return Err(Failure::Isolate);
             }
-            return Ok(vec![
+            return Ok(Written::uncommitted(vec![
                 match idempotency::find_completed(&self.pool, lost.key).await? {
                     Some(stored) => replay_or_reject(stored, lost.fingerprint),
                     // Completed and expired within this request: it is simply in the way.
                     None => WriteOutcome::KeyInFlight,
                 },
-            ]);
+            ]));
         }
 
         failpoint::hit("before-commit").await;
@@ -373,7 +436,10 @@ impl Committer {
         metrics::counter!(WALLET_WRITE_REQUESTS_TOTAL).increment(requests.len() as u64);
         metrics::histogram!(WALLET_WRITE_BATCH_SIZE).record(requests.len() as f64);
         // Every request is settled: early (replay, in flight) or with its rendered response.
-        Ok(settled.into_iter().flatten().collect())
+        Ok(Written {
+            outcomes: settled.into_iter().flatten().collect(),
+            expires_at: Some(expires_at),
+        })
     }
 }
 

@@ -25,6 +25,7 @@ use crate::eventstore::EventStoreError;
 use crate::failpoint;
 use crate::idempotency::{self, CompletedRequest, ScopedKey, StoredResponse};
 use crate::outbox::OutboxError;
+use crate::redis_assist::{RedisAssist, WalletLock};
 use crate::wallet::{CreateWallet, WalletSnapshot};
 
 /// The idempotency part of a write request.
@@ -129,6 +130,8 @@ pub type Render = fn(&CreateResult) -> Result<StoredResponse, WriteError>;
 pub struct WritePath {
     pool: PgPool,
     queue: mpsc::Sender<batch::Pending>,
+    /// Locks and the replay cache, when Redis is configured.
+    redis: Option<RedisAssist>,
 }
 
 /// Stream of a wallet's events.
@@ -143,6 +146,7 @@ impl WritePath {
         pool: PgPool,
         config: &WritePathConfig,
         idempotency_ttl: chrono::Duration,
+        redis: Option<RedisAssist>,
     ) -> Self {
         let max_batch = config.write_batch_max.max(1) as usize;
         let committers = config.write_committers.max(1) as usize;
@@ -151,12 +155,13 @@ impl WritePath {
             pool.clone(),
             idempotency_ttl,
             max_batch,
+            redis.clone(),
         ));
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for _ in 0..committers {
             tokio::spawn(batch::run(committer.clone(), receiver.clone()));
         }
-        Self { pool, queue }
+        Self { pool, queue, redis }
     }
 
     /// Creates a wallet, once per idempotency key. `render` turns the business result into the
@@ -172,6 +177,12 @@ impl WritePath {
         // to spare (idle, or not opened yet); when it has none, the committer looks the key up
         // together with its batch, so that waiting requests never starve the committers.
         let mut looked_up = false;
+        if let (Some(request), Some(redis)) = (&context.idempotency, &self.redis) {
+            // Only committed responses are cached, so a hit is as good as the record.
+            if let Some(stored) = redis.cached(&request.key).await {
+                return Ok(replay_or_reject(stored, &request.fingerprint));
+            }
+        }
         if let Some(request) = &context.idempotency {
             let spare = self.pool.num_idle() > 0
                 || self.pool.size() < self.pool.options().get_max_connections();
@@ -188,6 +199,15 @@ impl WritePath {
                 looked_up = true;
             }
         }
+        // The wallet's lock, for efficiency only: a concurrent create of the same wallet waits
+        // here instead of inside a transaction. Released when this function returns.
+        let _lock = match &self.redis {
+            Some(redis) => redis.lock(&command.wallet_id).await.map(|lock| LockGuard {
+                redis: redis.clone(),
+                lock: Some(lock),
+            }),
+            None => None,
+        };
         failpoint::hit("before-claim").await;
         let (reply, answer) = oneshot::channel();
         let pending = batch::Pending {
@@ -228,6 +248,24 @@ impl WritePath {
             created_at: row.created_at,
             updated_at: row.updated_at,
         }))
+    }
+}
+
+/// Releases a wallet lock when dropped (in the background, so the answer is not delayed; a lock
+/// that cannot be released expires).
+struct LockGuard {
+    redis: RedisAssist,
+    lock: Option<WalletLock>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let (Some(lock), Ok(runtime)) = (self.lock.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let redis = self.redis.clone();
+        runtime.spawn(async move { redis.unlock(lock).await });
     }
 }
 

@@ -1,0 +1,380 @@
+//! Redis beside PostgreSQL, for efficiency only: a per-wallet lock around a create, and a cache
+//! of completed idempotent responses for replays.
+//!
+//! Why it exists: the reference design takes a Redis lock around the write and answers replays
+//! without touching the database. Correctness stays with PostgreSQL: the wallet's primary key,
+//! the idempotency claim and the stored record decide every outcome, so a lock that expires
+//! mid-write, a cache that is empty, or a Redis that is down or slow change nothing but speed.
+//!
+//! - The lock is `SET wallex:lock:wallet:{id} <token> NX PX <ttl>`, released by a
+//!   compare-and-delete script, so a holder whose lock expired never deletes its successor's.
+//!   A create that finds the lock held waits up to `REDIS_LOCK_WAIT_MS` for it, then goes on
+//!   without it.
+//! - A completed response is cached after its transaction committed, with the key's own expiry
+//!   (`PXAT` = the record's `expires_at`), so the cache never answers for a key PostgreSQL has not
+//!   committed, nor after PostgreSQL's record expired. The cached value names its scope and key,
+//!   checked on read.
+//! - Every command is bounded by `REDIS_TIMEOUT_MS`. A failure is logged once (and once more when
+//!   Redis answers again), counted in `redis_errors_total`, and Redis is left alone for
+//!   [`RETRY_AFTER`] so that an outage costs at most one timeout per interval; the connection
+//!   manager reconnects by itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::idempotency::{CompletedRequest, ScopedKey, StoredResponse};
+use wallex_telemetry::catalogue::{REDIS_ERRORS_TOTAL, REDIS_LOCK_TOTAL, REDIS_REPLAY_CACHE_TOTAL};
+
+/// How long Redis is left alone after a failure before the next command tries it again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often a create polls a wallet lock held by another request.
+pub const LOCK_POLL: Duration = Duration::from_millis(5);
+/// Prefix of the wallet locks.
+const LOCK_PREFIX: &str = "wallex:lock:wallet:";
+/// Prefix of the cached responses.
+const CACHE_PREFIX: &str = "wallex:idem:";
+/// Deletes the lock only if it still holds our token.
+const UNLOCK_SCRIPT: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+else
+  return 0
+end"#;
+
+/// Where Redis is and how long the write path waits for it.
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis for the wallet lock and the replay cache (`redis://host:port/db`); unset (and no
+    /// `REDIS_HOST`): no Redis.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// The reference design's way to name Redis: its host (used when `REDIS_URL` is unset).
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+
+    /// Redis port, with `REDIS_HOST`.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+
+    /// Upper bound on one Redis command, in milliseconds; a slower answer counts as Redis down.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub redis_timeout_ms: u64,
+
+    /// How long a wallet lock lives unless released, in milliseconds.
+    #[arg(long, env = "REDIS_LOCK_TTL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub redis_lock_ttl_ms: u64,
+
+    /// How long a create waits for another request's lock on the same wallet before going on
+    /// without it, in milliseconds.
+    #[arg(long, env = "REDIS_LOCK_WAIT_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub redis_lock_wait_ms: u64,
+}
+
+impl RedisConfig {
+    /// The URL to connect to, if Redis is configured.
+    pub fn url(&self) -> Option<String> {
+        fn non_empty(value: &Option<String>) -> Option<&str> {
+            value.as_deref().filter(|s| !s.trim().is_empty())
+        }
+        non_empty(&self.redis_url).map(str::to_owned).or_else(|| {
+            non_empty(&self.redis_host).map(|host| format!("redis://{host}:{}", self.redis_port))
+        })
+    }
+}
+
+/// Errors of setting Redis up (start-up errors; at run time Redis failures are absorbed).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    /// `REDIS_URL` (or `REDIS_HOST`/`REDIS_PORT`) is not a Redis URL.
+    #[error("invalid Redis URL {url:?}: {source}")]
+    Url {
+        /// The URL as configured.
+        url: String,
+        /// Why the client refused it.
+        source: redis::RedisError,
+    },
+}
+
+/// A wallet lock this request holds.
+#[derive(Debug)]
+pub struct WalletLock {
+    key: String,
+    token: String,
+}
+
+/// The record a replay is answered from, as cached.
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    scope: String,
+    key: String,
+    fingerprint: Vec<u8>,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A response to cache after its transaction committed.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The request's key.
+    pub key: ScopedKey,
+    /// Its body's fingerprint.
+    pub fingerprint: Vec<u8>,
+    /// What it was answered with.
+    pub response: StoredResponse,
+    /// When its PostgreSQL record expires (the cache entry expires with it).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The Redis side of the write path. Cloning is cheap.
+#[derive(Clone)]
+pub struct RedisAssist {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    timeout: Duration,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    /// Set while Redis is failing: its commands are skipped until then.
+    resting_until: Mutex<Option<Instant>>,
+    /// Whether the last command failed (so that an outage is logged once, and its end once).
+    down: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisAssist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAssist")
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a Redis command gave nothing.
+#[derive(Debug)]
+enum Failure {
+    /// Redis is resting after a failure; the command was not sent.
+    Resting,
+    /// It failed or timed out (counted and logged).
+    Failed,
+}
+
+impl RedisAssist {
+    /// A Redis assistant for `config`, or `None` when Redis is not configured. Connects lazily:
+    /// Redis may be down at start-up.
+    pub fn from_config(config: &RedisConfig) -> Result<Option<Self>, RedisSetupError> {
+        let Some(url) = config.url() else {
+            return Ok(None);
+        };
+        let client = redis::Client::open(url.as_str()).map_err(|source| RedisSetupError::Url {
+            url: url.clone(),
+            source,
+        })?;
+        let timeout = Duration::from_millis(config.redis_timeout_ms);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|source| RedisSetupError::Url { url, source })?;
+        Ok(Some(Self {
+            inner: std::sync::Arc::new(Inner {
+                connection,
+                timeout,
+                lock_ttl: Duration::from_millis(config.redis_lock_ttl_ms),
+                lock_wait: Duration::from_millis(config.redis_lock_wait_ms),
+                resting_until: Mutex::new(None),
+                down: AtomicBool::new(false),
+            }),
+        }))
+    }
+
+    /// Runs one command within the timeout, keeping the books of failures.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        command: &redis::Cmd,
+    ) -> Result<T, Failure> {
+        let mut connection = self.inner.connection.clone();
+        self.guarded(
+            op,
+            async move { command.query_async(&mut connection).await },
+        )
+        .await
+    }
+
+    /// Skips `call` while Redis rests after a failure; otherwise runs it within the timeout and
+    /// records a failure (log once, count, rest).
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failure> {
+        let resting = match self.inner.resting_until.lock() {
+            Ok(until) => *until,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        if resting.is_some_and(|until| Instant::now() < until) {
+            return Err(Failure::Resting);
+        }
+        let error = match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(value)) => {
+                if self.inner.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Redis answers again; using it for locks and replays");
+                }
+                return Ok(value);
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {} ms", self.inner.timeout.as_millis()),
+        };
+        metrics::counter!(REDIS_ERRORS_TOTAL, "op" => op).increment(1);
+        if !self.inner.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, op, "Redis unavailable; creates and replays go on without it");
+        }
+        let until = Instant::now() + RETRY_AFTER;
+        match self.inner.resting_until.lock() {
+            Ok(mut slot) => *slot = Some(until),
+            Err(poisoned) => *poisoned.into_inner() = Some(until),
+        }
+        Err(Failure::Failed)
+    }
+
+    /// Takes the lock of `wallet_id`, waiting up to the configured time for another holder.
+    /// `None` when Redis is unavailable or the wait ran out: the create goes on without it.
+    pub async fn lock(&self, wallet_id: &str) -> Option<WalletLock> {
+        let lock = WalletLock {
+            key: format!("{LOCK_PREFIX}{wallet_id}"),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let mut command = redis::cmd("SET");
+        command
+            .arg(&lock.key)
+            .arg(&lock.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(self.inner.lock_ttl.as_millis()).unwrap_or(u64::MAX));
+        let deadline = Instant::now() + self.inner.lock_wait;
+        let mut waited = false;
+        loop {
+            match self.run::<Option<String>>("lock", &command).await {
+                Ok(Some(_)) => {
+                    let result = if waited {
+                        "acquired_after_wait"
+                    } else {
+                        "acquired"
+                    };
+                    metrics::counter!(REDIS_LOCK_TOTAL, "result" => result).increment(1);
+                    return Some(lock);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    waited = true;
+                    tokio::time::sleep(LOCK_POLL).await;
+                }
+                Ok(None) => {
+                    metrics::counter!(REDIS_LOCK_TOTAL, "result" => "wait_expired").increment(1);
+                    return None;
+                }
+                Err(_) => {
+                    metrics::counter!(REDIS_LOCK_TOTAL, "result" => "unavailable").increment(1);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Releases a lock if it is still ours (compare-and-delete).
+    pub async fn unlock(&self, lock: WalletLock) {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(UNLOCK_SCRIPT)
+            .arg(1)
+            .arg(&lock.key)
+            .arg(&lock.token);
+        let _ = self.run::<i64>("unlock", &command).await;
+    }
+
+    /// The completed request cached for `key`, if any.
+    pub async fn cached(&self, key: &ScopedKey) -> Option<CompletedRequest> {
+        let mut command = redis::cmd("GET");
+        command.arg(cache_key(key));
+        let value: Option<Vec<u8>> = match self.run("cache_get", &command).await {
+            Ok(value) => value,
+            Err(_) => return None,
+        };
+        let cached = value
+            .and_then(|bytes| serde_json::from_slice::<Cached>(&bytes).ok())
+            .filter(|cached| cached.scope == key.scope && cached.key == key.key);
+        let result = if cached.is_some() { "hit" } else { "miss" };
+        metrics::counter!(REDIS_REPLAY_CACHE_TOTAL, "result" => result).increment(1);
+        cached.map(|cached| CompletedRequest {
+            fingerprint: cached.fingerprint,
+            response: StoredResponse {
+                status: cached.status,
+                headers: cached.headers,
+                body: cached.body,
+            },
+        })
+    }
+
+    /// Caches responses whose transaction committed, each until its record expires.
+    pub async fn cache(&self, completed: Vec<Completed>) {
+        let mut pipeline = redis::pipe();
+        let mut count = 0;
+        for entry in completed {
+            let expires_ms = entry.expires_at.timestamp_millis();
+            if expires_ms <= Utc::now().timestamp_millis() {
+                continue;
+            }
+            let value = Cached {
+                scope: entry.key.scope.clone(),
+                key: entry.key.key.clone(),
+                fingerprint: entry.fingerprint,
+                status: entry.response.status,
+                headers: entry.response.headers,
+                body: entry.response.body,
+            };
+            let Ok(bytes) = serde_json::to_vec(&value) else {
+                continue;
+            };
+            pipeline
+                .cmd("SET")
+                .arg(cache_key(&entry.key))
+                .arg(bytes)
+                .arg("PXAT")
+                .arg(expires_ms)
+                .ignore();
+            count += 1;
+        }
+        if count == 0 {
+            return;
+        }
+        let mut connection = self.inner.connection.clone();
+        let _ = self
+            .guarded("cache_set", async move {
+                pipeline.query_async::<()>(&mut connection).await
+            })
+            .await;
+    }
+}
+
+/// The Redis key of a cached response: a digest of scope and key, so any client key fits.
+fn cache_key(key: &ScopedKey) -> String {
+    let digest = Sha256::new()
+        .chain_update(key.scope.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(key.key.as_bytes())
+        .finalize();
+    format!("{CACHE_PREFIX}{}", hex::encode(digest))
+}
