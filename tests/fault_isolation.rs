@@ -73,11 +73,12 @@ async fn hostile_components_fail_precisely_while_everything_else_carries_on() {
             ("PROJECTOR_CALL_TIMEOUT_MS", "1000"),
             ("PROJECTOR_MEMORY_LIMIT_MIB", "32"),
             ("PROJECTOR_LEASE_RETRY_MS", "200"),
-            // The giant list is about the mutation limit: on a loaded machine (its retries run at
-            // idle priority) lifting 150,000 records must not hit the short timeout first.
+            // The giant list is about the mutation limit and the log flood about the log limit:
+            // on a loaded machine (their retries run at idle priority) lifting 150,000 records or
+            // writing a megabyte of log lines must not hit the short timeout first.
             (
                 "PROJECTOR_OVERRIDES",
-                "hostile-giant.call_timeout_ms=120000",
+                "hostile-giant.call_timeout_ms=120000,hostile-log-flood.call_timeout_ms=120000",
             ),
         ],
     );
