@@ -119,18 +119,21 @@ async fn wait_keys(redis: &RedisServer, pattern: &str, count: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replays_from_redis_are_byte_identical_and_cached_only_after_the_commit() {
-    let mut redis = RedisServer::start();
+/// A `redis-server` of the test's own, a fresh database, and a server using both with `env`.
+async fn serve_with_redis(env: &[(&str, &str)]) -> (RedisServer, TestDb, Server) {
+    let redis = RedisServer::start();
     let db = TestDb::migrated().await;
     let url = redis.url();
-    let server = Server::spawn(
-        &db.url,
-        &[
-            ("REDIS_URL", &url),
-            ("WALLEX_FAILPOINTS", "before-commit=sleep(400)"),
-        ],
-    );
+    let mut all = vec![("REDIS_URL", url.as_str())];
+    all.extend_from_slice(env);
+    let server = Server::spawn(&db.url, &all);
+    (redis, db, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_from_redis_are_byte_identical_and_cached_only_after_the_commit() {
+    let (mut redis, db, server) =
+        serve_with_redis(&[("WALLEX_FAILPOINTS", "before-commit=sleep(400)")]).await;
     let wallet = fresh_id("cached");
     let body = wallet_body(&wallet);
     let key = fresh_id("key");
@@ -194,17 +197,12 @@ async fn replays_from_redis_are_byte_identical_and_cached_only_after_the_commit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wallet_lock_serialises_creates_of_one_wallet_and_respects_other_holders() {
-    let redis = RedisServer::start();
-    let db = TestDb::migrated().await;
+    let (redis, db, server) = serve_with_redis(&[
+        ("REDIS_LOCK_WAIT_MS", "3000"),
+        ("WALLEX_FAILPOINTS", "before-commit=sleep(150)"),
+    ])
+    .await;
     let url = redis.url();
-    let server = Server::spawn(
-        &db.url,
-        &[
-            ("REDIS_URL", &url),
-            ("REDIS_LOCK_WAIT_MS", "3000"),
-            ("WALLEX_FAILPOINTS", "before-commit=sleep(150)"),
-        ],
-    );
     let wallet = fresh_id("contested");
     let crowd: Vec<_> = (0..6)
         .map(|_| {
@@ -261,19 +259,13 @@ async fn the_wallet_lock_serialises_creates_of_one_wallet_and_respects_other_hol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_that_expires_mid_write_corrupts_nothing() {
-    let redis = RedisServer::start();
-    let db = TestDb::migrated().await;
-    let url = redis.url();
     // Every lock expires long before its transaction commits.
-    let server = Server::spawn(
-        &db.url,
-        &[
-            ("REDIS_URL", &url),
-            ("REDIS_LOCK_TTL_MS", "30"),
-            ("REDIS_LOCK_WAIT_MS", "3000"),
-            ("WALLEX_FAILPOINTS", "before-commit=sleep(300)"),
-        ],
-    );
+    let (redis, db, server) = serve_with_redis(&[
+        ("REDIS_LOCK_TTL_MS", "30"),
+        ("REDIS_LOCK_WAIT_MS", "3000"),
+        ("WALLEX_FAILPOINTS", "before-commit=sleep(300)"),
+    ])
+    .await;
     let wallet = fresh_id("expiring");
     let mut tasks = Vec::new();
     for _ in 0..3 {
@@ -296,10 +288,7 @@ async fn a_lock_that_expires_mid_write_corrupts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_paused_and_restarted_under_load_fails_no_create() {
-    let mut redis = RedisServer::start();
-    let db = TestDb::migrated().await;
-    let url = redis.url();
-    let server = Server::spawn(&db.url, &[("REDIS_URL", &url)]);
+    let (mut redis, db, server) = serve_with_redis(&[]).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let creators: Vec<_> = (0..8)
         .map(|_| {
