@@ -106,11 +106,34 @@ pub enum RedisSetupError {
     },
 }
 
-/// A wallet lock this request holds.
-#[derive(Debug)]
+/// A wallet lock this request holds, released when dropped (in the background, so the answer
+/// is not delayed; a lock that cannot be released expires).
 pub struct WalletLock {
+    redis: RedisAssist,
     key: String,
     token: String,
+}
+
+impl std::fmt::Debug for WalletLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalletLock")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WalletLock {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (redis, key, token) = (
+            self.redis.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        runtime.spawn(async move { redis.unlock(&key, &token).await });
+    }
 }
 
 /// The record a replay is answered from, as cached.
@@ -162,15 +185,6 @@ impl std::fmt::Debug for RedisAssist {
     }
 }
 
-/// Why a Redis command gave nothing.
-#[derive(Debug)]
-enum Failure {
-    /// Redis is resting after a failure; the command was not sent.
-    Resting,
-    /// It failed or timed out (counted and logged).
-    Failed,
-}
-
 impl RedisAssist {
     /// A Redis assistant for `config`, or `None` when Redis is not configured. Connects lazily:
     /// Redis may be down at start-up.
@@ -201,12 +215,13 @@ impl RedisAssist {
         }))
     }
 
-    /// Runs one command within the timeout, keeping the books of failures.
+    /// Runs one command within the timeout, keeping the books of failures; `None` when Redis
+    /// rests, failed or was too slow.
     async fn run<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
         command: &redis::Cmd,
-    ) -> Result<T, Failure> {
+    ) -> Option<T> {
         let mut connection = self.inner.connection.clone();
         self.guarded(
             op,
@@ -216,25 +231,25 @@ impl RedisAssist {
     }
 
     /// Skips `call` while Redis rests after a failure; otherwise runs it within the timeout and
-    /// records a failure (log once, count, rest).
+    /// records a failure (log once, count, rest). `None` when skipped or failed.
     async fn guarded<T>(
         &self,
         op: &'static str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Failure> {
+    ) -> Option<T> {
         let resting = match self.inner.resting_until.lock() {
             Ok(until) => *until,
             Err(poisoned) => *poisoned.into_inner(),
         };
         if resting.is_some_and(|until| Instant::now() < until) {
-            return Err(Failure::Resting);
+            return None;
         }
         let error = match tokio::time::timeout(self.inner.timeout, call).await {
             Ok(Ok(value)) => {
                 if self.inner.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("Redis answers again; using it for locks and replays");
                 }
-                return Ok(value);
+                return Some(value);
             }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {} ms", self.inner.timeout.as_millis()),
@@ -248,13 +263,14 @@ impl RedisAssist {
             Ok(mut slot) => *slot = Some(until),
             Err(poisoned) => *poisoned.into_inner() = Some(until),
         }
-        Err(Failure::Failed)
+        None
     }
 
     /// Takes the lock of `wallet_id`, waiting up to the configured time for another holder.
     /// `None` when Redis is unavailable or the wait ran out: the create goes on without it.
     pub async fn lock(&self, wallet_id: &str) -> Option<WalletLock> {
         let lock = WalletLock {
+            redis: self.clone(),
             key: format!("{LOCK_PREFIX}{wallet_id}"),
             token: uuid::Uuid::new_v4().simple().to_string(),
         };
@@ -269,7 +285,7 @@ impl RedisAssist {
         let mut waited = false;
         loop {
             match self.run::<Option<String>>("lock", &command).await {
-                Ok(Some(_)) => {
+                Some(Some(_)) => {
                     let result = if waited {
                         "acquired_after_wait"
                     } else {
@@ -278,15 +294,15 @@ impl RedisAssist {
                     metrics::counter!(REDIS_LOCK_TOTAL, "result" => result).increment(1);
                     return Some(lock);
                 }
-                Ok(None) if Instant::now() < deadline => {
+                Some(None) if Instant::now() < deadline => {
                     waited = true;
                     tokio::time::sleep(LOCK_POLL).await;
                 }
-                Ok(None) => {
+                Some(None) => {
                     metrics::counter!(REDIS_LOCK_TOTAL, "result" => "wait_expired").increment(1);
                     return None;
                 }
-                Err(_) => {
+                None => {
                     metrics::counter!(REDIS_LOCK_TOTAL, "result" => "unavailable").increment(1);
                     return None;
                 }
@@ -295,13 +311,9 @@ impl RedisAssist {
     }
 
     /// Releases a lock if it is still ours (compare-and-delete).
-    pub async fn unlock(&self, lock: WalletLock) {
+    async fn unlock(&self, key: &str, token: &str) {
         let mut command = redis::cmd("EVAL");
-        command
-            .arg(UNLOCK_SCRIPT)
-            .arg(1)
-            .arg(&lock.key)
-            .arg(&lock.token);
+        command.arg(UNLOCK_SCRIPT).arg(1).arg(key).arg(token);
         let _ = self.run::<i64>("unlock", &command).await;
     }
 
@@ -309,10 +321,7 @@ impl RedisAssist {
     pub async fn cached(&self, key: &ScopedKey) -> Option<CompletedRequest> {
         let mut command = redis::cmd("GET");
         command.arg(cache_key(key));
-        let value: Option<Vec<u8>> = match self.run("cache_get", &command).await {
-            Ok(value) => value,
-            Err(_) => return None,
-        };
+        let value: Option<Vec<u8>> = self.run("cache_get", &command).await?;
         let cached = value
             .and_then(|bytes| serde_json::from_slice::<Cached>(&bytes).ok())
             .filter(|cached| cached.scope == key.scope && cached.key == key.key);
@@ -332,14 +341,16 @@ impl RedisAssist {
     pub async fn cache(&self, completed: Vec<Completed>) {
         let mut pipeline = redis::pipe();
         let mut count = 0;
+        let now_ms = Utc::now().timestamp_millis();
         for entry in completed {
             let expires_ms = entry.expires_at.timestamp_millis();
-            if expires_ms <= Utc::now().timestamp_millis() {
+            if expires_ms <= now_ms {
                 continue;
             }
+            let redis_key = cache_key(&entry.key);
             let value = Cached {
-                scope: entry.key.scope.clone(),
-                key: entry.key.key.clone(),
+                scope: entry.key.scope,
+                key: entry.key.key,
                 fingerprint: entry.fingerprint,
                 status: entry.response.status,
                 headers: entry.response.headers,
@@ -350,7 +361,7 @@ impl RedisAssist {
             };
             pipeline
                 .cmd("SET")
-                .arg(cache_key(&entry.key))
+                .arg(redis_key)
                 .arg(bytes)
                 .arg("PXAT")
                 .arg(expires_ms)
@@ -361,11 +372,10 @@ impl RedisAssist {
             return;
         }
         let mut connection = self.inner.connection.clone();
-        let _ = self
-            .guarded("cache_set", async move {
-                pipeline.query_async::<()>(&mut connection).await
-            })
-            .await;
+        self.guarded("cache_set", async move {
+            pipeline.query_async::<()>(&mut connection).await
+        })
+        .await;
     }
 }
 

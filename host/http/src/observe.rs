@@ -35,7 +35,7 @@ pub struct ClientTrace(pub opentelemetry::Context);
 
 /// What a request's `X-Correlation-Id` header holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CorrelationHeader {
+enum CorrelationHeader {
     /// A valid id.
     Given(String),
     /// No header: the server generates an id.
@@ -45,7 +45,7 @@ pub enum CorrelationHeader {
 }
 
 /// Reads the `X-Correlation-Id` of `headers`.
-pub fn correlation_header(headers: &HeaderMap) -> CorrelationHeader {
+fn correlation_header(headers: &HeaderMap) -> CorrelationHeader {
     let Some(value) = headers.get(&CORRELATION_ID) else {
         return CorrelationHeader::Absent;
     };

@@ -76,19 +76,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Nothing installed (tests and commands that report nothing).
-    pub fn none() -> Self {
-        Self::default()
-    }
-
     /// Renders the metrics in the Prometheus text format, when the recorder is installed.
     pub fn prometheus(&self) -> Option<&PrometheusHandle> {
         self.prometheus.as_ref()
-    }
-
-    /// Whether spans are exported over OTLP.
-    pub fn exports_traces(&self) -> bool {
-        self.tracer_provider.is_some()
     }
 
     /// Exports the spans still buffered and stops the exporter (at shutdown).

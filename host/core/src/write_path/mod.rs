@@ -25,7 +25,7 @@ use crate::eventstore::EventStoreError;
 use crate::failpoint;
 use crate::idempotency::{self, CompletedRequest, ScopedKey, StoredResponse};
 use crate::outbox::OutboxError;
-use crate::redis_assist::{RedisAssist, WalletLock};
+use crate::redis_assist::RedisAssist;
 use crate::wallet::{CreateWallet, WalletSnapshot};
 
 /// The idempotency part of a write request.
@@ -173,16 +173,16 @@ impl WritePath {
         context: RequestContext,
         render: Render,
     ) -> Result<WriteOutcome, WriteError> {
-        // A completed key is answered from its record at once while the pool has a connection
-        // to spare (idle, or not opened yet); when it has none, the committer looks the key up
-        // together with its batch, so that waiting requests never starve the committers.
-        let mut looked_up = false;
         if let (Some(request), Some(redis)) = (&context.idempotency, &self.redis) {
             // Only committed responses are cached, so a hit is as good as the record.
             if let Some(stored) = redis.cached(&request.key).await {
                 return Ok(replay_or_reject(stored, &request.fingerprint));
             }
         }
+        // A completed key is answered from its record at once while the pool has a connection
+        // to spare (idle, or not opened yet); when it has none, the committer looks the key up
+        // together with its batch, so that waiting requests never starve the committers.
+        let mut looked_up = false;
         if let Some(request) = &context.idempotency {
             let spare = self.pool.num_idle() > 0
                 || self.pool.size() < self.pool.options().get_max_connections();
@@ -202,10 +202,7 @@ impl WritePath {
         // The wallet's lock, for efficiency only: a concurrent create of the same wallet waits
         // here instead of inside a transaction. Released when this function returns.
         let _lock = match &self.redis {
-            Some(redis) => redis.lock(&command.wallet_id).await.map(|lock| LockGuard {
-                redis: redis.clone(),
-                lock: Some(lock),
-            }),
+            Some(redis) => redis.lock(&command.wallet_id).await,
             None => None,
         };
         failpoint::hit("before-claim").await;
@@ -248,24 +245,6 @@ impl WritePath {
             created_at: row.created_at,
             updated_at: row.updated_at,
         }))
-    }
-}
-
-/// Releases a wallet lock when dropped (in the background, so the answer is not delayed; a lock
-/// that cannot be released expires).
-struct LockGuard {
-    redis: RedisAssist,
-    lock: Option<WalletLock>,
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let (Some(lock), Ok(runtime)) = (self.lock.take(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        let redis = self.redis.clone();
-        runtime.spawn(async move { redis.unlock(lock).await });
     }
 }
 
