@@ -20,6 +20,8 @@ fn event(n: u32) -> NewEvent {
             causation_id: "c".into(),
             idempotency_key: None,
             traceparent: None,
+            request_fingerprint: None,
+            kurrentdb: None,
         },
     }
 }

@@ -24,6 +24,8 @@ fn event(position: i64) -> RecordedEvent {
             causation_id: "c".into(),
             idempotency_key: None,
             traceparent: None,
+            request_fingerprint: None,
+            kurrentdb: None,
         },
         recorded_at: Utc::now(),
     }

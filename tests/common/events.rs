@@ -33,6 +33,8 @@ pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i6
             causation_id: format!("cause-{id}"),
             idempotency_key: None,
             traceparent: None,
+            request_fingerprint: None,
+            kurrentdb: None,
         },
     };
     let recorded = store

@@ -10,7 +10,7 @@
 //! - this file — the router, [`AppState`], the request timeout, 404/405 fallbacks;
 //! - [`problem`] — [`Problem`], the one error type of the layer (`IntoResponse`), and how
 //!   database errors become 503 or 500;
-//! - [`wallets`] — `POST /wallets`, `GET /wallets/{id}`;
+//! - [`wallets`] — `POST /wallets`, `GET /wallets/{id}`, `GET /wallets/{id}/events`;
 //! - [`projections`] — `GET /projections[/{name}]`, `GET /projections/{name}/{table}/{key}`;
 //! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit);
 //! - [`health`] — `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
@@ -55,6 +55,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Creates and reads wallets.
     pub write_path: WritePath,
+    /// Reads event streams from the configured event store.
+    pub events: wallex_core::eventstore::StreamReader,
     /// The HTTP layer's settings.
     pub config: Arc<HttpConfig>,
     /// The loaded projections (their workers may run in this process or another).
@@ -71,6 +73,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/wallets", post(wallets::create_wallet))
         .route("/wallets/{id}", get(wallets::get_wallet))
+        .route("/wallets/{id}/events", get(wallets::get_wallet_events))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -105,6 +105,19 @@ impl Problem {
         .with_retry_after(1)
     }
 
+    /// 503 for an event store that cannot be reached (KurrentDB down or slow); nothing was
+    /// written to PostgreSQL, and a retry with the same key is safe.
+    pub fn event_store_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "event store unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event-store-unavailable",
+            "Event store unavailable",
+            "The event store cannot be reached; retry later (with the same Idempotency-Key).",
+        )
+        .with_retry_after(EVENT_STORE_RETRY_AFTER_SECS)
+    }
+
     /// 404 with `detail`.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
@@ -131,6 +144,9 @@ impl Problem {
         serde_json::to_vec(&body).unwrap_or_default()
     }
 }
+
+/// `Retry-After` of an answer given while the event store cannot be reached.
+pub const EVENT_STORE_RETRY_AFTER_SECS: u64 = 1;
 
 /// SQLSTATE classes and codes that mean "the database is unavailable right now" rather than a bug:
 /// connection exceptions, insufficient resources, operator intervention (shutdown, query

@@ -1,4 +1,4 @@
-//! `POST /wallets` and `GET /wallets/{id}`.
+//! `POST /wallets`, `GET /wallets/{id}` and `GET /wallets/{id}/events`.
 //!
 //! Why it exists: the HTTP edge of the write path — header and body validation in the order the
 //! API promises (415, 413, 400, 422 before anything is stored), idempotency headers, and the
@@ -16,11 +16,12 @@ use http_body_util::BodyExt;
 use super::observe::{ClientTrace, CorrelationId};
 use super::problem::Problem;
 use super::AppState;
+use wallex_core::eventstore::{EventStoreError, RecordedEvent};
 use wallex_core::idempotency::{self, ScopedKey, StoredResponse, IN_FLIGHT_RETRY_AFTER_SECS};
 use wallex_core::wallet::FieldError;
 use wallex_core::wallet::{validate_id, CreateWallet};
 use wallex_core::write_path::{
-    CreateResult, IdempotentRequest, RequestContext, WriteError, WriteOutcome,
+    wallet_stream, CreateResult, IdempotentRequest, RequestContext, WriteError, WriteOutcome,
 };
 use wallex_telemetry::catalogue::{
     IDEMPOTENCY_REQUESTS_TOTAL, WALLET_CREATE_DURATION_MS, WALLET_CREATE_TOTAL,
@@ -222,8 +223,132 @@ pub async fn get_wallet(
     Ok(([(header::CONTENT_TYPE, JSON)], body).into_response())
 }
 
+/// Most events `GET /wallets/{id}/events` returns at once (`limit`'s bound).
+pub const MAX_EVENTS_PAGE: usize = 1_000;
+/// Events returned when the request names no `limit`.
+pub const DEFAULT_EVENTS_PAGE: usize = 100;
+
+/// Query of `GET /wallets/{id}/events`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsQuery {
+    /// First stream version returned (from 1).
+    from_version: Option<i64>,
+    /// Most events returned (1 to [`MAX_EVENTS_PAGE`]).
+    limit: Option<usize>,
+}
+
+/// One event in `GET /wallets/{id}/events`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventJson<'a> {
+    event_id: uuid::Uuid,
+    event_type: &'a str,
+    stream_id: &'a str,
+    stream_version: i64,
+    global_position: i64,
+    recorded_at: String,
+    data: &'a serde_json::Value,
+    metadata: &'a wallex_core::eventstore::EventMetadata,
+}
+
+/// Body of `GET /wallets/{id}/events`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsPage<'a> {
+    wallet_id: &'a str,
+    /// Which store answered: `postgres` or `kurrentdb`.
+    event_store: &'static str,
+    events: Vec<EventJson<'a>>,
+    /// `fromVersion` of the next page, when this one was full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_from_version: Option<i64>,
+}
+
+/// `GET /wallets/{id}/events?fromVersion=&limit=`: the wallet's stream, read from the configured
+/// event store (PostgreSQL's `events` or KurrentDB).
+pub async fn get_wallet_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    validate_id(&id).map_err(|detail| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-wallet-id",
+            "Invalid wallet id",
+            format!("The wallet id {detail}."),
+        )
+        .with_errors(vec![FieldError::new("id", detail)])
+    })?;
+    let invalid_query = |detail: String| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query",
+            detail,
+        )
+    };
+    let axum::extract::Query(query) =
+        query.map_err(|rejection| invalid_query(rejection.body_text()))?;
+    let from_version = query.from_version.unwrap_or(1);
+    if from_version < 1 {
+        return Err(invalid_query("fromVersion must be at least 1.".into()));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
+    if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
+        return Err(invalid_query(format!(
+            "limit must be between 1 and {MAX_EVENTS_PAGE}."
+        )));
+    }
+    let stream = wallet_stream(&id);
+    let events = state
+        .events
+        .read_page(&stream, from_version, limit)
+        .await
+        .map_err(|error| match error {
+            EventStoreError::Unavailable(_) => Problem::event_store_unavailable(&error),
+            other => Problem::internal(&other),
+        })?;
+    if events.is_empty() && from_version == 1 {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "wallet-not-found",
+            "Wallet not found",
+            format!("The event store has no stream {stream}."),
+        ));
+    }
+    let next_from_version = (events.len() == limit)
+        .then(|| events.last().map(|event| event.stream_version + 1))
+        .flatten();
+    let page = EventsPage {
+        wallet_id: &id,
+        event_store: match state.events {
+            wallex_core::eventstore::StreamReader::Postgres(_) => "postgres",
+            wallex_core::eventstore::StreamReader::Kurrent(_) => "kurrentdb",
+        },
+        events: events.iter().map(event_json).collect(),
+        next_from_version,
+    };
+    let body = serde_json::to_vec(&page).map_err(|error| Problem::internal(&error))?;
+    Ok(([(header::CONTENT_TYPE, JSON)], body).into_response())
+}
+
+fn event_json(event: &RecordedEvent) -> EventJson<'_> {
+    EventJson {
+        event_id: event.event_id,
+        event_type: &event.event_type,
+        stream_id: &event.stream_id,
+        stream_version: event.stream_version,
+        global_position: event.global_position,
+        recorded_at: wallex_core::wallet::format_timestamp(event.recorded_at),
+        data: &event.data,
+        metadata: &event.metadata,
+    }
+}
+
 /// The response of a create, as returned and stored for its key.
-fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteError> {
+pub fn render_create_result(result: &CreateResult) -> Result<StoredResponse, WriteError> {
     Ok(match result {
         CreateResult::Created { wallet, position } => StoredResponse {
             status: StatusCode::CREATED.as_u16(),
@@ -278,6 +403,13 @@ fn stored_response(stored: &StoredResponse, replayed: bool) -> Response {
 }
 
 fn write_error_problem(error: WriteError) -> Problem {
+    let cause = match &error {
+        WriteError::Batch(shared) => shared.as_ref(),
+        other => other,
+    };
+    if let WriteError::EventStore(EventStoreError::Unavailable(_)) = cause {
+        return Problem::event_store_unavailable(&error);
+    }
     if let WriteError::Batch(shared) = &error {
         return source_sqlx(shared).map_or_else(|| Problem::internal(&error), Problem::from_sqlx);
     }

@@ -51,6 +51,15 @@ pub const REDIS_REPLAY_CACHE_TOTAL: &str = "redis_replay_cache_total";
 /// Wallet-lock attempts, by `result` (`acquired`, `acquired_after_wait`, `wait_expired`,
 /// `unavailable`). Counter.
 pub const REDIS_LOCK_TOTAL: &str = "redis_lock_total";
+/// KurrentDB calls that failed because it could not be reached in time, by `op` (`append`,
+/// `read`). Counter.
+pub const KURRENTDB_UNAVAILABLE_TOTAL: &str = "kurrentdb_unavailable_total";
+/// Passes of the KurrentDB reconciliation, by `result` (`ok`, `error`, `skipped` when another
+/// instance was running one). Counter.
+pub const KURRENTDB_RECONCILE_PASSES_TOTAL: &str = "kurrentdb_reconcile_passes_total";
+/// Wallets the reconciliation completed in PostgreSQL from an event only KurrentDB had.
+/// Counter.
+pub const KURRENTDB_RECONCILED_WALLETS_TOTAL: &str = "kurrentdb_reconciled_wallets_total";
 
 /// Outbox rows after a projection's live checkpoint, by `projection`. Gauge.
 pub const OUTBOX_LAG_EVENTS: &str = "outbox_lag_events";
@@ -85,7 +94,7 @@ pub const PROJECTOR_REBUILD_STATUS: &str = "projector_rebuild_status";
 pub const PROJECTOR_REBUILD_PROGRESS_RATIO: &str = "projector_rebuild_progress_ratio";
 
 /// Every metric name above, for checks that dashboards and rules use no other.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 31] = [
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     WALLET_CREATE_DURATION_MS,
@@ -101,6 +110,9 @@ pub const ALL: [&str; 28] = [
     REDIS_ERRORS_TOTAL,
     REDIS_REPLAY_CACHE_TOTAL,
     REDIS_LOCK_TOTAL,
+    KURRENTDB_UNAVAILABLE_TOTAL,
+    KURRENTDB_RECONCILE_PASSES_TOTAL,
+    KURRENTDB_RECONCILED_WALLETS_TOTAL,
     OUTBOX_LAG_EVENTS,
     OUTBOX_LAG_SECONDS,
     PROJECTOR_STATUS,
@@ -219,6 +231,18 @@ fn describe() {
     );
     describe_counter!(REDIS_REPLAY_CACHE_TOTAL, "Replay-cache look-ups by result.");
     describe_counter!(REDIS_LOCK_TOTAL, "Wallet-lock attempts by result.");
+    describe_counter!(
+        KURRENTDB_UNAVAILABLE_TOTAL,
+        "KurrentDB calls that failed because it could not be reached in time."
+    );
+    describe_counter!(
+        KURRENTDB_RECONCILE_PASSES_TOTAL,
+        "Passes of the KurrentDB reconciliation by result."
+    );
+    describe_counter!(
+        KURRENTDB_RECONCILED_WALLETS_TOTAL,
+        "Wallets completed in PostgreSQL from an event only KurrentDB had."
+    );
     describe_gauge!(
         OUTBOX_LAG_EVENTS,
         "Outbox events after the projection's checkpoint."

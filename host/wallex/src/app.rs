@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
+use wallex_core::eventstore::kurrent::{EventStoreSetupError, KurrentEventStore};
+use wallex_core::eventstore::postgres::PgEventStore;
+use wallex_core::eventstore::StreamReader;
 use wallex_core::redis_assist::{RedisAssist, RedisSetupError};
+use wallex_core::write_path::reconcile::Reconciler;
 use wallex_core::write_path::WritePath;
 use wallex_core::{db, idempotency};
 use wallex_http::{AppState, HttpConfig};
@@ -52,6 +56,13 @@ pub enum ServeError {
     /// The Redis settings are invalid.
     #[error(transparent)]
     Redis(#[from] RedisSetupError),
+    /// The event store settings are invalid.
+    #[error(transparent)]
+    EventStore(#[from] EventStoreSetupError),
+    /// The first start with this database could not read where KurrentDB's `$all` ends (the
+    /// reconciliation's starting point).
+    #[error("first start with this database: cannot read the end of KurrentDB's $all: {0}")]
+    KurrentDbFirstStart(#[source] wallex_core::write_path::reconcile::ReconcileError),
 }
 
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
@@ -65,6 +76,7 @@ pub async fn serve(
         return Err(ServeError::WeakAdminToken);
     }
     let redis = RedisAssist::from_config(&config.redis)?;
+    let kurrent = KurrentEventStore::from_config(&config.event_store)?;
     db::ensure_database(&config.database).await?;
     let pool = db::pool(&config.database)?;
     db::migrate(&pool).await?;
@@ -86,6 +98,30 @@ pub async fn serve(
         config.idempotency.idempotency_cleanup_batch_size,
         background.clone(),
     ));
+
+    let events = match &kurrent {
+        Some(store) => {
+            tracing::info!("event store: KurrentDB");
+            let reconciler = Reconciler::new(
+                pool.clone(),
+                store.clone(),
+                wallex_http::wallets::CREATE_WALLET_SCOPE,
+                wallex_http::wallets::render_create_result,
+                config.idempotency.ttl(),
+                Duration::from_secs(config.event_store.kurrentdb_reconcile_grace_secs),
+            );
+            reconciler
+                .prepare()
+                .await
+                .map_err(ServeError::KurrentDbFirstStart)?;
+            tasks.spawn(reconciler.run(
+                Duration::from_secs(config.event_store.kurrentdb_reconcile_interval_secs),
+                background.clone(),
+            ));
+            StreamReader::Kurrent(store.clone())
+        }
+        None => StreamReader::Postgres(PgEventStore::new(pool.clone())),
+    };
 
     let projections =
         projection::Projections::load(pool.clone(), config.projections.resolve()?).await?;
@@ -115,7 +151,9 @@ pub async fn serve(
             &config.write_path,
             config.idempotency.ttl(),
             redis,
+            kurrent,
         ),
+        events,
         pool: pool.clone(),
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout(),

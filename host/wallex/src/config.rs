@@ -46,6 +46,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub idempotency: IdempotencyConfig,
 
+    /// Which store holds the event streams: PostgreSQL (default) or KurrentDB.
+    #[command(flatten)]
+    pub event_store: wallex_core::eventstore::kurrent::EventStoreConfig,
+
     /// Redis for the wallet lock and the replay cache (optional).
     #[command(flatten)]
     pub redis: wallex_core::redis_assist::RedisConfig,

@@ -8,6 +8,7 @@
 //! Event ids are chosen by the caller, deterministically from the idempotency key when there is one
 //! ([`deterministic_event_id`]), so that a retried append to an external store deduplicates.
 
+pub mod kurrent;
 pub mod postgres;
 
 use std::future::Future;
@@ -51,6 +52,15 @@ pub struct EventMetadata {
     /// W3C `traceparent` of the request that caused the event, when it had a trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Hex SHA-256 of the request body, when the event store is outside PostgreSQL's transaction
+    /// (KurrentDB): what lets the reconciliation pass store the request's answer under its key
+    /// exactly as the request would have, if it never completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
+    /// Where KurrentDB stored the event, when it is the event store: set on events as recorded or
+    /// read, never sent with an append (the position is not known before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kurrentdb: Option<kurrent::KurrentPosition>,
 }
 
 /// An event about to be appended.
@@ -124,6 +134,10 @@ pub enum EventStoreError {
     /// An append was called with no events; there is nothing to check the version against.
     #[error("an append needs at least one event")]
     EmptyAppend,
+    /// The event store could not be reached in time (KurrentDB down, slow, or changing leader):
+    /// nothing was appended that a retry would not deduplicate; try again later.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
     /// The storage behind the event store failed (database error, undecodable metadata).
     #[error("event store backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -164,4 +178,37 @@ pub trait EventStore: Send + Sync {
         &self,
         stream: &str,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, EventStoreError>> + Send;
+}
+
+/// The configured event store, for reading streams (`GET /wallets/{id}/events`).
+#[derive(Debug, Clone)]
+pub enum StreamReader {
+    /// The `events` table.
+    Postgres(postgres::PgEventStore),
+    /// A KurrentDB server.
+    Kurrent(kurrent::KurrentEventStore),
+}
+
+impl StreamReader {
+    /// Up to `limit` events of `stream` from version `from_version` (from 1), in version order;
+    /// empty if the stream does not exist or ends before.
+    pub async fn read_page(
+        &self,
+        stream: &str,
+        from_version: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        match self {
+            Self::Postgres(store) => {
+                store
+                    .read_page(
+                        stream,
+                        from_version,
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                    )
+                    .await
+            }
+            Self::Kurrent(store) => store.read_page(stream, from_version, limit).await,
+        }
+    }
 }

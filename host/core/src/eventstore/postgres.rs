@@ -79,11 +79,26 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        self.read_page(stream, 1, i64::MAX).await
+    }
+}
+
+impl PgEventStore {
+    /// Up to `limit` events of `stream` from version `from_version`, in version order.
+    pub async fn read_page(
+        &self,
+        stream: &str,
+        from_version: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT global_position, event_id, stream_id, stream_version, event_type, data, metadata, recorded_at
-             FROM events WHERE stream_id = $1 ORDER BY stream_version",
+             FROM events WHERE stream_id = $1 AND stream_version >= $2
+             ORDER BY stream_version LIMIT $3",
         )
         .bind(stream)
+        .bind(from_version)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

@@ -26,6 +26,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::future::join_all;
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -35,10 +36,11 @@ use uuid::Uuid;
 use super::{
     replay_or_reject, wallet_stream, CreateResult, Render, RequestContext, WriteError, WriteOutcome,
 };
+use crate::eventstore::kurrent::{KurrentEventStore, StreamCreation};
 use crate::eventstore::postgres::PgEventStore;
 use crate::eventstore::{
     deterministic_event_id, EventMetadata, EventStore, EventStoreError, ExpectedVersion, NewEvent,
-    StreamAppend,
+    RecordedEvent, StreamAppend,
 };
 use crate::failpoint;
 use crate::idempotency::{self, Completion, ScopedKey};
@@ -64,6 +66,9 @@ pub(super) struct Pending {
 pub(super) struct Committer {
     pool: PgPool,
     events: PgEventStore,
+    /// The event store when it is KurrentDB: events are appended there, before the commit,
+    /// instead of to `events`.
+    kurrent: Option<KurrentEventStore>,
     idempotency_ttl: chrono::Duration,
     max_batch: usize,
     /// The replay cache, when Redis is configured.
@@ -86,6 +91,14 @@ impl Written {
             expires_at: None,
         }
     }
+}
+
+/// The wallets a transaction creates, with their events.
+struct Created {
+    /// Per request: the global position of its wallet's event and the wallet, if it created one.
+    positions: Vec<Option<(i64, WalletSnapshot)>>,
+    /// The events to enqueue in the outbox.
+    recorded: Vec<RecordedEvent>,
 }
 
 /// Why a batch did not commit.
@@ -145,9 +158,11 @@ impl Committer {
         idempotency_ttl: chrono::Duration,
         max_batch: usize,
         redis: Option<RedisAssist>,
+        kurrent: Option<KurrentEventStore>,
     ) -> Self {
         Self {
             events: PgEventStore::new(pool.clone()),
+            kurrent,
             pool,
             idempotency_ttl,
             max_batch,
@@ -242,6 +257,71 @@ impl Committer {
         tokio::spawn(async move { redis.cache(completed).await });
     }
 
+    /// Steps 3 and 4 with PostgreSQL as the event store: the wallets, then their events in the
+    /// same transaction. A stream that exists without its wallet is `Failure::Isolate`.
+    async fn create_in_postgres(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        requests: &[Request],
+        writers: &[usize],
+        now: DateTime<Utc>,
+    ) -> Result<Created, Failure> {
+        let wallets: Vec<WalletSnapshot> = writers
+            .iter()
+            .map(|&i| snapshot(&requests[i].command, now))
+            .collect();
+        let inserted = insert_wallets(tx, &wallets).await?;
+        let created: Vec<(usize, &WalletSnapshot)> = writers
+            .iter()
+            .zip(&wallets)
+            .filter(|(_, wallet)| inserted.contains(wallet.id.as_str()))
+            .map(|(&i, wallet)| (i, wallet))
+            .collect();
+        let events: Vec<(String, [NewEvent; 1])> = created
+            .iter()
+            .map(|(i, wallet)| {
+                let context = &requests[*i].context;
+                (
+                    wallet_stream(&wallet.id),
+                    [created_event(wallet, context, now, false)],
+                )
+            })
+            .collect();
+        let appends: Vec<StreamAppend<'_>> = events
+            .iter()
+            .map(|(stream, events)| StreamAppend {
+                stream,
+                expected: ExpectedVersion::NoStream,
+                events,
+            })
+            .collect();
+        let appended = if appends.is_empty() {
+            Vec::new()
+        } else {
+            self.events.append_many(tx, &appends, now).await?
+        };
+        failpoint::hit("after-append").await;
+        let mut positions = vec![None; requests.len()];
+        let mut recorded = Vec::with_capacity(appended.len());
+        for ((i, wallet), outcome) in created.into_iter().zip(appended) {
+            match outcome {
+                Ok(events) => {
+                    positions[i] = events
+                        .last()
+                        .map(|event| (event.global_position, wallet.clone()));
+                    recorded.extend(events);
+                }
+                // The stream exists without its wallet: answered alone (see the module docs).
+                Err(EventStoreError::WrongExpectedVersion { .. }) => return Err(Failure::Isolate),
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(Created {
+            positions,
+            recorded,
+        })
+    }
+
     /// One transaction for `requests`; their outcomes in the same order.
     async fn write(&self, requests: &[Request]) -> Result<Written, Failure> {
         let alone = requests.len() == 1;
@@ -300,7 +380,8 @@ impl Committer {
             }
         }
 
-        // 3. Wallets, in id order; the first request of each id writes it.
+        // 3. and 4. The wallets (in id order; the first request of each id writes it) and their
+        //    events, then the events' outbox rows.
         let now = Utc::now().trunc_subsecs(3);
         let mut order: Vec<usize> = (0..requests.len())
             .filter(|i| settled[*i].is_none())
@@ -318,62 +399,25 @@ impl Committer {
                 writers.push(i);
             }
         }
-        let wallets: Vec<WalletSnapshot> = writers
-            .iter()
-            .map(|&i| snapshot(&requests[i].command, now))
-            .collect();
-        let inserted = insert_wallets(&mut tx, &wallets).await?;
-
-        // 4. Events and outbox rows of the new wallets.
-        let created: Vec<(usize, &WalletSnapshot)> = writers
-            .iter()
-            .zip(&wallets)
-            .filter(|(_, wallet)| inserted.contains(wallet.id.as_str()))
-            .map(|(&i, wallet)| (i, wallet))
-            .collect();
-        let events: Vec<(String, [NewEvent; 1])> = created
-            .iter()
-            .map(|(i, wallet)| {
-                let context = &requests[*i].context;
-                (
-                    wallet_stream(&wallet.id),
-                    [created_event(wallet, context, now)],
-                )
-            })
-            .collect();
-        let appends: Vec<StreamAppend<'_>> = events
-            .iter()
-            .map(|(stream, events)| StreamAppend {
-                stream,
-                expected: ExpectedVersion::NoStream,
-                events,
-            })
-            .collect();
-        let appended = if appends.is_empty() {
-            Vec::new()
-        } else {
-            self.events.append_many(&mut tx, &appends, now).await?
-        };
-        failpoint::hit("after-append").await;
-        let mut positions: Vec<Option<(i64, &WalletSnapshot)>> = vec![None; requests.len()];
-        let mut recorded = Vec::with_capacity(appended.len());
-        for ((i, wallet), outcome) in created.iter().zip(appended) {
-            match outcome {
-                Ok(events) => {
-                    positions[*i] = events.last().map(|event| (event.global_position, *wallet));
-                    recorded.extend(events);
-                }
-                Err(EventStoreError::WrongExpectedVersion { stream, .. }) => {
-                    tx.rollback().await?;
-                    return Err(if alone {
-                        Failure::Write(WriteError::StreamExists(stream))
-                    } else {
-                        Failure::Isolate
-                    });
-                }
-                Err(other) => return Err(other.into()),
+        let created = match &self.kurrent {
+            None => {
+                self.create_in_postgres(&mut tx, requests, &writers, now)
+                    .await
             }
-        }
+            Some(store) => create_in_kurrentdb(store, &mut tx, requests, &writers, now).await,
+        };
+        let Created {
+            positions,
+            recorded,
+        } = match created {
+            Ok(created) => created,
+            Err(Failure::Isolate) if alone => {
+                return Err(Failure::Write(WriteError::StreamExists(wallet_stream(
+                    &requests[0].command.wallet_id,
+                ))));
+            }
+            Err(failure) => return Err(failure),
+        };
         outbox::enqueue(&mut *tx, &recorded).await?;
 
         // 5. Responses, stored for the keys.
@@ -382,10 +426,10 @@ impl Committer {
             if settled[i].is_some() {
                 continue;
             }
-            let result = match positions[i] {
+            let result = match &positions[i] {
                 Some((position, wallet)) => CreateResult::Created {
                     wallet: wallet.clone(),
-                    position,
+                    position: *position,
                 },
                 None => CreateResult::WalletExists {
                     wallet_id: request.command.wallet_id.clone(),
@@ -477,9 +521,100 @@ fn snapshot(command: &CreateWallet, now: DateTime<Utc>) -> WalletSnapshot {
     }
 }
 
+/// Steps 3 and 4 with KurrentDB as the event store. The wallets PostgreSQL has are answered
+/// `WalletExists` without touching KurrentDB; each other one creates its stream with its
+/// `WalletCreated` (expected "no stream", the request's deterministic event id), all at once,
+/// before anything is written here. A stream that exists with another event is `WalletExists`; an
+/// earlier attempt's event (same id) is taken as stored, so a retry completes exactly what that
+/// attempt began. Then the wallets are inserted from the events as stored. KurrentDB being
+/// unreachable fails the whole transaction: nothing is written to PostgreSQL, and whatever did
+/// reach KurrentDB is completed by a retry with the same key or by the reconciliation pass.
+async fn create_in_kurrentdb(
+    store: &KurrentEventStore,
+    tx: &mut Transaction<'static, Postgres>,
+    requests: &[Request],
+    writers: &[usize],
+    now: DateTime<Utc>,
+) -> Result<Created, Failure> {
+    let ids: Vec<&str> = writers
+        .iter()
+        .map(|&i| requests[i].command.wallet_id.as_str())
+        .collect();
+    let existing = existing_wallets(tx, &ids).await?;
+    let candidates: Vec<usize> = writers
+        .iter()
+        .copied()
+        .filter(|&i| !existing.contains(requests[i].command.wallet_id.as_str()))
+        .collect();
+    let events: Vec<(String, NewEvent)> = candidates
+        .iter()
+        .map(|&i| {
+            let wallet = snapshot(&requests[i].command, now);
+            let event = created_event(&wallet, &requests[i].context, now, true);
+            (wallet_stream(&wallet.id), event)
+        })
+        .collect();
+    let outcomes = join_all(events.iter().zip(&candidates).map(|((stream, event), &i)| {
+        // Only a keyed request can be a retry of an earlier append.
+        let keyed = requests[i].context.idempotency.is_some();
+        store.create_stream(stream, event, now, keyed)
+    }))
+    .instrument(tracing::debug_span!(
+        "kurrentdb.append",
+        streams = events.len()
+    ))
+    .await;
+    failpoint::hit("after-append").await;
+    let mut created = Vec::with_capacity(candidates.len());
+    for (&i, outcome) in candidates.iter().zip(outcomes) {
+        match outcome? {
+            StreamCreation::Created(event) => {
+                let wallet = WalletSnapshot::from_created_event(&event.data)
+                    .map_err(|error| EventStoreError::Backend(error.into()))?;
+                created.push((i, wallet, event));
+            }
+            StreamCreation::Exists => {}
+        }
+    }
+    let wallets: Vec<WalletSnapshot> = created
+        .iter()
+        .map(|(_, wallet, _)| wallet.clone())
+        .collect();
+    let inserted = insert_wallets(tx, &wallets).await?;
+    let mut positions = vec![None; requests.len()];
+    let mut recorded = Vec::with_capacity(created.len());
+    for (i, wallet, event) in created {
+        positions[i] = Some((event.global_position, wallet.clone()));
+        // A wallet that is there already was completed by the reconciliation pass from this
+        // very event (it appears only after the grace period): its outbox row exists too.
+        if inserted.contains(wallet.id.as_str()) {
+            recorded.push(event);
+        }
+    }
+    Ok(Created {
+        positions,
+        recorded,
+    })
+}
+
+/// Which of `ids` have a wallet.
+async fn existing_wallets(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM wallets WHERE id = ANY($1::text[])")
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// Inserts the snapshots in order; returns the ids that were new. A concurrent create of the same
 /// id waits here for the other transaction, then finds the row: exactly one of them creates it.
-async fn insert_wallets(
+pub(super) async fn insert_wallets(
     tx: &mut Transaction<'static, Postgres>,
     wallets: &[WalletSnapshot],
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -490,12 +625,12 @@ async fn insert_wallets(
     let owners: Vec<&str> = wallets.iter().map(|w| w.owner_id.as_str()).collect();
     let balances: Vec<rust_decimal::Decimal> = wallets.iter().map(|w| w.balance).collect();
     let currencies: Vec<&str> = wallets.iter().map(|w| w.currency.as_str()).collect();
-    let now = wallets[0].created_at;
+    let created: Vec<DateTime<Utc>> = wallets.iter().map(|w| w.created_at).collect();
     let rows: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO wallets (id, owner_id, balance, currency, version, created_at, updated_at)
-         SELECT id, owner_id, balance, currency, 1, $5, $5
-         FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::text[])
-              WITH ORDINALITY AS input (id, owner_id, balance, currency, n)
+         SELECT id, owner_id, balance, currency, 1, created_at, created_at
+         FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::text[], $5::timestamptz[])
+              WITH ORDINALITY AS input (id, owner_id, balance, currency, created_at, n)
          ORDER BY n
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
@@ -504,18 +639,20 @@ async fn insert_wallets(
     .bind(&owners)
     .bind(&balances)
     .bind(&currencies)
-    .bind(now)
+    .bind(&created)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// The `WalletCreated` event of a new wallet. Its id derives from the request's key, so a retry
-/// against an external store deduplicates.
+/// against an external store deduplicates; for such a store (`external`) the metadata also
+/// carries the body's fingerprint, so that the reconciliation pass can store the answer.
 fn created_event(
     wallet: &WalletSnapshot,
     context: &RequestContext,
     now: DateTime<Utc>,
+    external: bool,
 ) -> NewEvent {
     let event_id = match &context.idempotency {
         Some(request) => deterministic_event_id(
@@ -544,6 +681,12 @@ fn created_event(
                 .as_ref()
                 .map(|request| request.key.key.clone()),
             traceparent: context.traceparent.clone(),
+            request_fingerprint: context
+                .idempotency
+                .as_ref()
+                .filter(|_| external)
+                .map(|request| hex::encode(&request.fingerprint)),
+            kurrentdb: None,
         },
     }
 }

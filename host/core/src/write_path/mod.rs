@@ -13,6 +13,7 @@
 //! queue while every committer is busy.
 
 mod batch;
+pub mod reconcile;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::eventstore::kurrent::KurrentEventStore;
 use crate::eventstore::EventStoreError;
 use crate::failpoint;
 use crate::idempotency::{self, CompletedRequest, ScopedKey, StoredResponse};
@@ -141,12 +143,13 @@ pub fn wallet_stream(wallet_id: &str) -> String {
 
 impl WritePath {
     /// Starts the committers (tokio tasks) of a write path on `pool`; stored responses are kept
-    /// for `idempotency_ttl`.
+    /// for `idempotency_ttl`. Events go to `kurrent` when given, else to PostgreSQL's `events`.
     pub fn start(
         pool: PgPool,
         config: &WritePathConfig,
         idempotency_ttl: chrono::Duration,
         redis: Option<RedisAssist>,
+        kurrent: Option<KurrentEventStore>,
     ) -> Self {
         let max_batch = config.write_batch_max.max(1) as usize;
         let committers = config.write_committers.max(1) as usize;
@@ -156,6 +159,7 @@ impl WritePath {
             idempotency_ttl,
             max_batch,
             redis.clone(),
+            kurrent,
         ));
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for _ in 0..committers {
