@@ -437,6 +437,9 @@ async fn kurrentdb_down_is_503_with_retry_after_and_writes_nothing() {
     assert_eq!(row_counts(&db.pool().await).await, (2, 0, 2, 2));
 }
 
+/// A start-up case: the environment, the database, the error's first words.
+type StartCase<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_event_store_settings_are_one_line_start_up_errors() {
     let target = Target::new().await;
@@ -446,7 +449,7 @@ async fn bad_event_store_settings_are_one_line_start_up_errors() {
         .expect("port")
         .port();
     let down = format!("kurrentdb://127.0.0.1:{closed}?tls=false");
-    let cases: [(&[(&str, &str)], &str, &str); 4] = [
+    let cases: [StartCase<'_>; 4] = [
         (
             &[("EVENT_STORE", "kurrentdb")],
             "postgres://postgres@127.0.0.1:1/never_reached",

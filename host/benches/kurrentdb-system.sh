@@ -3,10 +3,11 @@
 # in-process-protocol stub, `wallex-kurrentdb-stub`) with Redis on (README "Event store").
 # Run from the repository root after `cargo build --release`.
 # Usage: host/benches/kurrentdb-system.sh [pairs] [concurrency]
-# Alternates `wallex serve` with EVENT_STORE=postgres and with EVENT_STORE=kurrentdb + REDIS_URL,
-# each against a fresh database (and a fresh stub and Redis), under `wallex bench system
-# --duration 10 --pgbench-url …`: creates/s, latency, the projections' lag and catch-up, and
-# pgbench's 4-insert ceiling measured in the same run.
+# Alternates `wallex serve` with EVENT_STORE=postgres, with EVENT_STORE=kurrentdb + REDIS_URL, and
+# the same with the stub's --quick-ack (no delayed ACKs: what wallex costs without the kurrentdb
+# client's Nagle wait), each against a fresh database (and a fresh stub and Redis), under `wallex
+# bench system --duration 10 --pgbench-url …`: creates/s, latency, the projections' lag and
+# catch-up, and pgbench's 4-insert ceiling measured in the same run.
 set -eu
 pairs=${1:-1}
 concurrency=${2:-64}
@@ -22,13 +23,14 @@ cleanup() {
 }
 trap cleanup EXIT
 run() {
-  local label=$1
-  shift
+  local label=$1 stub_args=$2
+  shift 2
   local db=wallex_bench_kdb
   psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db" 2> /dev/null
   redis-cli -p 6391 flushall > /dev/null
   if [ -n "$stub" ]; then kill "$stub"; wait "$stub" 2> /dev/null || true; fi
-  "$root"/target/release/wallex-kurrentdb-stub --listen $stub_addr > /tmp/kdb-bench-stub.log 2>&1 &
+  # shellcheck disable=SC2086
+  "$root"/target/release/wallex-kurrentdb-stub --listen $stub_addr $stub_args > /tmp/kdb-bench-stub.log 2>&1 &
   stub=$!
   sleep 0.5
   env DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db WALLEX_LISTEN=127.0.0.1:$port \
@@ -42,7 +44,9 @@ run() {
   wait $server 2> /dev/null || true
 }
 for _ in $(seq 1 "$pairs"); do
-  run postgres EVENT_STORE=postgres
-  run kurrentdb+redis EVENT_STORE=kurrentdb "KURRENTDB_CONNECTION_STRING=kurrentdb://$stub_addr?tls=false" \
+  run postgres "" EVENT_STORE=postgres
+  run kurrentdb+redis "" EVENT_STORE=kurrentdb "KURRENTDB_CONNECTION_STRING=kurrentdb://$stub_addr?tls=false" \
     REDIS_URL=redis://127.0.0.1:6391
+  run kurrentdb+redis+quick-ack --quick-ack EVENT_STORE=kurrentdb \
+    "KURRENTDB_CONNECTION_STRING=kurrentdb://$stub_addr?tls=false" REDIS_URL=redis://127.0.0.1:6391
 done

@@ -87,7 +87,7 @@ mod server;
 mod service;
 mod store;
 
-pub use server::StubServer;
+pub use server::{StubOptions, StubServer};
 pub use store::StoredEvent;
 
 /// Largest total size of the events of one append, in bytes, as KurrentDB counts it (data + custom

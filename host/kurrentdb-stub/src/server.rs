@@ -48,7 +48,19 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct StubServer {
     addr: SocketAddr,
     store: Arc<Store>,
+    options: StubOptions,
     running: Option<Running>,
+}
+
+/// How the server treats its connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StubOptions {
+    /// Acknowledge every TCP read at once (`TCP_QUICKACK`, Linux) instead of the kernel's delayed
+    /// ACK. The `kurrentdb` 1.2 client does not set `TCP_NODELAY`, so the last frame of each
+    /// streamed append waits (Nagle) for the server's ACK of the previous one — up to the 40 ms
+    /// of a delayed ACK. With this on, benchmarks show what wallex itself costs; off (the
+    /// default), they show what that client costs against a server that delays its ACKs.
+    pub quick_ack: bool,
 }
 
 /// The tasks of a serving server.
@@ -67,14 +79,20 @@ struct Running {
 impl StubServer {
     /// Binds `addr` (port 0 picks a free port) and starts serving an empty store.
     pub async fn start(addr: SocketAddr) -> io::Result<StubServer> {
+        Self::start_with(addr, StubOptions::default()).await
+    }
+
+    /// [`StubServer::start`] with `options` (kept across restarts).
+    pub async fn start_with(addr: SocketAddr, options: StubOptions) -> io::Result<StubServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let store = Arc::new(Store::default());
-        let running = serve(listener, Arc::clone(&store));
-        info!(%addr, "wallex-kurrentdb-stub serving (in memory, not durable)");
+        let running = serve(listener, Arc::clone(&store), options);
+        info!(%addr, ?options, "wallex-kurrentdb-stub serving (in memory, not durable)");
         Ok(StubServer {
             addr,
             store,
+            options,
             running: Some(running),
         })
     }
@@ -135,7 +153,7 @@ impl StubServer {
             return Ok(());
         }
         let listener = TcpListener::bind(self.addr).await?;
-        self.running = Some(serve(listener, Arc::clone(&self.store)));
+        self.running = Some(serve(listener, Arc::clone(&self.store), self.options));
         info!(addr = %self.addr, "wallex-kurrentdb-stub serving again");
         Ok(())
     }
@@ -167,8 +185,11 @@ impl Drop for StubServer {
 }
 
 /// Starts the accept task and tonic on `listener`.
-fn serve(listener: TcpListener, store: Arc<Store>) -> Running {
-    let connections = Arc::new(Connections::default());
+fn serve(listener: TcpListener, store: Arc<Store>, options: StubOptions) -> Running {
+    let connections = Arc::new(Connections {
+        quick_ack: options.quick_ack,
+        ..Connections::default()
+    });
     let (accepted_tx, accepted_rx) = mpsc::channel::<io::Result<TrackedStream>>(ACCEPT_QUEUE);
 
     let accept = tokio::spawn({
@@ -221,6 +242,8 @@ fn serve(listener: TcpListener, store: Arc<Store>) -> Running {
 #[derive(Debug, Default)]
 struct Connections {
     inner: Mutex<ConnectionsInner>,
+    /// See [`StubOptions::quick_ack`].
+    quick_ack: bool,
 }
 
 #[derive(Debug, Default)]
@@ -252,6 +275,7 @@ impl Connections {
         inner.open.insert(id, duplicate);
         Ok(TrackedStream {
             stream,
+            quick_ack: self.quick_ack,
             _guard: ConnectionGuard {
                 id,
                 connections: Arc::clone(self),
@@ -289,6 +313,8 @@ impl Drop for ConnectionGuard {
 #[derive(Debug)]
 struct TrackedStream {
     stream: TcpStream,
+    /// See [`StubOptions::quick_ack`].
+    quick_ack: bool,
     _guard: ConnectionGuard,
 }
 
@@ -306,7 +332,12 @@ impl AsyncRead for TrackedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        // The kernel leaves quick-ACK mode by itself: set it again after every read.
+        if self.quick_ack && read.is_ready() {
+            let _ = self.stream.set_quickack(true);
+        }
+        read
     }
 }
 

@@ -143,7 +143,7 @@ pub struct LogEntry {
 pub enum StreamCreation {
     /// The stream holds this event: appended now, or by an earlier attempt with the same event id
     /// (then it is the earlier attempt's event, as stored).
-    Created(RecordedEvent),
+    Created(Box<RecordedEvent>),
     /// The stream exists with another first event.
     Exists,
 }
@@ -154,7 +154,7 @@ pub struct KurrentEventStore {
     /// The client and its generation. The client gives up for good when its connection closes
     /// (a first call that found no server, for one): then it is replaced (see [`Self::renew`]).
     client: Arc<Mutex<(Client, u64)>>,
-    settings: ClientSettings,
+    settings: Arc<ClientSettings>,
     timeout: Duration,
 }
 
@@ -205,7 +205,7 @@ impl KurrentEventStore {
             .map_err(|error| EventStoreSetupError::Client(error.to_string()))?;
         Ok(Self {
             client: Arc::new(Mutex::new((client, 0))),
-            settings,
+            settings: Arc::new(settings),
             timeout,
         })
     }
@@ -229,7 +229,7 @@ impl KurrentEventStore {
         if guard.1 != generation {
             return;
         }
-        match Client::new(self.settings.clone()) {
+        match Client::new(ClientSettings::clone(&self.settings)) {
             Ok(client) => {
                 *guard = (client, generation + 1);
                 tracing::info!("KurrentDB connection closed; the next call reconnects");
@@ -308,7 +308,7 @@ impl KurrentEventStore {
                 if let Some(Ok(stored)) = stored {
                     if let Some(first) = stored.into_iter().next() {
                         if first.event_id == event.event_id {
-                            return Ok(StreamCreation::Created(first));
+                            return Ok(StreamCreation::Created(Box::new(first)));
                         }
                     }
                 }
@@ -317,12 +317,12 @@ impl KurrentEventStore {
                     prepare_position: result.position.prepare,
                     stream_revision: result.next_expected_version,
                 };
-                Ok(StreamCreation::Created(recorded(
+                Ok(StreamCreation::Created(Box::new(recorded(
                     stream,
                     event,
                     position,
                     recorded_at,
-                )?))
+                )?)))
             }
             Err(EventStoreError::WrongExpectedVersion { .. }) => Ok(StreamCreation::Exists),
             Err(error) => Err(error),

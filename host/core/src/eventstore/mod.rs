@@ -1,9 +1,10 @@
 //! The event store seam.
 //!
 //! Why it exists: wallex appends every state change as an event to a stream, and the store behind
-//! that will not always be PostgreSQL (KurrentDB and an embedded SQLite are planned). The write path
-//! talks to the [`EventStore`] trait, whose types say nothing about PostgreSQL; each backend decides
-//! what "the transaction an append joins" is through [`EventStore::Transaction`].
+//! that is not always PostgreSQL ([`postgres`], the default; [`kurrent`] for KurrentDB; an embedded
+//! SQLite is planned). The write path talks to the [`EventStore`] trait, whose types say nothing
+//! about PostgreSQL; each backend decides what "the transaction an append joins" is through
+//! [`EventStore::Transaction`].
 //!
 //! Event ids are chosen by the caller, deterministically from the idempotency key when there is one
 //! ([`deterministic_event_id`]), so that a retried append to an external store deduplicates.

@@ -571,7 +571,7 @@ async fn create_in_kurrentdb(
             StreamCreation::Created(event) => {
                 let wallet = WalletSnapshot::from_created_event(&event.data)
                     .map_err(|error| EventStoreError::Backend(error.into()))?;
-                created.push((i, wallet, event));
+                created.push((i, wallet, *event));
             }
             StreamCreation::Exists => {}
         }

@@ -6,6 +6,11 @@
 //! the key — all in one PostgreSQL transaction. Either all of it commits or none of it does; a
 //! failure anywhere (including a crash) leaves the key retryable.
 //!
+//! With KurrentDB as the event store (`EVENT_STORE=kurrentdb`) the event is appended there, with
+//! the request's deterministic event id, before anything is written to PostgreSQL; the rest is the
+//! same transaction. A failure between the two leaves an event a retry completes (KurrentDB
+//! deduplicates the append) or, if nobody retries, [`reconcile`] does.
+//!
 //! Group commit. Requests that are already waiting share one transaction (see [`batch`]), so one
 //! WAL flush serves many of them: each request still gets its own claim, its own conflicts and its
 //! own stored response, and one request's conflict never fails its neighbours. A request that
