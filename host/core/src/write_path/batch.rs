@@ -12,7 +12,9 @@
 //!    locks in the same order and cannot deadlock; an id that exists (or was taken by an earlier
 //!    request of the batch) answers `WalletExists`;
 //! 4. append one `WalletCreated` per new wallet ([`EventStore::append_many`]) and enqueue them
-//!    in the outbox;
+//!    in the outbox. With KurrentDB as the event store, steps 3 and 4 go the other way round:
+//!    the streams are created in KurrentDB first, then the wallets are inserted from the events
+//!    as stored (see [`create_in_kurrentdb`]);
 //! 5. render each request's response and store those of requests with a key;
 //! 6. commit, then answer every request.
 //!
