@@ -66,6 +66,17 @@ fn kurrent_server(db: &TestDb, target: &Target, env: &[(&str, &str)]) -> Server 
     Server::spawn(&db.url, &all)
 }
 
+/// POSTs the create of wallet `id` with idempotency key `key`.
+async fn post_keyed(client: &reqwest::Client, server: &Server, id: &str, key: &str) -> Reply {
+    post_wallet(
+        client,
+        server,
+        &wallet_body(id),
+        &[("idempotency-key", key)],
+    )
+    .await
+}
+
 /// The wallet's stream as `GET /wallets/{id}/events` returns it.
 async fn stream_events(
     client: &reqwest::Client,
@@ -106,13 +117,7 @@ async fn a_create_appends_to_kurrentdb_then_commits_postgresql() {
     let client = client();
     let id = fresh_id("kdb");
 
-    let created = post_wallet(
-        &client,
-        &server,
-        &wallet_body(&id),
-        &[("idempotency-key", &id)],
-    )
-    .await;
+    let created = post_keyed(&client, &server, &id, &id).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let position: i64 = created
         .header("x-global-position")
@@ -162,13 +167,7 @@ async fn a_create_appends_to_kurrentdb_then_commits_postgresql() {
     assert_eq!(metadata["kurrentdb"], event["metadata"]["kurrentdb"]);
 
     // A replay is the stored answer, byte for byte; nothing is appended again.
-    let replay = post_wallet(
-        &client,
-        &server,
-        &wallet_body(&id),
-        &[("idempotency-key", &id)],
-    )
-    .await;
+    let replay = post_keyed(&client, &server, &id, &id).await;
     assert_eq!(replay.status, 201);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.body, created.body);
@@ -199,13 +198,7 @@ async fn a_crash_between_append_and_commit_is_completed_once_by_the_retry() {
 
     // The retry re-appends the same event id: KurrentDB deduplicates it, and PostgreSQL is
     // completed with the event as the first attempt stored it (its createdAt).
-    let retry = post_wallet(
-        &client,
-        &server,
-        &wallet_body(&id),
-        &[("idempotency-key", &id)],
-    )
-    .await;
+    let retry = post_keyed(&client, &server, &id, &id).await;
     assert_eq!(retry.status, 201, "{}", retry.text());
     assert_eq!(retry.header("idempotent-replayed"), None);
     assert_eq!(retry.json()["createdAt"], before[0]["data"]["createdAt"]);
@@ -258,13 +251,7 @@ async fn the_reconciliation_completes_an_orphan_event_nobody_retried() {
     assert_eq!(wallet.json()["createdAt"], event["data"]["createdAt"]);
 
     // The client's late retry is a replay of what the request would have been answered.
-    let retry = post_wallet(
-        &client,
-        &server,
-        &wallet_body(&id),
-        &[("idempotency-key", &id)],
-    )
-    .await;
+    let retry = post_keyed(&client, &server, &id, &id).await;
     assert_eq!(retry.status, 201, "{}", retry.text());
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(retry.body, wallet.body);
@@ -294,33 +281,15 @@ async fn a_stream_that_exists_with_another_event_is_409_wallet_exists() {
     let b = kurrent_server(&db_b, &target, &[]);
     let client = client();
     let id = fresh_id("kdb-409");
-    let first = post_wallet(
-        &client,
-        &a,
-        &wallet_body(&id),
-        &[("idempotency-key", "key-a")],
-    )
-    .await;
+    let first = post_keyed(&client, &a, &id, "key-a").await;
     assert_eq!(first.status, 201, "{}", first.text());
 
     // B's database has no such wallet, but KurrentDB has its stream with A's event.
     let key_b = fresh_id("key-b");
-    let conflict = post_wallet(
-        &client,
-        &b,
-        &wallet_body(&id),
-        &[("idempotency-key", &key_b)],
-    )
-    .await;
+    let conflict = post_keyed(&client, &b, &id, &key_b).await;
     conflict.assert_problem(409, "wallet-exists");
     assert_eq!(row_counts(&db_b.pool().await).await, (0, 0, 0, 1));
-    let replay = post_wallet(
-        &client,
-        &b,
-        &wallet_body(&id),
-        &[("idempotency-key", &key_b)],
-    )
-    .await;
+    let replay = post_keyed(&client, &b, &id, &key_b).await;
     replay.assert_problem(409, "wallet-exists");
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     let events = stream_events(&client, &a, &id).await;
@@ -328,13 +297,7 @@ async fn a_stream_that_exists_with_another_event_is_409_wallet_exists() {
     assert_eq!(events[0]["metadata"]["idempotencyKey"], "key-a");
 
     // On A the wallet exists in PostgreSQL: answered without asking KurrentDB.
-    let again = post_wallet(
-        &client,
-        &a,
-        &wallet_body(&id),
-        &[("idempotency-key", "key-a2")],
-    )
-    .await;
+    let again = post_keyed(&client, &a, &id, "key-a2").await;
     again.assert_problem(409, "wallet-exists");
     assert_eq!(row_counts(&db_a.pool().await).await, (1, 0, 1, 2));
 }
@@ -344,13 +307,7 @@ async fn a_stream_that_exists_with_another_event_is_409_wallet_exists() {
 async fn assert_unavailable(server: &Server, db: &TestDb, id: &str) {
     let client = client();
     let started = std::time::Instant::now();
-    let refused = post_wallet(
-        &client,
-        server,
-        &wallet_body(id),
-        &[("idempotency-key", id)],
-    )
-    .await;
+    let refused = post_keyed(&client, server, id, id).await;
     refused.assert_problem(503, "event-store-unavailable");
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(
@@ -373,15 +330,7 @@ async fn assert_unavailable(server: &Server, db: &TestDb, id: &str) {
 async fn wait_until_created(server: &Server, id: &str) {
     let client = client();
     wait_for("KurrentDB answers again", async || {
-        post_wallet(
-            &client,
-            server,
-            &wallet_body(id),
-            &[("idempotency-key", id)],
-        )
-        .await
-        .status
-            == 201
+        post_keyed(&client, server, id, id).await.status == 201
     })
     .await;
     assert_eq!(stream_events(&client, server, id).await.len(), 1);
@@ -423,13 +372,7 @@ async fn kurrentdb_down_is_503_with_retry_after_and_writes_nothing() {
     // Down while wallex runs, then back.
     stub.stop().await;
     let second = fresh_id("kdb-down");
-    let refused = post_wallet(
-        &client(),
-        &server,
-        &wallet_body(&second),
-        &[("idempotency-key", &second)],
-    )
-    .await;
+    let refused = post_keyed(&client(), &server, &second, &second).await;
     refused.assert_problem(503, "event-store-unavailable");
     assert_eq!(row_counts(&db.pool().await).await, (1, 0, 1, 1));
     stub.restart().await.expect("restart");
@@ -505,13 +448,7 @@ async fn wallet_events_are_read_from_postgresql_by_default() {
     let server = Server::spawn(&db.url, &[]);
     let client = client();
     let id = fresh_id("pg-events");
-    let created = post_wallet(
-        &client,
-        &server,
-        &wallet_body(&id),
-        &[("idempotency-key", &id)],
-    )
-    .await;
+    let created = post_keyed(&client, &server, &id, &id).await;
     assert_eq!(created.status, 201);
     let reply = get(&client, &server, &format!("/wallets/{id}/events")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());

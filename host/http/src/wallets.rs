@@ -195,12 +195,9 @@ async fn create(
     })
 }
 
-/// `GET /wallets/{id}`: the snapshot from the write model (strongly consistent).
-pub async fn get_wallet(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    validate_id(&id).map_err(|detail| {
+/// A wallet id in a path, checked against the id rules (`400 invalid-wallet-id`).
+fn check_wallet_id(id: &str) -> Result<(), Problem> {
+    validate_id(id).map_err(|detail| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-wallet-id",
@@ -208,7 +205,15 @@ pub async fn get_wallet(
             format!("The wallet id {detail}."),
         )
         .with_errors(vec![FieldError::new("id", detail)])
-    })?;
+    })
+}
+
+/// `GET /wallets/{id}`: the snapshot from the write model (strongly consistent).
+pub async fn get_wallet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    check_wallet_id(&id)?;
     let wallet = state.write_path.find_wallet(&id).await?.ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -272,15 +277,7 @@ pub async fn get_wallet_events(
     Path(id): Path<String>,
     query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    validate_id(&id).map_err(|detail| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-wallet-id",
-            "Invalid wallet id",
-            format!("The wallet id {detail}."),
-        )
-        .with_errors(vec![FieldError::new("id", detail)])
-    })?;
+    check_wallet_id(&id)?;
     let invalid_query = |detail: String| {
         Problem::new(
             StatusCode::BAD_REQUEST,
