@@ -1,7 +1,7 @@
 #!/bin/bash
 # Wallet creation with the projections live, PostgreSQL as the event store against KurrentDB (the
 # in-process-protocol stub, `wallex-kurrentdb-stub`) with Redis on (README "Event store").
-# Run from the repository root after `cargo build --release`.
+# Run from the repository root after `cargo build --release -p wallex -p wallex-kurrentdb-stub`.
 # Usage: host/benches/kurrentdb-system.sh [pairs] [concurrency]
 # Alternates `wallex serve` with EVENT_STORE=postgres, with EVENT_STORE=kurrentdb + REDIS_URL, and
 # the same with the stub's --quick-ack (no delayed ACKs: what wallex costs without the kurrentdb
