@@ -519,11 +519,10 @@ impl EventStore for KurrentEventStore {
 
     async fn append_many(
         &self,
-        tx: &mut (),
+        _tx: &mut (),
         appends: &[StreamAppend<'_>],
         recorded_at: DateTime<Utc>,
     ) -> Result<Vec<Result<Vec<RecordedEvent>, EventStoreError>>, EventStoreError> {
-        let _ = tx;
         let outcomes = join_all(appends.iter().map(|append| async move {
             self.append(
                 &mut (),

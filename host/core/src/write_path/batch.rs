@@ -542,7 +542,7 @@ async fn create_in_kurrentdb(
         .iter()
         .map(|&i| requests[i].command.wallet_id.as_str())
         .collect();
-    let existing = existing_wallets(tx, &ids).await?;
+    let existing = existing_wallets(&mut **tx, &ids).await?;
     let candidates: Vec<usize> = writers
         .iter()
         .copied()
@@ -600,8 +600,8 @@ async fn create_in_kurrentdb(
 }
 
 /// Which of `ids` have a wallet.
-async fn existing_wallets(
-    tx: &mut Transaction<'static, Postgres>,
+pub(super) async fn existing_wallets<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     ids: &[&str],
 ) -> Result<HashSet<String>, sqlx::Error> {
     if ids.is_empty() {
@@ -609,7 +609,7 @@ async fn existing_wallets(
     }
     let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM wallets WHERE id = ANY($1::text[])")
         .bind(ids)
-        .fetch_all(&mut **tx)
+        .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }

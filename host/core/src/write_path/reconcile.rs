@@ -273,16 +273,8 @@ impl Reconciler {
                 (wallet_stream(id) == event.stream_id).then(|| (id, event.stream_id.clone()))
             })
             .collect();
-        if created.is_empty() {
-            return Ok(HashSet::new());
-        }
         let ids: Vec<&str> = created.iter().map(|(id, _)| *id).collect();
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM wallets WHERE id = ANY($1::text[])")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
-        let present: HashSet<String> = rows.into_iter().map(|(id,)| id).collect();
+        let present = super::batch::existing_wallets(&self.pool, &ids).await?;
         Ok(created
             .into_iter()
             .filter(|(id, _)| !present.contains(*id))
