@@ -324,7 +324,8 @@ async fn redis_killed_paused_and_restarted_under_load_fails_no_create() {
         assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     }
     assert!(total > 0);
-    assert!(metric(&server, "redis_errors_total{op=\"lock\"}").await >= 1.0);
+    // A keyed create's first Redis call is `begin` (cache look-up and lock in one script).
+    assert!(metric(&server, "redis_errors_total{op=\"begin\"}").await >= 1.0);
     let logs = server.logs();
     assert!(logs.contains("Redis unavailable"), "{logs}");
     assert!(logs.contains("Redis answers again"), "{logs}");

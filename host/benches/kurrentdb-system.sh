@@ -1,13 +1,12 @@
 #!/bin/bash
-# Wallet creation with the projections live, PostgreSQL as the event store against KurrentDB (the
+# Wallet creation with the projections live: PostgreSQL as the event store against KurrentDB (the
 # in-process-protocol stub, `wallex-kurrentdb-stub`) with Redis on (README "Event store").
 # Run from the repository root after `cargo build --release -p wallex -p wallex-kurrentdb-stub`.
 # Usage: host/benches/kurrentdb-system.sh [pairs] [concurrency]
-# Alternates `wallex serve` with EVENT_STORE=postgres, with EVENT_STORE=kurrentdb + REDIS_URL, and
-# the same with the stub's --quick-ack (no delayed ACKs: what wallex costs without the kurrentdb
-# client's Nagle wait), each against a fresh database (and a fresh stub and Redis), under `wallex
-# bench system --duration 10 --pgbench-url …`: creates/s, latency, the projections' lag and
-# catch-up, and pgbench's 4-insert ceiling measured in the same run.
+# Alternates `wallex serve` with EVENT_STORE=postgres and with EVENT_STORE=kurrentdb + REDIS_URL,
+# each against a fresh database (and a fresh stub and Redis), under `wallex bench system
+# --duration 10 --pgbench-url …`: creates/s, latency, the projections' lag and catch-up, and
+# pgbench's 4-insert ceiling measured in the same run.
 set -eu
 pairs=${1:-1}
 concurrency=${2:-64}
@@ -47,6 +46,4 @@ for _ in $(seq 1 "$pairs"); do
   run postgres "" EVENT_STORE=postgres
   run kurrentdb+redis "" EVENT_STORE=kurrentdb "KURRENTDB_CONNECTION_STRING=kurrentdb://$stub_addr?tls=false" \
     REDIS_URL=redis://127.0.0.1:6391
-  run kurrentdb+redis+quick-ack --quick-ack EVENT_STORE=kurrentdb \
-    "KURRENTDB_CONNECTION_STRING=kurrentdb://$stub_addr?tls=false" REDIS_URL=redis://127.0.0.1:6391
 done

@@ -10,6 +10,10 @@
 //!   compare-and-delete script, so a holder whose lock expired never deletes its successor's.
 //!   A create that finds the lock held waits up to `REDIS_LOCK_WAIT_MS` for it, then goes on
 //!   without it.
+//! - Round trips: a keyed create asks for its cached response and takes its lock in one script
+//!   ([`RedisAssist::begin`]); a committed batch writes its responses to the cache and releases
+//!   its requests' locks in one pipeline ([`RedisAssist::finish`]). Two round trips per create,
+//!   one of them shared by the batch.
 //! - A completed response is cached after its transaction committed, with the key's own expiry
 //!   (`PXAT` = the record's `expires_at`), so the cache never answers for a key PostgreSQL has not
 //!   committed, nor after PostgreSQL's record expired. The cached value names its scope and key,
@@ -47,6 +51,20 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 else
   return 0
 end"#;
+/// The cached response of `KEYS[1]` if there is one; otherwise takes lock `KEYS[2]` (token
+/// `ARGV[1]`, time to live `ARGV[2]` ms): `{cached or nil, 1 if locked}`.
+const BEGIN_SCRIPT: &str = r#"
+local cached = redis.call("GET", KEYS[1])
+if cached then
+  return {cached, 0}
+end
+if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+  return {false, 1}
+end
+return {false, 0}"#;
+/// [`BEGIN_SCRIPT`], sent by digest once Redis knows it.
+static BEGIN: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(BEGIN_SCRIPT));
 
 /// Where Redis is and how long the write path waits for it.
 #[derive(Debug, Clone, Args)]
@@ -124,6 +142,10 @@ impl std::fmt::Debug for WalletLock {
 
 impl Drop for WalletLock {
     fn drop(&mut self) {
+        if self.key.is_empty() {
+            // Released with its batch ([`RedisAssist::finish`]).
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -134,6 +156,17 @@ impl Drop for WalletLock {
         );
         runtime.spawn(async move { redis.unlock(&key, &token).await });
     }
+}
+
+/// What [`RedisAssist::begin`] found.
+#[derive(Debug, Default)]
+pub struct Begun {
+    /// The cached response of the request's key (a replay; no lock was taken).
+    pub cached: Option<CompletedRequest>,
+    /// The wallet's lock, if it was free.
+    pub lock: Option<WalletLock>,
+    /// Whether another request holds the lock (then [`RedisAssist::lock`] waits for it).
+    pub held: bool,
 }
 
 /// The record a replay is answered from, as cached.
@@ -266,21 +299,79 @@ impl RedisAssist {
         None
     }
 
-    /// Takes the lock of `wallet_id`, waiting up to the configured time for another holder.
-    /// `None` when Redis is unavailable or the wait ran out: the create goes on without it.
-    pub async fn lock(&self, wallet_id: &str) -> Option<WalletLock> {
-        let lock = WalletLock {
+    /// A new lock of `wallet_id`, not taken yet.
+    fn new_lock(&self, wallet_id: &str) -> WalletLock {
+        WalletLock {
             redis: self.clone(),
             key: format!("{LOCK_PREFIX}{wallet_id}"),
             token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    fn lock_ttl_ms(&self) -> u64 {
+        u64::try_from(self.inner.lock_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The start of a create, in one round trip: the cached response of `key` (a keyed request),
+    /// or else the lock of `wallet_id` if it is free (`held` if not: the caller then waits with
+    /// [`Self::lock`]). Without a key, the lock as [`Self::lock`] takes it. Nothing when Redis is
+    /// unavailable.
+    pub async fn begin(&self, key: Option<&ScopedKey>, wallet_id: &str) -> Begun {
+        let Some(key) = key else {
+            // Nothing to look up: the lock alone (waiting for another holder as usual).
+            return Begun {
+                lock: self.lock(wallet_id).await,
+                ..Begun::default()
+            };
         };
+        let lock = self.new_lock(wallet_id);
+        let mut invocation = BEGIN.prepare_invoke();
+        invocation
+            .key(cache_key(key))
+            .key(&lock.key)
+            .arg(&lock.token)
+            .arg(self.lock_ttl_ms());
+        let mut connection = self.inner.connection.clone();
+        let answer: Option<(Option<Vec<u8>>, i64)> = self
+            .guarded("begin", async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await;
+        let Some((cached, locked)) = answer else {
+            metrics::counter!(REDIS_LOCK_TOTAL, "result" => "unavailable").increment(1);
+            return Begun::default();
+        };
+        let cached = decode_cached(key, cached);
+        if cached.is_some() {
+            return Begun {
+                cached,
+                ..Begun::default()
+            };
+        }
+        if locked == 1 {
+            metrics::counter!(REDIS_LOCK_TOTAL, "result" => "acquired").increment(1);
+            return Begun {
+                lock: Some(lock),
+                ..Begun::default()
+            };
+        }
+        Begun {
+            held: true,
+            ..Begun::default()
+        }
+    }
+
+    /// Takes the lock of `wallet_id`, waiting up to the configured time for another holder.
+    /// `None` when Redis is unavailable or the wait ran out: the create goes on without it.
+    pub async fn lock(&self, wallet_id: &str) -> Option<WalletLock> {
+        let lock = self.new_lock(wallet_id);
         let mut command = redis::cmd("SET");
         command
             .arg(&lock.key)
             .arg(&lock.token)
             .arg("NX")
             .arg("PX")
-            .arg(u64::try_from(self.inner.lock_ttl.as_millis()).unwrap_or(u64::MAX));
+            .arg(self.lock_ttl_ms());
         let deadline = Instant::now() + self.inner.lock_wait;
         let mut waited = false;
         loop {
@@ -317,30 +408,25 @@ impl RedisAssist {
         let _ = self.run::<i64>("unlock", &command).await;
     }
 
-    /// The completed request cached for `key`, if any.
-    pub async fn cached(&self, key: &ScopedKey) -> Option<CompletedRequest> {
-        let mut command = redis::cmd("GET");
-        command.arg(cache_key(key));
-        let value: Option<Vec<u8>> = self.run("cache_get", &command).await?;
-        let cached = value
-            .and_then(|bytes| serde_json::from_slice::<Cached>(&bytes).ok())
-            .filter(|cached| cached.scope == key.scope && cached.key == key.key);
-        let result = if cached.is_some() { "hit" } else { "miss" };
-        metrics::counter!(REDIS_REPLAY_CACHE_TOTAL, "result" => result).increment(1);
-        cached.map(|cached| CompletedRequest {
-            fingerprint: cached.fingerprint,
-            response: StoredResponse {
-                status: cached.status,
-                headers: cached.headers,
-                body: cached.body,
-            },
-        })
-    }
-
-    /// Caches responses whose transaction committed, each until its record expires.
-    pub async fn cache(&self, completed: Vec<Completed>) {
+    /// After a batch: caches the responses whose transaction committed (each until its record
+    /// expires) and releases the batch's locks, in one pipeline.
+    pub async fn finish(&self, completed: Vec<Completed>, locks: Vec<WalletLock>) {
         let mut pipeline = redis::pipe();
         let mut count = 0;
+        for mut lock in locks {
+            let (key, token) = (
+                std::mem::take(&mut lock.key),
+                std::mem::take(&mut lock.token),
+            );
+            pipeline
+                .cmd("EVAL")
+                .arg(UNLOCK_SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(token)
+                .ignore();
+            count += 1;
+        }
         let now_ms = Utc::now().timestamp_millis();
         for entry in completed {
             let expires_ms = entry.expires_at.timestamp_millis();
@@ -372,11 +458,28 @@ impl RedisAssist {
             return;
         }
         let mut connection = self.inner.connection.clone();
-        self.guarded("cache_set", async move {
+        self.guarded("finish", async move {
             pipeline.query_async::<()>(&mut connection).await
         })
         .await;
     }
+}
+
+/// A cached value read for `key`, if it is one of `key`'s (counted as a hit or a miss).
+fn decode_cached(key: &ScopedKey, value: Option<Vec<u8>>) -> Option<CompletedRequest> {
+    let cached = value
+        .and_then(|bytes| serde_json::from_slice::<Cached>(&bytes).ok())
+        .filter(|cached| cached.scope == key.scope && cached.key == key.key);
+    let result = if cached.is_some() { "hit" } else { "miss" };
+    metrics::counter!(REDIS_REPLAY_CACHE_TOTAL, "result" => result).increment(1);
+    cached.map(|cached| CompletedRequest {
+        fingerprint: cached.fingerprint,
+        response: StoredResponse {
+            status: cached.status,
+            headers: cached.headers,
+            body: cached.body,
+        },
+    })
 }
 
 /// The Redis key of a cached response: a digest of scope and key, so any client key fits.

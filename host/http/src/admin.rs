@@ -56,6 +56,8 @@ pub const MAX_ACTIONS_LISTED: i64 = 1_000;
 pub struct AdminState {
     /// The projections the admin routes operate on.
     pub projections: Projections,
+    /// The recovery service (`/admin/recovery`), when this server runs one.
+    pub recovery: Option<wallex_runtime::recovery::Recovery>,
     /// SHA-256 of the configured token (`None`: admin is off).
     token_digest: Option<[u8; 32]>,
 }
@@ -63,9 +65,14 @@ pub struct AdminState {
 impl AdminState {
     /// The admin state; `token` is the bearer token every `/admin` request must carry (`None`
     /// turns the admin API off: 404).
-    pub fn new(projections: Projections, token: Option<&str>) -> Self {
+    pub fn new(
+        projections: Projections,
+        recovery: Option<wallex_runtime::recovery::Recovery>,
+        token: Option<&str>,
+    ) -> Self {
         Self {
             projections,
+            recovery,
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
         }
     }
@@ -91,6 +98,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> 
         )
         .route("/admin/outbox/stats", get(outbox_stats))
         .route("/admin/actions", get(actions))
+        .route("/admin/recovery", get(crate::recovery::status))
+        .route(
+            "/admin/recovery/read-model-check",
+            post(crate::recovery::check_read_model),
+        )
+        .route("/admin/recovery/runs/{id}", get(crate::recovery::run))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -99,7 +112,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> 
 }
 
 /// Who is acting: `X-Wallex-Actor` if printable and short, else `admin`.
-fn actor(headers: &HeaderMap) -> String {
+pub(crate) fn actor(headers: &HeaderMap) -> String {
     headers
         .get(ACTOR_HEADER)
         .and_then(|v| v.to_str().ok())

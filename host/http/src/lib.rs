@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod observe;
 pub mod problem;
 pub mod projections;
+pub mod recovery;
 pub mod wallets;
 pub mod wire;
 

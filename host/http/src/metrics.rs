@@ -15,20 +15,21 @@ use super::AppState;
 use wallex_runtime::status::ReportedStatus;
 use wallex_telemetry::catalogue::{
     DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, OUTBOX_LAG_EVENTS, OUTBOX_LAG_SECONDS,
-    PROJECTOR_QUARANTINED, PROJECTOR_REBUILD_PROGRESS_RATIO, PROJECTOR_REBUILD_STATUS,
-    PROJECTOR_STATUS,
+    OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS, PROJECTOR_QUARANTINED, PROJECTOR_REBUILD_PROGRESS_RATIO,
+    PROJECTOR_REBUILD_STATUS, PROJECTOR_STATUS,
 };
 
 /// `Content-Type` of the text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every status a projection can report (one `projector_status` series each, 0 or 1).
-const STATUSES: [ReportedStatus; 5] = [
+const STATUSES: [ReportedStatus; 6] = [
     ReportedStatus::Running,
     ReportedStatus::Failing,
     ReportedStatus::Failed,
     ReportedStatus::Paused,
     ReportedStatus::Rebuilding,
+    ReportedStatus::Stalled,
 ];
 /// Every status a rebuild can have.
 const REBUILD_STATUSES: [&str; 2] = ["running", "failed"];
@@ -61,6 +62,12 @@ async fn set_gauges(state: &AppState) -> Result<(), Problem> {
         .admin_list()
         .await
         .map_err(|error| Problem::internal(&error))?;
+    let oldest = statuses
+        .iter()
+        .filter(|item| item.lag_events > 0)
+        .map(|item| item.lag_seconds)
+        .fold(0.0_f64, f64::max);
+    metrics::gauge!(OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS).set(oldest);
     for item in &statuses {
         let name = item.name.clone();
         metrics::gauge!(OUTBOX_LAG_EVENTS, "projection" => name.clone())

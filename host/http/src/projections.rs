@@ -79,6 +79,11 @@ pub struct PublicStatus {
     pub error_count: Option<i32>,
     /// When its checkpoint last changed.
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether no committed outbox row waits after its checkpoint (`false` before its first
+    /// batch while the outbox has rows). Positions alone cannot say it: with KurrentDB as the
+    /// event store they are KurrentDB's, not the order in which PostgreSQL commits.
+    #[serde(default)]
+    pub caught_up: bool,
     /// Whether this process's worker holds its lease.
     pub lease_held_here: bool,
     /// Outbox rows this process has committed for it.
@@ -104,7 +109,22 @@ pub struct PublicList {
     pub projections: Vec<PublicStatus>,
 }
 
-fn public_status(projector: &Projector, checkpoint: Option<&Checkpoint>) -> PublicStatus {
+/// Whether a reader at `checkpoint` has read every committed outbox row.
+async fn caught_up(
+    projections: &Projections,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<bool, Problem> {
+    let cursor = checkpoint.map_or(outbox::OutboxCursor::START, |c| c.cursor);
+    Ok(!outbox::has_rows_after(projections.pool(), cursor)
+        .await
+        .map_err(|e| Problem::internal(&e))?)
+}
+
+fn public_status(
+    projector: &Projector,
+    checkpoint: Option<&Checkpoint>,
+    caught_up: bool,
+) -> PublicStatus {
     let active = projector.active();
     let schema = &active.schema;
     PublicStatus {
@@ -124,6 +144,7 @@ fn public_status(projector: &Projector, checkpoint: Option<&Checkpoint>) -> Publ
         last_error: checkpoint.and_then(|c| c.last_error.clone()),
         error_count: checkpoint.map(|c| c.error_count),
         updated_at: checkpoint.map(|c| c.updated_at),
+        caught_up,
         lease_held_here: projector.lease_held(),
         events_applied_here: projector.events_applied(),
         batch_size: projector.config.batch_size,
@@ -134,11 +155,14 @@ async fn list(State(projections): State<Projections>) -> Result<Json<PublicList>
     let checkpoints = checkpoint::read_all(projections.pool())
         .await
         .map_err(|e| Problem::internal(&e))?;
-    let items: Vec<_> = projections
-        .all()
-        .iter()
-        .map(|p| public_status(p, checkpoints.iter().find(|c| c.projection == p.name())))
-        .collect();
+    let mut items = Vec::new();
+    for projector in projections.all() {
+        let checkpoint = checkpoints
+            .iter()
+            .find(|c| c.projection == projector.name());
+        let caught_up = caught_up(&projections, checkpoint).await?;
+        items.push(public_status(&projector, checkpoint, caught_up));
+    }
     Ok(Json(PublicList { projections: items }))
 }
 
@@ -152,7 +176,12 @@ async fn status(
     let checkpoint = checkpoint::read(projections.pool(), &name)
         .await
         .map_err(|e| Problem::internal(&e))?;
-    Ok(Json(public_status(&projector, checkpoint.as_ref())))
+    let caught_up = caught_up(&projections, checkpoint.as_ref()).await?;
+    Ok(Json(public_status(
+        &projector,
+        checkpoint.as_ref(),
+        caught_up,
+    )))
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,9 +8,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use wallex_core::write_path::read_model_check::DriftedRow;
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
 use wallex_runtime::operation::Activation;
+use wallex_runtime::recovery::runs::Run;
+use wallex_runtime::recovery::stall::Stall;
+use wallex_runtime::recovery::RecoveryStatus;
 use wallex_runtime::registry::AdminAction;
 use wallex_runtime::status::{
     CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,
@@ -30,7 +34,7 @@ pub struct ProjectionList {
 pub struct ProjectionStatusBody {
     /// The projection's name.
     pub name: String,
-    /// `running`, `failing`, `failed`, `paused` or `rebuilding`.
+    /// `running`, `failing`, `failed`, `paused`, `rebuilding` or `stalled`.
     pub status: String,
     /// The live version's schema version.
     pub schema_version: i64,
@@ -70,6 +74,9 @@ pub struct ProjectionStatusBody {
     pub policy: Option<PolicyBody>,
     /// The rebuild in progress or failed.
     pub rebuild: Option<RebuildBody>,
+    /// The stall, while the projection is stalled.
+    #[serde(default)]
+    pub stall: Option<StallBody>,
 }
 
 impl From<ProjectionStatus> for ProjectionStatusBody {
@@ -96,6 +103,7 @@ impl From<ProjectionStatus> for ProjectionStatusBody {
             settings: s.settings,
             policy: s.policy.map(Into::into),
             rebuild: s.rebuild.map(Into::into),
+            stall: s.stall.map(Into::into),
         }
     }
 }
@@ -439,6 +447,167 @@ impl From<AdminAction> for ActionBody {
             projection: a.projection,
             outcome: a.outcome,
             detail: a.detail,
+        }
+    }
+}
+
+/// A stalled projection (see `RECOVERY_STALL_SECS`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StallBody {
+    /// The projection.
+    pub projection: String,
+    /// Global position of the checkpoint that does not move.
+    pub stuck_position: i64,
+    /// Since when it has not moved.
+    pub stuck_since: DateTime<Utc>,
+    /// When the stall was found.
+    pub detected_at: DateTime<Utc>,
+    /// Restarts of its worker since then.
+    pub restarts: i32,
+    /// When its worker was last restarted.
+    pub last_restart_at: Option<DateTime<Utc>>,
+}
+
+impl From<Stall> for StallBody {
+    fn from(s: Stall) -> Self {
+        Self {
+            projection: s.projection,
+            stuck_position: s.stuck_position,
+            stuck_since: s.stuck_since,
+            detected_at: s.detected_at,
+            restarts: s.restarts,
+            last_restart_at: s.last_restart_at,
+        }
+    }
+}
+
+/// `GET /admin/recovery`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatusBody {
+    /// `RECOVERY_INTERVAL_SECS` in force.
+    pub interval_secs: u64,
+    /// `RECOVERY_STALL_SECS` in force.
+    pub stall_secs: u64,
+    /// Projections stalled now.
+    pub stalls: Vec<StallBody>,
+    /// When the oldest outbox row some projection has not applied was recorded.
+    pub oldest_unprocessed_at: Option<DateTime<Utc>>,
+    /// Its age in seconds (0 when every projection is caught up).
+    pub oldest_unprocessed_age_seconds: f64,
+    /// The latest checks, newest first.
+    pub runs: Vec<RecoveryRunBody>,
+}
+
+impl From<RecoveryStatus> for RecoveryStatusBody {
+    fn from(s: RecoveryStatus) -> Self {
+        Self {
+            interval_secs: s.config.recovery_interval_secs,
+            stall_secs: s.config.recovery_stall_secs,
+            stalls: s.stalls.into_iter().map(Into::into).collect(),
+            oldest_unprocessed_at: s.oldest_unprocessed_at,
+            oldest_unprocessed_age_seconds: (s.oldest_unprocessed_age_seconds * 1000.0).round()
+                / 1000.0,
+            runs: s.runs.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// One recovery check, as stored (`POST /admin/recovery/read-model-check`,
+/// `GET /admin/recovery/runs/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryRunBody {
+    /// The run's number.
+    pub id: i64,
+    /// `read-model-check`.
+    pub kind: String,
+    /// The projection checked.
+    pub projection: Option<String>,
+    /// Who asked.
+    pub requested_by: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// `clean`, `drift` or `failed`.
+    pub outcome: String,
+    /// Rows compared.
+    pub checked: i64,
+    /// Rows written too recently to compare.
+    pub in_flight: i64,
+    /// Rows of the write model the read model lacks.
+    pub missing: i64,
+    /// Rows of the read model the write model lacks.
+    pub extra: i64,
+    /// Rows on both sides that differ.
+    pub different: i64,
+    /// The first differing rows, with the values that differ.
+    pub sample: Vec<DriftedRowBody>,
+    /// Why the check failed, if it did.
+    pub error: Option<String>,
+}
+
+impl From<Run> for RecoveryRunBody {
+    fn from(r: Run) -> Self {
+        Self {
+            id: r.id,
+            kind: r.kind,
+            projection: r.projection,
+            requested_by: r.requested_by,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            outcome: r.outcome.as_str().to_owned(),
+            checked: r.report.checked,
+            in_flight: r.report.in_flight,
+            missing: r.report.missing,
+            extra: r.report.extra,
+            different: r.report.different,
+            sample: r.report.sample.into_iter().map(Into::into).collect(),
+            error: r.error,
+        }
+    }
+}
+
+/// One differing row of a check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftedRowBody {
+    /// The wallet id.
+    pub id: String,
+    /// `missing`, `extra` or `different`.
+    pub drift: String,
+    /// The compared columns (only those that differ, for `different`).
+    pub columns: Vec<DriftedColumnBody>,
+}
+
+/// One column of a differing row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftedColumnBody {
+    /// The write model's column.
+    pub column: String,
+    /// Its value in the write model, as text.
+    pub write: Option<String>,
+    /// The value in the read model, as text.
+    pub read: Option<String>,
+}
+
+impl From<DriftedRow> for DriftedRowBody {
+    fn from(r: DriftedRow) -> Self {
+        Self {
+            id: r.id,
+            drift: r.drift.as_str().to_owned(),
+            columns: r
+                .columns
+                .into_iter()
+                .map(|(column, write, read)| DriftedColumnBody {
+                    column,
+                    write,
+                    read,
+                })
+                .collect(),
         }
     }
 }

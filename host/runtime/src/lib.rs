@@ -41,6 +41,7 @@ pub mod mutation;
 pub mod operation;
 pub mod rebuild;
 pub mod reconcile;
+pub mod recovery;
 pub mod registry;
 pub mod sandbox;
 pub mod schema;

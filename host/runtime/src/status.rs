@@ -26,6 +26,9 @@ pub enum ReportedStatus {
     Paused,
     /// A blue/green rebuild is filling new tables; the live version keeps serving.
     Rebuilding,
+    /// Events wait, yet its checkpoint has not moved for `RECOVERY_STALL_SECS` without a failure
+    /// (see [`crate::recovery::stall`]); its worker is being restarted.
+    Stalled,
 }
 
 impl ReportedStatus {
@@ -37,6 +40,7 @@ impl ReportedStatus {
             Self::Failed => "failed",
             Self::Paused => "paused",
             Self::Rebuilding => "rebuilding",
+            Self::Stalled => "stalled",
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct ProjectionStatus {
     pub policy: Option<Policy>,
     /// The rebuild in progress or failed, if any.
     pub rebuild: Option<RebuildProgress>,
+    /// The stall, while the projection is stalled.
+    pub stall: Option<crate::recovery::stall::Stall>,
 }
 
 /// What this process runs of a projection.
@@ -189,6 +195,7 @@ impl Projections {
             Some(c) => Some(wallex_core::outbox::lag_after(pool, c.cursor).await?.0),
             None => None,
         };
+        let stall = crate::recovery::stall::stall_of(pool, name).await?;
         Ok(status(
             deployment,
             self.get(name).as_deref(),
@@ -197,6 +204,7 @@ impl Projections {
             rebuild
                 .as_ref()
                 .map(|r| (r, rebuild_checkpoint.as_ref(), rebuild_remaining)),
+            stall,
         ))
     }
 
@@ -246,12 +254,15 @@ fn status(
     checkpoint: Option<&Checkpoint>,
     lag: Option<(i64, Option<DateTime<Utc>>)>,
     rebuild: Option<(&Rebuild, Option<&Checkpoint>, Option<i64>)>,
+    stall: Option<crate::recovery::stall::Stall>,
 ) -> ProjectionStatus {
     let checkpoint_status = checkpoint.map(|c| c.status);
     let status = if deployment.state() == DeploymentState::Paused {
         ReportedStatus::Paused
     } else if checkpoint_status == Some(checkpoint::Status::Failed) {
         ReportedStatus::Failed
+    } else if stall.is_some() {
+        ReportedStatus::Stalled
     } else if rebuild.is_some_and(|(r, _, _)| !r.failed()) {
         ReportedStatus::Rebuilding
     } else if checkpoint_status == Some(checkpoint::Status::Failing) {
@@ -314,5 +325,6 @@ fn status(
         settings: deployment.settings(),
         policy: active.as_ref().map(|a| a.policy),
         rebuild,
+        stall,
     }
 }

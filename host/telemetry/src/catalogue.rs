@@ -66,7 +66,7 @@ pub const OUTBOX_LAG_EVENTS: &str = "outbox_lag_events";
 /// Age of the oldest of those rows (0 when caught up), by `projection`. Gauge, seconds.
 pub const OUTBOX_LAG_SECONDS: &str = "outbox_lag_seconds";
 /// 1 for a projection's current `status` (`running`, `failing`, `failed`, `paused`,
-/// `rebuilding`), 0 for the others. Gauge.
+/// `rebuilding`, `stalled`), 0 for the others. Gauge.
 pub const PROJECTOR_STATUS: &str = "projector_status";
 /// Batches committed by this process, by `projection`. Counter.
 pub const PROJECTOR_BATCHES_APPLIED_TOTAL: &str = "projector_batches_applied_total";
@@ -92,9 +92,18 @@ pub const PROJECTOR_REBUILD_STATUS: &str = "projector_rebuild_status";
 /// Share of a rebuild done (rows applied / rows to apply), by `projection`; 0 when no rebuild
 /// exists. Gauge, 0 to 1.
 pub const PROJECTOR_REBUILD_PROGRESS_RATIO: &str = "projector_rebuild_progress_ratio";
+/// Restarts of a stalled projection's worker by stall detection in this process, by
+/// `projection`. Counter.
+pub const PROJECTOR_STALL_RESTARTS_TOTAL: &str = "projector_stall_restarts_total";
+/// Age of the oldest outbox row some projection has not applied (0 when all are caught up).
+/// Gauge, seconds.
+pub const OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS: &str = "outbox_oldest_unprocessed_age_seconds";
+/// Recovery checks run by this process, by `kind` (`read-model-check`) and `outcome` (`clean`,
+/// `drift`, `failed`). Counter.
+pub const RECOVERY_RUNS_TOTAL: &str = "recovery_runs_total";
 
 /// Every metric name above, for checks that dashboards and rules use no other.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 34] = [
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     WALLET_CREATE_DURATION_MS,
@@ -126,6 +135,9 @@ pub const ALL: [&str; 31] = [
     PROJECTOR_QUARANTINED,
     PROJECTOR_REBUILD_STATUS,
     PROJECTOR_REBUILD_PROGRESS_RATIO,
+    PROJECTOR_STALL_RESTARTS_TOTAL,
+    OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS,
+    RECOVERY_RUNS_TOTAL,
 ];
 
 /// Buckets of the latency histograms in seconds.
@@ -294,5 +306,18 @@ fn describe() {
     describe_gauge!(
         PROJECTOR_REBUILD_PROGRESS_RATIO,
         "Share of the rebuild done: rows applied over rows to apply."
+    );
+    describe_counter!(
+        PROJECTOR_STALL_RESTARTS_TOTAL,
+        "Restarts of a stalled projection's worker by stall detection."
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest outbox row some projection has not applied."
+    );
+    describe_counter!(
+        RECOVERY_RUNS_TOTAL,
+        "Recovery checks run, by kind and outcome (clean, drift, failed)."
     );
 }

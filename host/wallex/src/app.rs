@@ -136,12 +136,18 @@ pub async fn serve(
     } else {
         tracing::info!("PROJECTORS_AUTO_START=false: projection workers not started");
     }
+    let recovery = projection::recovery::Recovery::new(projections.clone(), config.recovery);
+    if projections.config().auto_start {
+        // Stall detection watches the workers this process runs.
+        tasks.spawn(recovery.clone().run(background.clone()));
+    }
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     if admin_token.is_none() {
         tracing::info!("WALLEX_ADMIN_TOKEN not set: the admin API is off");
     }
-    let admin = wallex_http::admin::AdminState::new(projections.clone(), admin_token);
+    let admin =
+        wallex_http::admin::AdminState::new(projections.clone(), Some(recovery), admin_token);
     let state = AppState {
         telemetry,
         admin,

@@ -61,6 +61,11 @@ pub struct ServeConfig {
     /// Settings of the projection runtime.
     #[command(flatten)]
     pub projections: wallex_runtime::ProjectionArgs,
+
+    /// When stall detection runs, when a projection counts as stalled, how the read-model check
+    /// reads.
+    #[command(flatten)]
+    pub recovery: wallex_runtime::recovery::RecoveryConfig,
 }
 
 impl ServeConfig {

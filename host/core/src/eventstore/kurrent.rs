@@ -399,7 +399,10 @@ impl KurrentEventStore {
                         }
                     }
                     Ok(None) => return Ok(events),
-                    Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                    Err(kurrentdb::Error::ResourceNotFound) => {
+                        drain(&mut read).await;
+                        return Ok(Vec::new());
+                    }
                     Err(error) => return Err(self.failed(generation, error)),
                 }
             }
@@ -466,7 +469,7 @@ impl KurrentEventStore {
         let failed = |error| self.failed(generation, error);
         self.bounded("read", async {
             let mut read = client.read_all(&options).await.map_err(failed)?;
-            Ok(read
+            let last = read
                 .next()
                 .await
                 .map_err(failed)?
@@ -474,9 +477,26 @@ impl KurrentEventStore {
                 .map(|event| LogPosition {
                     commit: event.position.commit,
                     prepare: event.position.prepare,
-                }))
+                });
+            drain(&mut read).await;
+            Ok(last)
         })
         .await
+    }
+}
+
+/// Most messages [`drain`] reads: a read it is used on has at most its end left.
+const DRAIN_MESSAGES: usize = 8;
+
+/// Reads the rest of a read whose answer the caller has (a "stream not found", or the one event
+/// it asked for), up to the end of the call, so that the call ends as KurrentDB ends it instead of
+/// being reset by the client while KurrentDB still answers on it (h2 keeps only a few such
+/// streams in mind and closes a connection that receives too much on streams it forgot).
+async fn drain(read: &mut kurrentdb::ReadStream) {
+    for _ in 0..DRAIN_MESSAGES {
+        if !matches!(read.next().await, Ok(Some(_))) {
+            return;
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //! queue while every committer is busy.
 
 mod batch;
+pub mod read_model_check;
 pub mod reconcile;
 use std::sync::Arc;
 
@@ -182,10 +183,20 @@ impl WritePath {
         context: RequestContext,
         render: Render,
     ) -> Result<WriteOutcome, WriteError> {
-        if let (Some(request), Some(redis)) = (&context.idempotency, &self.redis) {
-            // Only committed responses are cached, so a hit is as good as the record.
-            if let Some(stored) = redis.cached(&request.key).await {
+        // The wallet's lock, for efficiency only: a concurrent create of the same wallet waits
+        // here instead of inside a transaction. Released with the request's batch, or when the
+        // request ends without one.
+        let mut lock = None;
+        if let Some(redis) = &self.redis {
+            let key = context.idempotency.as_ref().map(|request| &request.key);
+            let begun = redis.begin(key, &command.wallet_id).await;
+            if let (Some(stored), Some(request)) = (begun.cached, &context.idempotency) {
+                // Only committed responses are cached, so a hit is as good as the record.
                 return Ok(replay_or_reject(stored, &request.fingerprint));
+            }
+            lock = begun.lock;
+            if begun.held {
+                lock = redis.lock(&command.wallet_id).await;
             }
         }
         // A completed key is answered from its record at once while the pool has a connection
@@ -208,12 +219,6 @@ impl WritePath {
                 looked_up = true;
             }
         }
-        // The wallet's lock, for efficiency only: a concurrent create of the same wallet waits
-        // here instead of inside a transaction. Released when this function returns.
-        let _lock = match &self.redis {
-            Some(redis) => redis.lock(&command.wallet_id).await,
-            None => None,
-        };
         failpoint::hit("before-claim").await;
         let (reply, answer) = oneshot::channel();
         let pending = batch::Pending {
@@ -222,6 +227,7 @@ impl WritePath {
                 context,
                 render,
                 looked_up,
+                lock,
             },
             reply,
             span: tracing::Span::current(),

@@ -175,6 +175,10 @@ impl Projector {
                 more: false,
             });
         }
+        if track == Track::Live {
+            // Tests freeze a worker here (holding its checkpoint) to check stall detection.
+            wallex_core::failpoint::hit_for("projector-batch", name).await;
+        }
         // A root span per batch that read events: it links to the requests whose events it
         // applies (their `traceparent`, kept in the events' metadata).
         let span = tracing::debug_span!(

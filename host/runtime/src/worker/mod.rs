@@ -262,6 +262,9 @@ pub struct Projector {
     /// Per track ([`Track::index`]): the batch size a search narrowed the next batch to (0: the
     /// configured size).
     size_hint: [AtomicUsize; 2],
+    /// Bumped by [`Projector::restart`]: the worker drops whatever it is doing (a batch that
+    /// hangs included) and starts again from its checkpoint.
+    restart: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Projector {
@@ -282,6 +285,7 @@ impl Projector {
             last_call_failed: AtomicBool::new(false),
             quarantined_until: std::sync::Mutex::new(None),
             size_hint: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            restart: watch::Sender::new(0),
             name: desired.active.schema.name.clone(),
             config,
             desired: std::sync::RwLock::new(desired),
@@ -324,6 +328,12 @@ impl Projector {
     /// Wakes the worker and clears a given-up state (an operator's reload or resume).
     pub fn poke(&self) {
         self.control.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Makes the worker abandon what it is doing (a hung batch: nothing of it commits) and start
+    /// again from its checkpoint, with a fresh lease connection. Used by stall detection.
+    pub fn restart(&self) {
+        self.restart.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Ends the worker for good (the projection was deleted).
@@ -424,6 +434,7 @@ pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
     let span = tracing::info_span!("projection_worker", projection = projector.name());
     async move {
         let mut control = projector.control.subscribe();
+        let mut restart = projector.restart.subscribe();
         loop {
             if ctx.shutdown.is_cancelled() || projector.is_stopped() {
                 return;
@@ -436,7 +447,7 @@ pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
                     _ = ctx.shutdown.cancelled() => return,
                 }
             }
-            let Some(mut conn) = lease::acquire(&projector, &ctx, &mut control).await else {
+            let Some((mut conn, pid)) = lease::acquire(&projector, &ctx, &mut control).await else {
                 continue;
             };
             projector.lease_held.store(true, Ordering::Relaxed);
@@ -445,13 +456,25 @@ pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
             if let Err(error) = ctx.supervisor.reconcile(projector.name()).await {
                 tracing::warn!(%error, "cannot reconcile with the registry");
             }
-            let outcome = process(&projector, &mut conn, &mut ctx, &mut control).await;
+            restart.borrow_and_update();
+            let outcome = tokio::select! {
+                outcome = process(&projector, &mut conn, &mut ctx, &mut control) => outcome,
+                _ = restart.changed() => Outcome::Restart,
+            };
             projector.lease_held.store(false, Ordering::Relaxed);
-            // Closing the connection releases the advisory lock.
-            let _ = conn.close().await;
+            if matches!(outcome, Outcome::Restart) {
+                // The abandoned batch may be stuck in a statement: its backend goes, and with it
+                // the batch's transaction, its row locks and the lease.
+                drop(conn);
+                lease::terminate(&ctx.pool, pid).await;
+            } else {
+                // Closing the connection releases the advisory lock.
+                let _ = conn.close().await;
+            }
             match outcome {
                 Outcome::Stop => return,
                 Outcome::Paused => {}
+                Outcome::Restart => tracing::warn!("worker restarted from its checkpoint"),
                 Outcome::LeaseLost => {
                     tracing::warn!("lease connection lost; trying to take the lease again");
                     tokio::select! {
@@ -470,6 +493,8 @@ enum Outcome {
     Stop,
     Paused,
     LeaseLost,
+    /// [`Projector::restart`] was called.
+    Restart,
 }
 
 /// Consecutive failures of one track and whether the worker gave up on it.

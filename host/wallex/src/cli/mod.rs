@@ -1,8 +1,11 @@
-//! `wallex projections …`: the operator's command line over the admin API.
+//! `wallex projections …` and `wallex recovery …` ([`recovery`]): the operator's command line
+//! over the admin API.
 //!
 //! Why it exists: deploying, reloading, rebuilding, pausing, resuming and rolling back a
 //! projection on a running server should be one command with a readable answer (or `--json` for
 //! scripts), a one-line error and a non-zero exit code when it fails.
+
+pub mod recovery;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,9 +32,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Width of the progress bar, in characters.
 const BAR_WIDTH: usize = 30;
 
-/// Where the server is and how to talk to it.
+/// Where the server is and how to talk to it (every command over the admin API).
 #[derive(Debug, Clone, Args)]
-pub struct ProjectionsCli {
+pub struct ServerArgs {
     /// Base URL of the wallex server.
     #[arg(long, env = "WALLEX_URL", default_value = DEFAULT_URL, global = true)]
     pub url: String,
@@ -46,6 +49,14 @@ pub struct ProjectionsCli {
     /// Print the server's JSON instead of a summary.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// `wallex projections …`.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionsCli {
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: ProjectionsCommand,
@@ -166,14 +177,15 @@ pub enum CliError {
     Invalid(String),
 }
 
-struct Client {
+/// An admin API client.
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(cli: &ProjectionsCli) -> Result<Self, CliError> {
+    pub(crate) fn new(cli: &ServerArgs) -> Result<Self, CliError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -190,7 +202,7 @@ impl Client {
 
     /// Sends a request and decodes a successful answer as `T`; a problem answer becomes
     /// [`CliError::Problem`].
-    async fn send<T: DeserializeOwned>(
+    pub(crate) async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -254,7 +266,7 @@ enum Output {
 
 /// Runs one `wallex projections` command.
 pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
-    let client = Client::new(&cli)?;
+    let client = Client::new(&cli.server)?;
     let get = reqwest::Method::GET;
     let output = match &cli.command {
         ProjectionsCommand::List => {
@@ -309,7 +321,9 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         ProjectionsCommand::Rebuild { name, wait, .. } => {
             let started = action(&client, name, "rebuild").await?;
             if *wait {
-                Output::Status(Box::new(follow_rebuild(&client, name, cli.json).await?))
+                Output::Status(Box::new(
+                    follow_rebuild(&client, name, cli.server.json).await?,
+                ))
             } else {
                 started
             }
@@ -339,7 +353,7 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
                 .await?,
         ),
     };
-    if cli.json {
+    if cli.server.json {
         let text = match &output {
             Output::List(v) => serde_json::to_string_pretty(v),
             Output::Status(v) => serde_json::to_string_pretty(v),

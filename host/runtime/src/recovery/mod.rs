@@ -1,0 +1,317 @@
+//! The recovery service: what keeps the read side honest once it runs (the reference design's
+//! Recovery Service).
+//!
+//! Why it exists: projections fail loudly (a failing batch is retried, then stops and says why),
+//! but two failures are silent — a worker that stops moving without an error, and a read model
+//! that no longer says what the write model says. This module finds both and reports them where
+//! operators look (status, metrics, logs, the audit trail, the run history).
+//!
+//! # Layout
+//! - [`stall`] — stall detection and the restart of a stalled worker, every
+//!   `RECOVERY_INTERVAL_SECS`. Owns `projection_stalls`.
+//! - [`runs`] — the history of checks. Owns `recovery_runs`.
+//! - this file — [`RecoveryConfig`], [`Recovery`] (the schedule, the read-model check, the status
+//!   report).
+//!
+//! The read-model check (the reference design's `detectDataDrift`) compares the write model's
+//! `wallets` with the bundled read model's `projection_read_model.wallets`, in SQL, in chunks
+//! ([`wallex_core::write_path::read_model_check`]); it runs on demand (admin API, CLI).
+//!
+//! API boundary: typed values only; the HTTP layer decides their JSON shape.
+
+pub mod runs;
+pub mod stall;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::registry;
+use crate::schema::stable_namespace;
+use crate::Projections;
+use wallex_core::write_path::read_model_check::{
+    ReadModelCheck, ReadModelCheckError, ReadModelReport, ReadModelShape,
+};
+use wallex_telemetry::catalogue::RECOVERY_RUNS_TOTAL;
+
+/// The bundled read model's projection, which the read-model check compares with `wallets`.
+pub const READ_MODEL_PROJECTION: &str = "read-model";
+/// Its table of wallets, and which of its columns hold which snapshot field.
+pub const READ_MODEL_WALLETS: (&str, &str, &[(&str, &str)]) = (
+    "wallets",
+    "id",
+    &[
+        ("owner_id", "owner"),
+        ("balance", "balance"),
+        ("currency", "currency"),
+        ("version", "version"),
+        ("created_at", "created_at"),
+        ("updated_at", "updated_at"),
+    ],
+);
+/// Most differing rows a report keeps (with their values).
+pub const REPORT_SAMPLE: usize = 20;
+/// Most runs the status report lists.
+pub const STATUS_RUNS: i64 = 10;
+
+/// When and how the recovery service runs.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct RecoveryConfig {
+    /// Seconds between two rounds of stall detection (the reference design's 5 minutes).
+    #[arg(long, env = "RECOVERY_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub recovery_interval_secs: u64,
+
+    /// A running projection whose checkpoint has not moved for this many seconds while older
+    /// events wait after it is stalled: its worker is restarted from its checkpoint.
+    #[arg(long, env = "RECOVERY_STALL_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub recovery_stall_secs: u64,
+
+    /// Wallet ids per transaction of the read-model check.
+    #[arg(long, env = "RECOVERY_CHECK_CHUNK", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub recovery_check_chunk: i64,
+
+    /// The read-model check does not compare wallets written less than this many seconds before
+    /// the read model's oldest unapplied event (or before the check, when it is caught up): a
+    /// write transaction that began earlier may still commit while the check runs. Longer than
+    /// any write transaction; they are counted as `inFlight`.
+    #[arg(long, env = "RECOVERY_CHECK_MARGIN_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub recovery_check_margin_secs: u64,
+}
+
+impl RecoveryConfig {
+    fn interval(&self) -> Duration {
+        Duration::from_secs(self.recovery_interval_secs)
+    }
+
+    fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.recovery_stall_secs)
+    }
+}
+
+/// Why a recovery operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// The database refused or could not be reached.
+    #[error("recovery: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The read model to compare with is not deployed.
+    #[error("the read model projection `{0}` is not deployed")]
+    NoReadModel(String),
+    /// Another read-model check is running in this process.
+    #[error("a read-model check is already running")]
+    Busy,
+    /// Stall detection failed.
+    #[error(transparent)]
+    Stall(#[from] stall::StallError),
+    /// The status could not be read.
+    #[error(transparent)]
+    Status(#[from] crate::DeployError),
+}
+
+/// What `GET /admin/recovery` shows.
+#[derive(Debug, Clone)]
+pub struct RecoveryStatus {
+    /// The settings in force.
+    pub config: RecoveryConfig,
+    /// Projections stalled now.
+    pub stalls: Vec<stall::Stall>,
+    /// When the oldest outbox row some projection has not applied was recorded.
+    pub oldest_unprocessed_at: Option<DateTime<Utc>>,
+    /// Its age, in seconds (0 when every projection is caught up).
+    pub oldest_unprocessed_age_seconds: f64,
+    /// The latest checks, newest first.
+    pub runs: Vec<runs::Run>,
+}
+
+/// The recovery service of this process.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    projections: Projections,
+    config: RecoveryConfig,
+    /// One read-model check at a time in this process.
+    checking: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Recovery {
+    /// The service over `projections`; starts nothing.
+    pub fn new(projections: Projections, config: RecoveryConfig) -> Self {
+        Self {
+            projections,
+            config,
+            checking: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> RecoveryConfig {
+        self.config
+    }
+
+    /// Runs stall detection every `RECOVERY_INTERVAL_SECS` until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.config.interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let round = tracing::debug_span!("recovery.round");
+            if let Err(error) = self.detect_stalls().instrument(round).await {
+                tracing::warn!(%error, "stall detection failed; trying again next round");
+            }
+        }
+    }
+
+    /// One round of stall detection over the projections this process runs.
+    pub async fn detect_stalls(&self) -> Result<(), RecoveryError> {
+        let pool = self.projections.pool();
+        for projector in self.projections.all() {
+            let paused = projector.desired().paused;
+            stall::check(pool, &projector, paused, self.config.stall_after()).await?;
+        }
+        Ok(())
+    }
+
+    /// Compares the write model's wallets with the read model's, stores the run and returns it.
+    pub async fn check_read_model(&self, requested_by: &str) -> Result<runs::Run, RecoveryError> {
+        let Ok(_permit) = self.checking.try_acquire() else {
+            return Err(RecoveryError::Busy);
+        };
+        let pool = self.projections.pool();
+        let started_at = Utc::now();
+        let status = match self.projections.admin_status(READ_MODEL_PROJECTION).await {
+            Ok(status) => status,
+            Err(crate::DeployError::NotFound(_)) => {
+                return Err(RecoveryError::NoReadModel(READ_MODEL_PROJECTION.to_owned()))
+            }
+            Err(error) => return Err(error.into()),
+        };
+        // Wallets the read model may not have applied yet are not compared.
+        let applied_until = if status.lag_events > 0 {
+            started_at - chrono::Duration::milliseconds((status.lag_seconds * 1000.0).ceil() as i64)
+        } else {
+            started_at
+        };
+        let horizon = applied_until
+            - chrono::Duration::seconds(
+                i64::try_from(self.config.recovery_check_margin_secs).unwrap_or(i64::MAX),
+            );
+        let schema = stable_namespace(READ_MODEL_PROJECTION);
+        let (relation, id, columns) = READ_MODEL_WALLETS;
+        let check = ReadModelCheck {
+            shape: ReadModelShape {
+                schema: &schema,
+                relation,
+                id,
+                columns,
+            },
+            chunk: self.config.recovery_check_chunk,
+            sample: REPORT_SAMPLE,
+            horizon,
+        };
+        let span = tracing::info_span!("recovery.read_model_check", requested_by);
+        let result: Result<ReadModelReport, ReadModelCheckError> = check
+            .run(pool, |report| {
+                tracing::debug!(
+                    checked = report.checked,
+                    chunks = report.chunks,
+                    "read-model check progress"
+                );
+            })
+            .instrument(span)
+            .await;
+        let error = result.as_ref().err().map(ToString::to_string);
+        let run = runs::record(
+            pool,
+            &runs::NewRun {
+                kind: runs::READ_MODEL_CHECK,
+                projection: Some(READ_MODEL_PROJECTION),
+                requested_by,
+                started_at,
+                result: match &result {
+                    Ok(report) => Ok(report),
+                    Err(error) => Err(error.to_string()),
+                },
+            },
+        )
+        .await?;
+        metrics::counter!(
+            RECOVERY_RUNS_TOTAL,
+            "kind" => runs::READ_MODEL_CHECK,
+            "outcome" => run.outcome.as_str()
+        )
+        .increment(1);
+        let detail = serde_json::json!({
+            "run": run.id,
+            "checked": run.report.checked,
+            "missing": run.report.missing,
+            "extra": run.report.extra,
+            "different": run.report.different,
+            "error": error,
+        });
+        let mut conn = pool.acquire().await?;
+        registry::record_action(
+            &mut conn,
+            requested_by,
+            runs::READ_MODEL_CHECK,
+            Some(READ_MODEL_PROJECTION),
+            run.outcome.as_str(),
+            &detail,
+        )
+        .await?;
+        match run.outcome {
+            runs::RunOutcome::Drift => tracing::error!(
+                run = run.id,
+                missing = run.report.missing,
+                extra = run.report.extra,
+                different = run.report.different,
+                "the read model differs from the write model"
+            ),
+            runs::RunOutcome::Failed => {
+                tracing::warn!(run = run.id, error = ?run.error, "read-model check failed")
+            }
+            runs::RunOutcome::Clean => tracing::info!(
+                run = run.id,
+                checked = run.report.checked,
+                "the read model matches the write model"
+            ),
+        }
+        Ok(run)
+    }
+
+    /// Stalls, the outbox's oldest unprocessed event and the latest runs.
+    pub async fn status(&self) -> Result<RecoveryStatus, RecoveryError> {
+        let pool = self.projections.pool();
+        let stalls = stall::all_stalls(pool).await?;
+        let oldest = self
+            .projections
+            .admin_list()
+            .await?
+            .into_iter()
+            .filter(|p| p.lag_events > 0)
+            .map(|p| p.lag_seconds)
+            .fold(0.0_f64, f64::max);
+        let oldest_unprocessed_at = (oldest > 0.0)
+            .then(|| Utc::now() - chrono::Duration::milliseconds((oldest * 1000.0) as i64));
+        Ok(RecoveryStatus {
+            config: self.config,
+            stalls,
+            oldest_unprocessed_at,
+            oldest_unprocessed_age_seconds: oldest,
+            runs: runs::recent(pool, None, STATUS_RUNS).await?,
+        })
+    }
+
+    /// One stored run.
+    pub async fn run_by_id(&self, id: i64) -> Result<Option<runs::Run>, RecoveryError> {
+        Ok(runs::get(self.projections.pool(), id).await?)
+    }
+}
