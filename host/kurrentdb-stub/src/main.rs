@@ -25,9 +25,9 @@ struct Args {
     #[arg(long, env = "KURRENTDB_STUB_LISTEN", default_value = "127.0.0.1:2113")]
     listen: SocketAddr,
 
-    /// Acknowledge every TCP read at once (TCP_QUICKACK): removes the up to 40 ms the kurrentdb
-    /// 1.2 client (no TCP_NODELAY) waits for a delayed ACK on each append, so that a benchmark
-    /// shows wallex's own cost.
+    /// Acknowledge every TCP read at once (TCP_QUICKACK): removes the up to 40 ms a client
+    /// without TCP_NODELAY (the published kurrentdb 1.2; not wallex's patched copy) waits for a
+    /// delayed ACK on each append.
     #[arg(long, env = "KURRENTDB_STUB_QUICK_ACK")]
     quick_ack: bool,
 }

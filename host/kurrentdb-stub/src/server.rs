@@ -56,10 +56,10 @@ pub struct StubServer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StubOptions {
     /// Acknowledge every TCP read at once (`TCP_QUICKACK`, Linux) instead of the kernel's delayed
-    /// ACK. The `kurrentdb` 1.2 client does not set `TCP_NODELAY`, so the last frame of each
-    /// streamed append waits (Nagle) for the server's ACK of the previous one — up to the 40 ms
-    /// of a delayed ACK. With this on, benchmarks show what wallex itself costs; off (the
-    /// default), they show what that client costs against a server that delays its ACKs.
+    /// ACK. A client without `TCP_NODELAY` (the published `kurrentdb` 1.2; wallex's patched copy
+    /// sets it) sends the last frame of each streamed append only when the server has
+    /// acknowledged the previous one — up to the 40 ms of a delayed ACK. With this on, such a
+    /// client is measured without that wait; wallex's own benchmarks no longer need it.
     pub quick_ack: bool,
 }
 
