@@ -464,9 +464,10 @@ pub async fn run(projector: Arc<Projector>, mut ctx: WorkerContext) {
             projector.lease_held.store(false, Ordering::Relaxed);
             if matches!(outcome, Outcome::Restart) {
                 // The abandoned batch may be stuck in a statement: its backend goes, and with it
-                // the batch's transaction, its row locks and the lease.
-                drop(conn);
+                // the batch's transaction, its row locks and the lease. Terminated while the
+                // connection is still open, so that the pid cannot have been reused meanwhile.
                 lease::terminate(&ctx.pool, pid).await;
+                drop(conn);
             } else {
                 // Closing the connection releases the advisory lock.
                 let _ = conn.close().await;
