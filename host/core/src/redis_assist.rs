@@ -140,21 +140,36 @@ impl std::fmt::Debug for WalletLock {
     }
 }
 
+impl WalletLock {
+    /// The compare-and-delete that releases this lock, leaving the lock released as far as
+    /// [`Drop`] is concerned (the caller sends it).
+    fn take_release(&mut self) -> Option<redis::Cmd> {
+        if self.key.is_empty() {
+            return None;
+        }
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(UNLOCK_SCRIPT)
+            .arg(1)
+            .arg(std::mem::take(&mut self.key))
+            .arg(std::mem::take(&mut self.token));
+        Some(command)
+    }
+}
+
 impl Drop for WalletLock {
     fn drop(&mut self) {
-        if self.key.is_empty() {
-            // Released with its batch ([`RedisAssist::finish`]).
+        // Not released with a batch ([`RedisAssist::finish`]): released on its own.
+        let Some(release) = self.take_release() else {
             return;
-        }
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (redis, key, token) = (
-            self.redis.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        );
-        runtime.spawn(async move { redis.unlock(&key, &token).await });
+        let redis = self.redis.clone();
+        runtime.spawn(async move {
+            let _ = redis.run::<i64>("unlock", &release).await;
+        });
     }
 }
 
@@ -401,30 +416,13 @@ impl RedisAssist {
         }
     }
 
-    /// Releases a lock if it is still ours (compare-and-delete).
-    async fn unlock(&self, key: &str, token: &str) {
-        let mut command = redis::cmd("EVAL");
-        command.arg(UNLOCK_SCRIPT).arg(1).arg(key).arg(token);
-        let _ = self.run::<i64>("unlock", &command).await;
-    }
-
     /// After a batch: caches the responses whose transaction committed (each until its record
     /// expires) and releases the batch's locks, in one pipeline.
-    pub async fn finish(&self, completed: Vec<Completed>, locks: Vec<WalletLock>) {
+    pub async fn finish(&self, completed: Vec<Completed>, mut locks: Vec<WalletLock>) {
         let mut pipeline = redis::pipe();
         let mut count = 0;
-        for mut lock in locks {
-            let (key, token) = (
-                std::mem::take(&mut lock.key),
-                std::mem::take(&mut lock.token),
-            );
-            pipeline
-                .cmd("EVAL")
-                .arg(UNLOCK_SCRIPT)
-                .arg(1)
-                .arg(key)
-                .arg(token)
-                .ignore();
+        for release in locks.iter_mut().filter_map(WalletLock::take_release) {
+            pipeline.add_command(release).ignore();
             count += 1;
         }
         let now_ms = Utc::now().timestamp_millis();

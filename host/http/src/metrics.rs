@@ -62,12 +62,9 @@ async fn set_gauges(state: &AppState) -> Result<(), Problem> {
         .admin_list()
         .await
         .map_err(|error| Problem::internal(&error))?;
-    let oldest = statuses
-        .iter()
-        .filter(|item| item.lag_events > 0)
-        .map(|item| item.lag_seconds)
-        .fold(0.0_f64, f64::max);
-    metrics::gauge!(OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS).set(oldest);
+    metrics::gauge!(OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS).set(
+        wallex_runtime::status::oldest_unprocessed_seconds(&statuses),
+    );
     for item in &statuses {
         let name = item.name.clone();
         metrics::gauge!(OUTBOX_LAG_EVENTS, "projection" => name.clone())

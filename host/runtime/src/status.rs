@@ -248,6 +248,16 @@ impl Projections {
     }
 }
 
+/// Age in seconds of the oldest outbox row some of `statuses` has not applied (0 when all are
+/// caught up).
+pub fn oldest_unprocessed_seconds(statuses: &[ProjectionStatus]) -> f64 {
+    statuses
+        .iter()
+        .filter(|status| status.lag_events > 0)
+        .map(|status| status.lag_seconds)
+        .fold(0.0, f64::max)
+}
+
 fn status(
     deployment: &Deployment,
     projector: Option<&Projector>,

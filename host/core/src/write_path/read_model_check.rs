@@ -185,13 +185,8 @@ impl ReadModelCheck<'_> {
         )
     }
 
-    /// Runs the check over every wallet; `progress` is called after each chunk with the report
-    /// so far.
-    pub async fn run(
-        &self,
-        pool: &PgPool,
-        mut progress: impl FnMut(&ReadModelReport),
-    ) -> Result<ReadModelReport, ReadModelCheckError> {
+    /// Runs the check over every wallet.
+    pub async fn run(&self, pool: &PgPool) -> Result<ReadModelReport, ReadModelCheckError> {
         let chunk = self.chunk.clamp(1, MAX_CHUNK);
         let diff_sql = self.diff_sql();
         let mut report = ReadModelReport::default();
@@ -239,7 +234,11 @@ impl ReadModelCheck<'_> {
                     report.sample.push(self.drifted_row(row, drift));
                 }
             }
-            progress(&report);
+            tracing::debug!(
+                checked = report.checked,
+                chunks = report.chunks,
+                "read-model check progress"
+            );
             match upper {
                 Some(upper) if !last => after = upper,
                 _ => return Ok(report),

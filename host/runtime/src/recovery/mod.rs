@@ -218,17 +218,8 @@ impl Recovery {
             horizon,
         };
         let span = tracing::info_span!("recovery.read_model_check", requested_by);
-        let result: Result<ReadModelReport, ReadModelCheckError> = check
-            .run(pool, |report| {
-                tracing::debug!(
-                    checked = report.checked,
-                    chunks = report.chunks,
-                    "read-model check progress"
-                );
-            })
-            .instrument(span)
-            .await;
-        let error = result.as_ref().err().map(ToString::to_string);
+        let result: Result<ReadModelReport, ReadModelCheckError> =
+            check.run(pool).instrument(span).await;
         let run = runs::record(
             pool,
             &runs::NewRun {
@@ -255,7 +246,7 @@ impl Recovery {
             "missing": run.report.missing,
             "extra": run.report.extra,
             "different": run.report.different,
-            "error": error,
+            "error": run.error,
         });
         let mut conn = pool.acquire().await?;
         registry::record_action(
@@ -291,14 +282,8 @@ impl Recovery {
     pub async fn status(&self) -> Result<RecoveryStatus, RecoveryError> {
         let pool = self.projections.pool();
         let stalls = stall::all_stalls(pool).await?;
-        let oldest = self
-            .projections
-            .admin_list()
-            .await?
-            .into_iter()
-            .filter(|p| p.lag_events > 0)
-            .map(|p| p.lag_seconds)
-            .fold(0.0_f64, f64::max);
+        let oldest =
+            crate::status::oldest_unprocessed_seconds(&self.projections.admin_list().await?);
         let oldest_unprocessed_at = (oldest > 0.0)
             .then(|| Utc::now() - chrono::Duration::milliseconds((oldest * 1000.0) as i64));
         Ok(RecoveryStatus {

@@ -49,19 +49,6 @@ pub struct Stall {
     pub last_restart_at: Option<DateTime<Utc>>,
 }
 
-/// What one check of one projection found and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finding {
-    /// Not stalled (or not this instance's to judge).
-    Fine,
-    /// Stalled; the worker was restarted now.
-    Restarted,
-    /// Stalled; the next restart waits for its backoff.
-    Waiting,
-    /// Was stalled and moves again.
-    Resumed,
-}
-
 /// Why a check could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum StallError {
@@ -118,11 +105,11 @@ pub async fn check(
     projector: &Projector,
     paused: bool,
     stall_after: Duration,
-) -> Result<Finding, StallError> {
+) -> Result<(), StallError> {
     let name = projector.name();
     if !paused && !projector.lease_held() {
         // Another instance's worker (or none, between two leases): not this one's to judge.
-        return Ok(Finding::Fine);
+        return Ok(());
     }
     let recorded = stall_of(pool, name).await?;
     let checkpoint = checkpoint::read(pool, name).await?;
@@ -151,9 +138,9 @@ pub async fn check(
                 "projection no longer stalled"
             );
             audit(pool, name, "stall-cleared", &stall).await?;
-            return Ok(Finding::Resumed);
+            return Ok(());
         }
-        return Ok(Finding::Fine);
+        return Ok(());
     };
     // The stall and its restart are recorded in one statement, so that a status never shows a
     // stall whose restart is under way as not restarted.
@@ -162,7 +149,7 @@ pub async fn check(
             if let Some(at) = stall.last_restart_at {
                 let wait = restart_backoff(stall_after, stall.restarts);
                 if now - at < chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX) {
-                    return Ok(Finding::Waiting);
+                    return Ok(());
                 }
             }
             sqlx::query_as(
@@ -210,7 +197,7 @@ pub async fn check(
         "stalled projection's worker restarted from its checkpoint"
     );
     audit(pool, name, "stall-restart", &stall).await?;
-    Ok(Finding::Restarted)
+    Ok(())
 }
 
 async fn audit(
