@@ -354,17 +354,14 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         ),
     };
     if cli.server.json {
-        let text = match &output {
-            Output::List(v) => serde_json::to_string_pretty(v),
-            Output::Status(v) => serde_json::to_string_pretty(v),
-            Output::Action(v) => serde_json::to_string_pretty(v),
-            Output::Deleted(v) => serde_json::to_string_pretty(v),
-            Output::Stats(v) => serde_json::to_string_pretty(v),
-            Output::Letters(v) => serde_json::to_string_pretty(v),
-        }
-        .map_err(|e| CliError::Invalid(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
+        return match &output {
+            Output::List(v) => print_json(v),
+            Output::Status(v) => print_json(v),
+            Output::Action(v) => print_json(v),
+            Output::Deleted(v) => print_json(v),
+            Output::Stats(v) => print_json(v),
+            Output::Letters(v) => print_json(v),
+        };
     }
     match output {
         Output::List(list) => print_table(&list),
@@ -392,6 +389,13 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         Output::Stats(stats) => print_stats(&stats),
         Output::Letters(letters) => print_dead_letters(&letters),
     }
+    Ok(())
+}
+
+/// Prints an answer as the server's JSON (`--json`).
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Invalid(e.to_string()))?;
+    println!("{text}");
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, Client, ServerArgs};
+use super::{print_json, CliError, Client, ServerArgs};
 use wallex_http::wire::{RecoveryRunBody, RecoveryStatusBody};
 
 /// `wallex recovery …`.
@@ -68,13 +68,10 @@ pub async fn run(cli: RecoveryCli) -> Result<(), CliError> {
         ),
     };
     if cli.server.json {
-        let text = match &output {
-            Output::Status(v) => serde_json::to_string_pretty(v),
-            Output::Run(v) => serde_json::to_string_pretty(v),
-        }
-        .map_err(|e| CliError::Invalid(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
+        return match &output {
+            Output::Status(v) => print_json(v),
+            Output::Run(v) => print_json(v),
+        };
     }
     match output {
         Output::Status(status) => print_status(&status),
