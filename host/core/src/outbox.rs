@@ -133,6 +133,19 @@ pub async fn enqueue<'e>(
     Ok(())
 }
 
+/// `SELECT <every column of an outbox row> FROM outbox <rest>`: the one column list the
+/// readers decode ([`OutboxRow`]).
+macro_rules! outbox_rows {
+    ($rest:literal) => {
+        concat!(
+            "SELECT global_position, event_id, stream_id, stream_version, event_type, data,
+                    metadata, recorded_at, xact_id::text AS xact_id
+             FROM outbox ",
+            $rest
+        )
+    };
+}
+
 /// Reads up to `limit` committed rows after `after`, in read order, never returning a row while a
 /// transaction that could still commit a row before it is running (see the module docs).
 pub async fn read_batch<'e>(
@@ -142,17 +155,61 @@ pub async fn read_batch<'e>(
 ) -> Result<Vec<OutboxEvent>, OutboxError> {
     // ORDER BY names the table's columns: the bare `xact_id` would be the `xact_id::text` output
     // alias, sorting transaction ids as text ("1000" < "999", skipping rows) and without the index.
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT global_position, event_id, stream_id, stream_version, event_type, data, metadata,
-                recorded_at, xact_id::text AS xact_id
-         FROM outbox
-         WHERE (xact_id, global_position) > ($1::text::xid8, $2)
+    let rows: Vec<OutboxRow> = sqlx::query_as(outbox_rows!(
+        "WHERE (xact_id, global_position) > ($1::text::xid8, $2)
            AND xact_id < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY outbox.xact_id, outbox.global_position
-         LIMIT $3",
-    )
+         LIMIT $3"
+    ))
     .bind(after.xact_id.to_string())
     .bind(after.position)
+    .bind(i64::from(limit))
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter().map(OutboxRow::into_event).collect()
+}
+
+/// Like [`read_batch`], but never past `until` (inclusive): a drift check's shadow replays the
+/// log exactly up to the live checkpoint, its consistent cut.
+pub async fn read_batch_until<'e>(
+    executor: impl PgExecutor<'e>,
+    after: OutboxCursor,
+    until: OutboxCursor,
+    limit: u32,
+) -> Result<Vec<OutboxEvent>, OutboxError> {
+    let rows: Vec<OutboxRow> = sqlx::query_as(outbox_rows!(
+        "WHERE (xact_id, global_position) > ($1::text::xid8, $2)
+           AND (xact_id, global_position) <= ($3::text::xid8, $4)
+           AND xact_id < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY outbox.xact_id, outbox.global_position
+         LIMIT $5"
+    ))
+    .bind(after.xact_id.to_string())
+    .bind(after.position)
+    .bind(until.xact_id.to_string())
+    .bind(until.position)
+    .bind(i64::from(limit))
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter().map(OutboxRow::into_event).collect()
+}
+
+/// One stream's rows up to `until` (inclusive), in read order, at most `limit` of them (a
+/// one-stream repair replays them).
+pub async fn read_stream_until<'e>(
+    executor: impl PgExecutor<'e>,
+    stream_id: &str,
+    until: OutboxCursor,
+    limit: u32,
+) -> Result<Vec<OutboxEvent>, OutboxError> {
+    let rows: Vec<OutboxRow> = sqlx::query_as(outbox_rows!(
+        "WHERE stream_id = $1 AND (xact_id, global_position) <= ($2::text::xid8, $3)
+         ORDER BY outbox.xact_id, outbox.global_position
+         LIMIT $4"
+    ))
+    .bind(stream_id)
+    .bind(until.xact_id.to_string())
+    .bind(until.position)
     .bind(i64::from(limit))
     .fetch_all(executor)
     .await?;
@@ -164,14 +221,10 @@ pub async fn read_at(
     conn: &mut sqlx::PgConnection,
     position: i64,
 ) -> Result<Option<OutboxEvent>, OutboxError> {
-    let row: Option<OutboxRow> = sqlx::query_as(
-        "SELECT global_position, event_id, stream_id, stream_version, event_type, data, metadata,
-                recorded_at, xact_id::text AS xact_id
-         FROM outbox WHERE global_position = $1",
-    )
-    .bind(position)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<OutboxRow> = sqlx::query_as(outbox_rows!("WHERE global_position = $1"))
+        .bind(position)
+        .fetch_optional(conn)
+        .await?;
     row.map(OutboxRow::into_event).transpose()
 }
 

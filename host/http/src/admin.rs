@@ -104,6 +104,11 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> 
             post(crate::recovery::check_read_model),
         )
         .route("/admin/recovery/runs/{id}", get(crate::recovery::run))
+        .route("/admin/recovery/drift/{name}", post(crate::recovery::drift))
+        .route(
+            "/admin/recovery/repair/{name}",
+            post(crate::recovery::repair),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -173,7 +178,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 
 /// Maps an operation's error onto the API's problems. The detail is clipped: an operation's error
 /// can quote what a component declared.
-fn problem(error: DeployError) -> Problem {
+pub(crate) fn problem(error: DeployError) -> Problem {
     let detail = || clip(&error.to_string(), MAX_ERROR_BYTES);
     match &error {
         DeployError::TooLarge { .. } => Problem::new(
@@ -204,7 +209,7 @@ fn bad_request(slug: &'static str, title: &'static str, detail: String) -> Probl
     Problem::new(StatusCode::BAD_REQUEST, slug, title, detail)
 }
 
-fn check_name(name: &str) -> Result<(), Problem> {
+pub(crate) fn check_name(name: &str) -> Result<(), Problem> {
     if is_projection_name(name) {
         Ok(())
     } else {

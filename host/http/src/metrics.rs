@@ -80,7 +80,11 @@ async fn set_gauges(state: &AppState) -> Result<(), Problem> {
         }
         // Without a rebuild both statuses are 0 and the progress 0, so that an alert on a
         // failed rebuild clears as soon as it is cancelled or cut over.
-        let rebuild = item.rebuild.as_ref();
+        // A drift check's shadow is no rebuild: its runs are in `recovery_runs_total`.
+        let rebuild = item
+            .rebuild
+            .as_ref()
+            .filter(|r| r.purpose == wallex_runtime::registry::PURPOSE_REBUILD);
         for candidate in REBUILD_STATUSES {
             let current = rebuild.is_some_and(|r| r.status == candidate);
             metrics::gauge!(

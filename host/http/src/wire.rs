@@ -12,9 +12,11 @@ use wallex_core::write_path::read_model_check::DriftedRow;
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
 use wallex_runtime::operation::Activation;
+use wallex_runtime::recovery::drift::ProjectionRepair;
 use wallex_runtime::recovery::runs::Run;
 use wallex_runtime::recovery::stall::Stall;
 use wallex_runtime::recovery::RecoveryStatus;
+use wallex_runtime::recovery::Repair;
 use wallex_runtime::registry::AdminAction;
 use wallex_runtime::status::{
     CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,
@@ -196,8 +198,10 @@ impl From<Policy> for PolicyBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RebuildBody {
-    /// `running` or `failed`.
+    /// `running`, `failed`, or `held` (a drift check's shadow at its cut).
     pub status: String,
+    /// `rebuild` or `drift` (a drift check's shadow: never cut over by itself).
+    pub purpose: String,
     /// SHA-256 of the version being built.
     pub sha256: String,
     /// Its schema version.
@@ -224,6 +228,7 @@ impl From<RebuildProgress> for RebuildBody {
     fn from(r: RebuildProgress) -> Self {
         Self {
             status: r.status,
+            purpose: r.purpose,
             sha256: r.sha256,
             schema_version: r.schema_version,
             namespace: r.namespace,
@@ -529,10 +534,13 @@ pub struct RecoveryRunBody {
     pub requested_by: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// `clean`, `drift` or `failed`.
+    /// When it ended (absent while it runs).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `running`, `clean`, `drift` or `failed`.
     pub outcome: String,
+    /// A running drift check: how far it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<DriftProgressBody>,
     /// Rows compared.
     pub checked: i64,
     /// Rows written too recently to compare.
@@ -545,8 +553,108 @@ pub struct RecoveryRunBody {
     pub different: i64,
     /// The first differing rows, with the values that differ.
     pub sample: Vec<DriftedRowBody>,
+    /// A drift check: the counts per table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableDriftBody>,
+    /// A drift check: whether it keeps its shadow (absent: only when rows differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_shadow: Option<bool>,
+    /// A drift check: the shadow namespace kept for a repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
     /// Why the check failed, if it did.
     pub error: Option<String>,
+}
+
+/// How far a running drift check is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftProgressBody {
+    /// `replaying` or `comparing`.
+    pub phase: String,
+    /// Events replayed into the shadow.
+    pub events_replayed: i64,
+    /// Events to replay, as far as known.
+    pub events_total: i64,
+}
+
+/// What a drift check found in one table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableDriftBody {
+    /// The table.
+    pub table: String,
+    /// Rows compared.
+    pub compared: i64,
+    /// Rows the replay has and the live table lacks.
+    pub missing: i64,
+    /// Rows the live table has and the replay lacks.
+    pub extra: i64,
+    /// Rows on both sides that differ.
+    pub different: i64,
+}
+
+/// `POST /admin/recovery/repair/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairBody {
+    /// The projection repaired.
+    pub projection: String,
+    /// `stream` (done), `shadow` (a drift check's shadow catches up and is cut over) or
+    /// `rebuild` (a blue/green rebuild started).
+    pub mode: String,
+    /// `shadow`: the drift check whose shadow is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
+    /// `stream`: what the repair did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRepairBody>,
+}
+
+/// What a one-stream repair did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRepairBody {
+    /// The stream.
+    pub stream_id: String,
+    /// Its events replayed.
+    pub events: usize,
+    /// The live checkpoint's position its rows now reflect.
+    pub position: i64,
+    /// Rows deleted.
+    pub rows_deleted: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Duration of the committed transaction, in milliseconds.
+    pub millis: f64,
+}
+
+impl RepairBody {
+    /// The body for `repair` of `projection`.
+    pub fn new(projection: String, repair: Repair) -> Self {
+        let (mode, run, stream) = match repair {
+            Repair::Stream(s) => (
+                "stream",
+                None,
+                Some(StreamRepairBody {
+                    stream_id: s.stream,
+                    events: s.events,
+                    position: s.position,
+                    rows_deleted: s.rows_deleted,
+                    rows_written: s.rows_written,
+                    millis: (s.millis * 1000.0).round() / 1000.0,
+                }),
+            ),
+            Repair::Projection(ProjectionRepair::Shadow { run }) => ("shadow", Some(run), None),
+            Repair::Projection(ProjectionRepair::Rebuild) => ("rebuild", None, None),
+        };
+        Self {
+            projection,
+            mode: mode.to_owned(),
+            run,
+            stream,
+        }
+    }
 }
 
 impl From<Run> for RecoveryRunBody {
@@ -559,12 +667,30 @@ impl From<Run> for RecoveryRunBody {
             started_at: r.started_at,
             finished_at: r.finished_at,
             outcome: r.outcome.as_str().to_owned(),
+            progress: r.progress.map(|p| DriftProgressBody {
+                phase: p.phase.as_str().to_owned(),
+                events_replayed: p.events_replayed,
+                events_total: p.events_total,
+            }),
             checked: r.report.checked,
             in_flight: r.report.in_flight,
             missing: r.report.missing,
             extra: r.report.extra,
             different: r.report.different,
             sample: r.report.sample.into_iter().map(Into::into).collect(),
+            tables: r
+                .tables
+                .into_iter()
+                .map(|t| TableDriftBody {
+                    table: t.table,
+                    compared: t.compared,
+                    missing: t.missing,
+                    extra: t.extra,
+                    different: t.different,
+                })
+                .collect(),
+            keep_shadow: r.keep_shadow,
+            shadow: r.shadow,
             error: r.error,
         }
     }
@@ -574,7 +700,10 @@ impl From<Run> for RecoveryRunBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftedRowBody {
-    /// The wallet id.
+    /// A drift check: the table the row is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The wallet id, or a drift check's `column=value` primary key.
     pub id: String,
     /// `missing`, `extra` or `different`.
     pub drift: String,
@@ -586,17 +715,19 @@ pub struct DriftedRowBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftedColumnBody {
-    /// The write model's column.
+    /// The column (the write model's, for the read-model check).
     pub column: String,
-    /// Its value in the write model, as text.
+    /// What the source of truth says, as text: the write model's value, or for a drift check
+    /// the value replaying the log gives.
     pub write: Option<String>,
-    /// The value in the read model, as text.
+    /// What the checked side holds, as text: the read model's, or the live table's.
     pub read: Option<String>,
 }
 
 impl From<DriftedRow> for DriftedRowBody {
     fn from(r: DriftedRow) -> Self {
         Self {
+            table: r.table,
             id: r.id,
             drift: r.drift.as_str().to_owned(),
             columns: r

@@ -132,6 +132,37 @@ pub fn rebuild_key(projection: &str) -> String {
     format!("{projection}{REBUILD_SUFFIX}")
 }
 
+/// Suffix of the checkpoint key of a drift check's shadow once it stopped at its cut: renamed
+/// from [`rebuild_key`], so that no batch can move it any more (a batch of the rebuild key then
+/// finds no checkpoint).
+pub const SHADOW_SUFFIX: &str = "#shadow";
+
+/// The checkpoint key of `projection`'s held drift shadow.
+pub fn shadow_key(projection: &str) -> String {
+    format!("{projection}{SHADOW_SUFFIX}")
+}
+
+/// Renames a checkpoint (a drift shadow held at its cut, or taken up again by a repair).
+pub async fn rename(conn: &mut PgConnection, from: &str, to: &str) -> Result<(), CheckpointError> {
+    sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")
+        .bind(to)
+        .execute(&mut *conn)
+        .await?;
+    let renamed = sqlx::query(
+        "UPDATE projector_checkpoints SET projection = $2, updated_at = now() WHERE projection = $1",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if renamed == 1 {
+        Ok(())
+    } else {
+        Err(CheckpointError::Missing(from.to_owned()))
+    }
+}
+
 /// Creates the checkpoint at the start of the outbox if missing. A checkpoint describing another
 /// namespace (new tables) restarts from the beginning; one for the same namespace is kept.
 pub async fn ensure(
@@ -168,6 +199,19 @@ pub async fn read_in(
     row.map(Row::into_checkpoint).transpose()
 }
 
+/// Reads a checkpoint and locks it for the rest of the caller's transaction: no batch can commit
+/// under it meanwhile (a one-stream repair).
+pub async fn lock_in(
+    conn: &mut PgConnection,
+    projection: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE projection = $1 FOR UPDATE"))
+        .bind(projection)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Row::into_checkpoint).transpose()
+}
+
 /// Reads a checkpoint.
 pub async fn read<'e>(
     executor: impl PgExecutor<'e>,
@@ -185,7 +229,7 @@ pub async fn read_all<'e>(
     executor: impl PgExecutor<'e>,
 ) -> Result<Vec<Checkpoint>, CheckpointError> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "{SELECT} WHERE projection NOT LIKE '%{REBUILD_SUFFIX}' ORDER BY projection"
+        "{SELECT} WHERE projection NOT LIKE '%#%' ORDER BY projection"
     ))
     .fetch_all(executor)
     .await?;

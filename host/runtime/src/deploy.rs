@@ -75,7 +75,8 @@ impl Projections {
         let info = component
             .info()
             .ok_or_else(|| ComponentError::Join("component was loaded without describe".into()))?;
-        let schema = ProjectionSchema::from_info(info)?;
+        let schema =
+            ProjectionSchema::from_info(info)?.with_stream_owners(component.stream_owners())?;
         self.cache(&sha256, Arc::clone(&component));
         Ok(Candidate {
             sha256,
@@ -188,6 +189,14 @@ impl Projections {
             .map_err(|e| DeployError::Conflict(format!("unusable settings: {e}")))?;
         let activation = match current {
             Some(current) if current.state() != DeploymentState::Deleted => {
+                if let Some(shadow) = rebuild.as_ref().filter(|r| r.is_drift()) {
+                    // A drift check replays the version being replaced: it goes. (The same
+                    // bytes again — every start-up deploys the bundled ones — change nothing.)
+                    if shadow.sha256 != candidate.sha256 {
+                        drop_rebuild(&mut tx, shadow).await?;
+                    }
+                }
+                let rebuild = rebuild.filter(|r| !r.is_drift());
                 if let Some(rebuild) = &rebuild {
                     if rebuild.sha256 == candidate.sha256 && !rebuild.failed() {
                         return Ok(Activation::Unchanged);

@@ -389,6 +389,15 @@ impl worker::Supervisor for Projections {
         Box::pin(async move { Ok(Projections::cut_over(self, conn, projector, target).await?) })
     }
 
+    fn drift_cut<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        projector: &'a Projector,
+        target: &'a Active,
+    ) -> worker::BoxFuture<'a, Result<(), worker::SupervisorError>> {
+        Box::pin(async move { Ok(Projections::drift_cut(self, conn, projector, target).await?) })
+    }
+
     fn fail_rebuild<'a>(
         &'a self,
         conn: &'a mut sqlx::PgConnection,

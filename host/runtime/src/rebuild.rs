@@ -23,11 +23,14 @@ impl Projections {
         registry::lock(&mut tx).await?;
         let current = live_deployment(&mut tx, name).await?;
         if let Some(rebuild) = registry::rebuild(&mut tx, name).await? {
-            if !rebuild.failed() {
-                return Err(DeployError::Conflict(format!(
-                    "a rebuild of {name} is already in progress"
-                )));
+            if rebuild.in_progress() {
+                return Err(DeployError::Conflict(if rebuild.is_drift() {
+                    format!("a drift check of {name} is running; wait for it or cancel it")
+                } else {
+                    format!("a rebuild of {name} is already in progress")
+                }));
             }
+            // A failed rebuild, or a drift check's kept shadow: replaced.
             drop_rebuild(&mut tx, &rebuild).await?;
         }
         let live = self.compiled(name, &current.sha256).await?;
@@ -164,7 +167,23 @@ impl Projections {
     ) -> Result<(), DeployError> {
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
-        registry::fail_rebuild(&mut tx, name, error).await?;
+        if let Some(shadow) = registry::rebuild(&mut tx, name)
+            .await?
+            .filter(|r| r.is_drift())
+        {
+            // A drift check whose replay fails cannot say anything: it fails, and its shadow goes.
+            if let Some(run) = shadow.drift_run {
+                crate::recovery::runs::shadow_gone(
+                    &mut *tx,
+                    run,
+                    &format!("the replay failed: {error}"),
+                )
+                .await?;
+            }
+            drop_rebuild(&mut tx, &shadow).await?;
+        } else {
+            registry::fail_rebuild(&mut tx, name, error).await?;
+        }
         registry::bump(&mut tx, name).await?;
         registry::record_action(
             &mut tx,
@@ -239,6 +258,16 @@ pub(crate) async fn drop_rebuild(
     )
     .await?;
     checkpoint::delete(conn, &checkpoint::rebuild_key(&rebuild.projection)).await?;
+    checkpoint::delete(conn, &checkpoint::shadow_key(&rebuild.projection)).await?;
     registry::delete_rebuild(conn, &rebuild.projection).await?;
+    if let Some(run) = rebuild.drift_run {
+        // A drift check still replaying fails; a finished one no longer lists its shadow.
+        crate::recovery::runs::shadow_gone(
+            &mut *conn,
+            run,
+            "its shadow was dropped (replaced, cancelled or deleted)",
+        )
+        .await?;
+    }
     Ok(())
 }

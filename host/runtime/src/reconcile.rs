@@ -122,7 +122,8 @@ impl Projections {
                         policy,
                     )
                     .await?,
-                failed: r.failed(),
+                failed: !r.in_progress(),
+                drift: r.is_drift(),
             }),
             None => None,
         };
@@ -188,6 +189,7 @@ impl Projections {
             .info()
             .ok_or_else(|| ComponentError::Join("component was loaded without describe".into()))?;
         ProjectionSchema::from_info(info)
+            .and_then(|schema| schema.with_stream_owners(component.stream_owners()))
             .map(|schema| schema.with_namespace(namespace))
             .map_err(|source| LoadError::Schema {
                 origin: component.origin().to_owned(),

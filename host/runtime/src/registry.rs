@@ -129,9 +129,30 @@ pub struct Rebuild {
     pub started_at: DateTime<Utc>,
     /// Who started it; recorded as the deployer at the cut-over.
     pub requested_by: String,
+    /// [`PURPOSE_REBUILD`] (cut over when caught up) or [`PURPOSE_DRIFT`] (a drift check's
+    /// shadow: stops at the live checkpoint and is compared, never cut over by itself).
+    pub purpose: String,
+    /// The drift check (`recovery_runs.id`) a shadow belongs to.
+    pub drift_run: Option<i64>,
 }
 
+/// A blue/green rebuild, cut over when caught up.
+pub const PURPOSE_REBUILD: &str = "rebuild";
+/// A drift check's shadow.
+pub const PURPOSE_DRIFT: &str = "drift";
+
 impl Rebuild {
+    /// Whether batches still fill it (`running`; not `failed`, nor a drift shadow `held` at its
+    /// cut).
+    pub fn in_progress(&self) -> bool {
+        self.status == "running"
+    }
+
+    /// Whether it is a drift check's shadow.
+    pub fn is_drift(&self) -> bool {
+        self.purpose == PURPOSE_DRIFT
+    }
+
     /// Whether the rebuild failed (it waits for a reload, a cancel or a new deploy).
     pub fn failed(&self) -> bool {
         self.status == "failed"
@@ -141,7 +162,7 @@ impl Rebuild {
 const DEPLOYMENT_COLUMNS: &str = "projection, sha256, schema_version, namespace, source,
     previous_sha256, state, generation, build_seq, deployed_at, deployed_by, settings";
 const REBUILD_COLUMNS: &str = "projection, sha256, schema_version, namespace, source, status,
-    last_error, events_total, started_at, requested_by";
+    last_error, events_total, started_at, requested_by, purpose, drift_run";
 
 /// Takes the registry lock for the rest of the caller's transaction.
 pub async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -472,7 +493,7 @@ pub async fn insert_rebuild(
 pub async fn retry_rebuild(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE projection_rebuilds SET status = 'running', last_error = NULL
-         WHERE projection = $1",
+         WHERE projection = $1 AND status = 'failed'",
     )
     .bind(projection)
     .execute(conn)
@@ -494,6 +515,51 @@ pub async fn fail_rebuild(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Makes a just-started rebuild a drift check's shadow for run `run`.
+pub async fn set_drift(
+    conn: &mut PgConnection,
+    projection: &str,
+    run: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_rebuilds SET purpose = 'drift', drift_run = $2 WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(run)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stops a drift shadow at its cut: no more batches fill it.
+pub async fn hold_shadow(conn: &mut PgConnection, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projection_rebuilds SET status = 'held' WHERE projection = $1")
+        .bind(projection)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Turns a held drift shadow into a rebuild (a repair): it catches up from its cut and is cut
+/// over like any rebuild.
+pub async fn promote_shadow(
+    conn: &mut PgConnection,
+    projection: &str,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_rebuilds
+         SET purpose = 'rebuild', status = 'running', drift_run = NULL, last_error = NULL,
+             requested_by = $2
+         WHERE projection = $1",
+    )
+    .bind(projection)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    bump(conn, projection).await
 }
 
 /// Forgets a projection's rebuild row.

@@ -73,6 +73,9 @@ pub enum SchemaError {
         /// What is wrong with it.
         message: String,
     },
+    /// A `stream-owners` entry (`wallex:projection@0.2.0`) the host cannot use.
+    #[error("stream-owners: {0}")]
+    StreamOwner(String),
     /// The declaration exceeds one of the host's limits.
     #[error("too many {what}: {count} > {max}")]
     TooMany {
@@ -241,7 +244,25 @@ pub struct ProjectionSchema {
     pub subscribes_to: Vec<String>,
     /// The declared tables, in declaration order.
     pub tables: Vec<TableSchema>,
+    /// Which column of each table holds the stream owning its rows, when the component says
+    /// (`wallex:projection@0.2.0`); `None` for a 0.1.0 component.
+    pub stream_owners: Option<Vec<StreamOwnerSchema>>,
     by_name: HashMap<String, usize>,
+}
+
+/// Most bytes of a `stream-owners` prefix.
+pub const STREAM_PREFIX_MAX_LEN: usize = 128;
+
+/// A validated `stream-owners` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOwnerSchema {
+    /// Index into [`ProjectionSchema::tables`].
+    pub table: usize,
+    /// Index into that table's columns: a `text` column leading its primary key or an index, so
+    /// that a stream's rows are found without a scan.
+    pub column: usize,
+    /// What precedes the column's value in the stream id.
+    pub stream_prefix: String,
 }
 
 impl ProjectionSchema {
@@ -340,8 +361,74 @@ impl ProjectionSchema {
             subscriptions,
             subscribes_to: info.subscribes_to.clone(),
             tables,
+            stream_owners: None,
             by_name,
         })
+    }
+
+    /// Adds what the component's `stream-owners` returned (`None` for a 0.1.0 component),
+    /// validated against the tables.
+    pub fn with_stream_owners(
+        mut self,
+        owners: Option<&[crate::sandbox::engine::StreamOwner]>,
+    ) -> Result<Self, SchemaError> {
+        let Some(owners) = owners else {
+            self.stream_owners = None;
+            return Ok(self);
+        };
+        let invalid = |message: String| Err(SchemaError::StreamOwner(message));
+        let mut validated: Vec<StreamOwnerSchema> = Vec::with_capacity(owners.len());
+        for owner in owners {
+            let Some(&table) = self.by_name.get(&owner.table) else {
+                return invalid(format!("no table {}", quoted(&owner.table)));
+            };
+            if validated.iter().any(|o| o.table == table) {
+                return invalid(format!("table {} named twice", quoted(&owner.table)));
+            }
+            let schema = &self.tables[table];
+            let Some(column) = schema.column(&owner.column) else {
+                return invalid(format!(
+                    "table {} has no column {}",
+                    quoted(&owner.table),
+                    quoted(&owner.column)
+                ));
+            };
+            if schema.columns[column].ty != ColumnType::Text {
+                return invalid(format!(
+                    "{}.{} must be a text column",
+                    quoted(&owner.table),
+                    quoted(&owner.column)
+                ));
+            }
+            let leads = schema.primary_key.first() == Some(&column)
+                || schema
+                    .indexes
+                    .iter()
+                    .any(|i| i.columns.first() == Some(&column));
+            if !leads {
+                return invalid(format!(
+                    "{}.{} must be the first column of the primary key or of an index",
+                    quoted(&owner.table),
+                    quoted(&owner.column)
+                ));
+            }
+            let prefix_ok = owner.stream_prefix.len() <= STREAM_PREFIX_MAX_LEN
+                && owner.stream_prefix.bytes().all(|b| b.is_ascii_graphic());
+            if !prefix_ok {
+                return invalid(format!(
+                    "stream prefix {} of table {}: expected at most {STREAM_PREFIX_MAX_LEN} visible ASCII characters",
+                    quoted(&owner.stream_prefix),
+                    quoted(&owner.table)
+                ));
+            }
+            validated.push(StreamOwnerSchema {
+                table,
+                column,
+                stream_prefix: owner.stream_prefix.clone(),
+            });
+        }
+        self.stream_owners = Some(validated);
+        Ok(self)
     }
 
     /// `CREATE SCHEMA` / `CREATE TABLE` / `CREATE INDEX` statements, all idempotent.

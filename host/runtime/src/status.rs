@@ -121,8 +121,11 @@ pub struct CheckpointPosition {
 /// How far a rebuild is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildProgress {
-    /// `running` or `failed`.
+    /// `running`, `failed`, or `held` (a drift check's shadow at its cut).
     pub status: String,
+    /// `rebuild` (cut over when caught up) or `drift` (a drift check's shadow, never cut over by
+    /// itself).
+    pub purpose: String,
     /// SHA-256 of the version being built.
     pub sha256: String,
     /// Its schema version.
@@ -273,7 +276,7 @@ fn status(
         ReportedStatus::Failed
     } else if stall.is_some() {
         ReportedStatus::Stalled
-    } else if rebuild.is_some_and(|(r, _, _)| !r.failed()) {
+    } else if rebuild.is_some_and(|(r, _, _)| r.in_progress() && !r.is_drift()) {
         ReportedStatus::Rebuilding
     } else if checkpoint_status == Some(checkpoint::Status::Failing) {
         ReportedStatus::Failing
@@ -289,6 +292,7 @@ fn status(
         let rate = done as f64 / elapsed;
         RebuildProgress {
             status: r.status.clone(),
+            purpose: r.purpose.clone(),
             sha256: r.sha256.clone(),
             schema_version: r.schema_version,
             namespace: r.namespace.clone(),

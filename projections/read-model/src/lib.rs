@@ -3,12 +3,15 @@
 //!
 //! It exists as the query side of the wallet write model and as the smallest complete example of a
 //! projection: declare a table, turn each subscribed event into an upsert, guard it with the
-//! stream version so a replayed event changes nothing.
+//! stream version so a replayed event changes nothing. It implements the 0.2.0 world: it says
+//! that the stream `wallet-{id}` owns the row `id`, so the host can repair one wallet's row.
 
-wit_bindgen::generate!({ world: "projection", path: "../../wit" });
+wit_bindgen::generate!({ world: "projection", path: "../../wit/v0.2.0", generate_all });
 
 use serde_json::Value as Json;
-use wallex::projection::types::{Column, ColumnType, ColumnValue, Index, Table, UpsertOp, Value};
+use wallex::projection0_1_0::types::{
+    Column, ColumnType, ColumnValue, Index, Table, UpsertOp, Value,
+};
 
 const WALLET_CREATED: &str = "WalletCreated";
 
@@ -48,6 +51,14 @@ impl Guest for ReadModel {
 
     fn handle(batch: Vec<Event>) -> Result<Vec<Mutation>, ProjectionError> {
         batch.iter().map(wallet_created).collect()
+    }
+
+    fn stream_owners() -> Vec<StreamOwner> {
+        vec![StreamOwner {
+            table: "wallets".into(),
+            column: "id".into(),
+            stream_prefix: "wallet-".into(),
+        }]
     }
 }
 

@@ -59,12 +59,16 @@ impl RowDrift {
 /// One row that differs, with both sides' values as text (`None`: the side has no row).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriftedRow {
-    /// The wallet id.
+    /// The table the row is in, when a check compares several (a projection's drift check);
+    /// `None` for the read-model check's one table.
+    pub table: Option<String>,
+    /// The row's key: the wallet id, or `column=value` pairs of a primary key.
     pub id: String,
     /// How it differs.
     pub drift: RowDrift,
-    /// Per compared column (the shape's order): (snapshot column, write value, read value); for
-    /// `Different`, only the columns that differ.
+    /// Per compared column (the shape's order): (column, the source of truth's value — the write
+    /// model's, or the log replayed —, the checked side's value); for `Different`, only the
+    /// columns that differ.
     pub columns: Vec<(String, Option<String>, Option<String>)>,
 }
 
@@ -262,6 +266,7 @@ impl ReadModelCheck<'_> {
             })
             .collect();
         DriftedRow {
+            table: None,
             id: row.id,
             drift,
             columns,

@@ -10,6 +10,10 @@
 //! - [`stall`] — stall detection and the restart of a stalled worker, every
 //!   `RECOVERY_INTERVAL_SECS`. Owns `projection_stalls`.
 //! - [`runs`] — the history of checks. Owns `recovery_runs`.
+//! - [`drift`] — drift detection for any projection (a replay into a shadow, compared at a
+//!   consistent cut) and the whole-projection repair.
+//! - [`stream_repair`] — one stream's rows re-derived in one transaction, for components that
+//!   say which rows a stream owns (`wallex:projection@0.2.0`).
 //! - this file — [`RecoveryConfig`], [`Recovery`] (the schedule, the read-model check, the status
 //!   report).
 //!
@@ -19,8 +23,10 @@
 //!
 //! API boundary: typed values only; the HTTP layer decides their JSON shape.
 
+pub mod drift;
 pub mod runs;
 pub mod stall;
+pub mod stream_repair;
 
 use std::time::Duration;
 
@@ -56,6 +62,20 @@ pub const READ_MODEL_WALLETS: (&str, &str, &[(&str, &str)]) = (
 pub const REPORT_SAMPLE: usize = 20;
 /// Most runs the status report lists.
 pub const STATUS_RUNS: i64 = 10;
+/// Who starts scheduled drift checks, in the run history and the audit trail.
+pub const SCHEDULE_ACTOR: &str = "recovery";
+/// How long past [`drift::COMPARE_TIMEOUT`] a drift check may stay running before it is
+/// presumed abandoned.
+pub const ABANDON_GRACE: Duration = Duration::from_secs(60);
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Repair {
+    /// A whole projection: cut over to a drift check's shadow, or rebuilt.
+    Projection(drift::ProjectionRepair),
+    /// One stream's rows, re-derived.
+    Stream(stream_repair::StreamRepair),
+}
 
 /// When and how the recovery service runs.
 #[derive(Debug, Clone, Copy, Args)]
@@ -83,6 +103,12 @@ pub struct RecoveryConfig {
     #[arg(long, env = "RECOVERY_CHECK_MARGIN_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=3_600))]
     pub recovery_check_margin_secs: u64,
+
+    /// Seconds between scheduled drift checks of each running projection (a full replay of
+    /// the log each): 0 runs them only on demand.
+    #[arg(long, env = "RECOVERY_DRIFT_INTERVAL_SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub recovery_drift_interval_secs: u64,
 }
 
 impl RecoveryConfig {
@@ -110,9 +136,10 @@ pub enum RecoveryError {
     /// Stall detection failed.
     #[error(transparent)]
     Stall(#[from] stall::StallError),
-    /// The status could not be read.
+    /// An operation on a projection failed or does not fit its state (not found, a check or
+    /// rebuild already running, not repairable one stream at a time, …).
     #[error(transparent)]
-    Status(#[from] crate::DeployError),
+    Operation(#[from] crate::DeployError),
 }
 
 /// What `GET /admin/recovery` shows.
@@ -164,8 +191,16 @@ impl Recovery {
                 _ = shutdown.cancelled() => return,
             }
             let round = tracing::debug_span!("recovery.round");
-            if let Err(error) = self.detect_stalls().instrument(round).await {
+            if let Err(error) = self.detect_stalls().instrument(round.clone()).await {
                 tracing::warn!(%error, "stall detection failed; trying again next round");
+            }
+            if let Err(error) = self.sweep_abandoned().instrument(round.clone()).await {
+                tracing::warn!(%error, "cannot sweep abandoned drift checks");
+            }
+            if self.config.recovery_drift_interval_secs > 0 {
+                if let Err(error) = self.scheduled_drift().instrument(round).await {
+                    tracing::warn!(%error, "cannot start scheduled drift checks");
+                }
             }
         }
     }
@@ -178,6 +213,132 @@ impl Recovery {
             stall::check(pool, &projector, paused, self.config.stall_after()).await?;
         }
         Ok(())
+    }
+
+    /// Starts a drift check of projection `name` ([`drift`]); returns the run, `running`.
+    pub async fn start_drift(
+        &self,
+        name: &str,
+        keep_shadow: Option<bool>,
+        requested_by: &str,
+    ) -> Result<runs::Run, RecoveryError> {
+        let run = self
+            .projections
+            .start_drift(name, keep_shadow, requested_by)
+            .await?;
+        Ok(self.with_progress(run).await?)
+    }
+
+    /// Repairs projection `name`: one stream's rows ([`stream_repair`]) or the whole projection
+    /// ([`drift`]).
+    pub async fn repair(
+        &self,
+        name: &str,
+        stream: Option<&str>,
+        requested_by: &str,
+    ) -> Result<Repair, RecoveryError> {
+        Ok(match stream {
+            Some(stream) => Repair::Stream(
+                self.projections
+                    .repair_stream(name, stream, requested_by)
+                    .await?,
+            ),
+            None => Repair::Projection(
+                self.projections
+                    .repair_projection(name, requested_by)
+                    .await?,
+            ),
+        })
+    }
+
+    /// Starts a drift check of every running projection whose last one started more than
+    /// `RECOVERY_DRIFT_INTERVAL_SECS` ago (any instance may; the first wins).
+    pub async fn scheduled_drift(&self) -> Result<(), RecoveryError> {
+        let every = chrono::Duration::seconds(
+            i64::try_from(self.config.recovery_drift_interval_secs).unwrap_or(i64::MAX),
+        );
+        let pool = self.projections.pool();
+        for status in self.projections.admin_list().await? {
+            if status.status != crate::status::ReportedStatus::Running {
+                continue;
+            }
+            let last = runs::last_started(pool, runs::DRIFT_CHECK, &status.name).await?;
+            if last.is_some_and(|at| Utc::now() - at < every) {
+                continue;
+            }
+            match self
+                .projections
+                .start_drift(&status.name, None, SCHEDULE_ACTOR)
+                .await
+            {
+                Ok(run) => {
+                    tracing::info!(projection = %status.name, run = run.id, "scheduled drift check started")
+                }
+                Err(
+                    crate::DeployError::Conflict(reason) | crate::DeployError::NotFound(reason),
+                ) => {
+                    tracing::debug!(projection = %status.name, %reason, "scheduled drift check skipped")
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails drift checks nobody will finish: their shadow went without them noticing, or the
+    /// instance comparing them stopped.
+    pub async fn sweep_abandoned(&self) -> Result<u64, RecoveryError> {
+        let pool = self.projections.pool();
+        let replaying: Vec<i64> = registry::rebuilds(pool)
+            .await?
+            .into_iter()
+            .filter(|r| r.is_drift() && r.in_progress())
+            .filter_map(|r| r.drift_run)
+            .collect();
+        let swept = runs::fail_abandoned(
+            pool,
+            &replaying,
+            Utc::now() - chrono::Duration::from_std(drift::COMPARE_TIMEOUT + ABANDON_GRACE).unwrap_or_default(),
+            "abandoned: its replay or its comparison stopped (an instance stopped, or its shadow was dropped)",
+        )
+        .await?;
+        if swept > 0 {
+            tracing::warn!(runs = swept, "abandoned drift checks marked failed");
+        }
+        Ok(swept)
+    }
+
+    /// A running drift check with how far it is.
+    async fn with_progress(&self, mut run: runs::Run) -> Result<runs::Run, sqlx::Error> {
+        if run.outcome != runs::RunOutcome::Running || run.kind != runs::DRIFT_CHECK {
+            return Ok(run);
+        }
+        let Some(projection) = run.projection.clone() else {
+            return Ok(run);
+        };
+        let pool = self.projections.pool();
+        let replaying = crate::checkpoint::read(pool, &crate::checkpoint::rebuild_key(&projection))
+            .await
+            .ok()
+            .flatten();
+        let comparing = crate::checkpoint::read(pool, &crate::checkpoint::shadow_key(&projection))
+            .await
+            .ok()
+            .flatten();
+        run.progress = match (replaying, comparing) {
+            (Some(c), _) => Some(runs::DriftProgress {
+                phase: runs::DriftPhase::Replaying,
+                events_replayed: c.events_applied,
+                events_total: run.events_total.max(c.events_applied),
+            }),
+            (None, Some(c)) => Some(runs::DriftProgress {
+                phase: runs::DriftPhase::Comparing,
+                events_replayed: c.events_applied,
+                events_total: c.events_applied,
+            }),
+            (None, None) => None,
+        };
+        Ok(run)
     }
 
     /// Compares the write model's wallets with the read model's, stores the run and returns it.
@@ -269,7 +430,7 @@ impl Recovery {
             runs::RunOutcome::Failed => {
                 tracing::warn!(run = run.id, error = ?run.error, "read-model check failed")
             }
-            runs::RunOutcome::Clean => tracing::info!(
+            runs::RunOutcome::Clean | runs::RunOutcome::Running => tracing::info!(
                 run = run.id,
                 checked = run.report.checked,
                 "the read model matches the write model"
@@ -295,8 +456,11 @@ impl Recovery {
         })
     }
 
-    /// One stored run.
+    /// One stored run (with its progress while a drift check runs).
     pub async fn run_by_id(&self, id: i64) -> Result<Option<runs::Run>, RecoveryError> {
-        Ok(runs::get(self.projections.pool(), id).await?)
+        match runs::get(self.projections.pool(), id).await? {
+            Some(run) => Ok(Some(self.with_progress(run).await?)),
+            None => Ok(None),
+        }
     }
 }

@@ -11,12 +11,16 @@ use sqlx::PgExecutor;
 
 use wallex_core::write_path::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
 
-/// What kind of check a run was.
+/// What kind of check a run was: the write model against the read model.
 pub const READ_MODEL_CHECK: &str = "read-model-check";
+/// A projection's tables against a replay of the log.
+pub const DRIFT_CHECK: &str = "drift-check";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
+    /// Still running (a drift check replays the log, then compares).
+    Running,
     /// Nothing differs.
     Clean,
     /// Rows differ (see the counts and the sample).
@@ -29,6 +33,7 @@ impl RunOutcome {
     /// `clean`, `drift` or `failed`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Running => "running",
             Self::Clean => "clean",
             Self::Drift => "drift",
             Self::Failed => "failed",
@@ -37,6 +42,7 @@ impl RunOutcome {
 
     fn parse(text: &str) -> Self {
         match text {
+            "running" => Self::Running,
             "clean" => Self::Clean,
             "drift" => Self::Drift,
             _ => Self::Failed,
@@ -57,19 +63,77 @@ pub struct Run {
     pub requested_by: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
+    /// When it ended (`None` while it runs).
+    pub finished_at: Option<DateTime<Utc>>,
     /// How it ended.
     pub outcome: RunOutcome,
-    /// What it found (empty when it failed).
+    /// What it found (empty when it failed): the counts over every table and the first differing
+    /// rows. For a drift check, `checked` counts the rows compared.
     pub report: ReadModelReport,
+    /// A drift check's counts per table.
+    pub tables: Vec<TableDrift>,
+    /// A drift check: outbox rows when it started (the measure of its progress).
+    pub events_total: i64,
+    /// A drift check: whether to keep the shadow (`None`: only when rows differ).
+    pub keep_shadow: Option<bool>,
+    /// A drift check: the shadow namespace, while it is kept for a repair.
+    pub shadow: Option<String>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// A running drift check: how far it is (not stored; read from its checkpoints).
+    pub progress: Option<DriftProgress>,
+}
+
+/// Where a running drift check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftPhase {
+    /// Its shadow is being filled from the log.
+    Replaying,
+    /// Its shadow stands at the cut and is being compared.
+    Comparing,
+}
+
+impl DriftPhase {
+    /// `replaying` or `comparing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replaying => "replaying",
+            Self::Comparing => "comparing",
+        }
+    }
+}
+
+/// How far a running drift check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftProgress {
+    /// What it does now.
+    pub phase: DriftPhase,
+    /// Events replayed into its shadow.
+    pub events_replayed: i64,
+    /// Events it will replay, as far as known (the log when it started; the cut moves on).
+    pub events_total: i64,
+}
+
+/// What a drift check found in one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDrift {
+    /// The table, as the projection declares it.
+    pub table: String,
+    /// Rows compared (either side).
+    pub compared: i64,
+    /// Rows the replay has and the live table lacks.
+    pub missing: i64,
+    /// Rows the live table has and the replay lacks.
+    pub extra: i64,
+    /// Rows on both sides that differ.
+    pub different: i64,
 }
 
 /// A sampled row as stored.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredRow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table: Option<String>,
     id: String,
     drift: String,
     columns: Vec<StoredColumn>,
@@ -86,6 +150,7 @@ fn to_json(sample: &[DriftedRow]) -> serde_json::Value {
     let rows: Vec<StoredRow> = sample
         .iter()
         .map(|row| StoredRow {
+            table: row.table.clone(),
             id: row.id.clone(),
             drift: row.drift.as_str().to_owned(),
             columns: row
@@ -106,6 +171,7 @@ fn from_json(value: serde_json::Value) -> Vec<DriftedRow> {
     let rows: Vec<StoredRow> = serde_json::from_value(value).unwrap_or_default();
     rows.into_iter()
         .map(|row| DriftedRow {
+            table: row.table,
             id: row.id,
             drift: match row.drift.as_str() {
                 "missing" => RowDrift::Missing,
@@ -128,7 +194,7 @@ struct Row {
     projection: Option<String>,
     requested_by: String,
     started_at: DateTime<Utc>,
-    finished_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
     outcome: String,
     checked: i64,
     in_flight: i64,
@@ -137,6 +203,10 @@ struct Row {
     different: i64,
     sample: serde_json::Value,
     error: Option<String>,
+    events_total: i64,
+    tables: serde_json::Value,
+    shadow: Option<String>,
+    keep_shadow: Option<bool>,
 }
 
 impl Row {
@@ -158,13 +228,19 @@ impl Row {
                 sample: from_json(self.sample),
                 chunks: 0,
             },
+            tables: serde_json::from_value(self.tables).unwrap_or_default(),
+            events_total: self.events_total,
+            keep_shadow: self.keep_shadow,
+            shadow: self.shadow,
             error: self.error,
+            progress: None,
         }
     }
 }
 
 const SELECT: &str = "SELECT id, kind, projection, requested_by, started_at, finished_at, outcome,
-                             checked, in_flight, missing, extra, different, sample, error
+                             checked, in_flight, missing, extra, different, sample, error,
+                             events_total, tables, shadow, keep_shadow
                       FROM recovery_runs";
 
 /// What a finished run recorded.
@@ -244,4 +320,134 @@ pub async fn get<'e>(executor: impl PgExecutor<'e>, id: i64) -> Result<Option<Ru
         .fetch_optional(executor)
         .await?;
     Ok(row.map(Row::into_run))
+}
+
+/// When the last run of `kind` on `projection` started.
+pub async fn last_started<'e>(
+    executor: impl PgExecutor<'e>,
+    kind: &str,
+    projection: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(started_at) FROM recovery_runs WHERE kind = $1 AND projection = $2",
+    )
+    .bind(kind)
+    .bind(projection)
+    .fetch_one(executor)
+    .await
+}
+
+/// Stores a drift check as it starts (`running`); returns its number.
+pub async fn start<'e>(
+    executor: impl PgExecutor<'e>,
+    projection: &str,
+    requested_by: &str,
+    keep_shadow: Option<bool>,
+    events_total: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO recovery_runs (kind, projection, requested_by, started_at, finished_at,
+                                    outcome, events_total, keep_shadow)
+         VALUES ($1, $2, $3, now(), NULL, 'running', $4, $5)
+         RETURNING id",
+    )
+    .bind(DRIFT_CHECK)
+    .bind(projection)
+    .bind(requested_by)
+    .bind(events_total)
+    .bind(keep_shadow)
+    .fetch_one(executor)
+    .await
+}
+
+/// Records that a drift check reached its cut and compares.
+pub async fn comparing<'e>(executor: impl PgExecutor<'e>, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE recovery_runs SET compare_started_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Completes a running drift check with what it found, or why it failed; `shadow` is the
+/// namespace kept for a repair. Returns whether the run was still running (an abandoned run is
+/// left as it is).
+pub async fn finish<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+    result: Result<(&ReadModelReport, &[TableDrift]), &str>,
+    shadow: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let empty = ReadModelReport::default();
+    let (outcome, report, tables, error) = match result {
+        Ok((report, tables)) if report.drifted() => (RunOutcome::Drift, report, tables, None),
+        Ok((report, tables)) => (RunOutcome::Clean, report, tables, None),
+        Err(error) => (RunOutcome::Failed, &empty, &[][..], Some(error)),
+    };
+    let tables = serde_json::to_value(tables).unwrap_or_else(|_| serde_json::json!([]));
+    let updated = sqlx::query(
+        "UPDATE recovery_runs
+         SET outcome = $2, finished_at = now(), checked = $3, missing = $4, extra = $5,
+             different = $6, sample = $7, tables = $8, shadow = $9, error = $10
+         WHERE id = $1 AND outcome = 'running'",
+    )
+    .bind(id)
+    .bind(outcome.as_str())
+    .bind(report.checked)
+    .bind(report.missing)
+    .bind(report.extra)
+    .bind(report.different)
+    .bind(to_json(&report.sample))
+    .bind(tables)
+    .bind(shadow)
+    .bind(error.map(|e| crate::text::clip(e, crate::text::MAX_ERROR_BYTES)))
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// A drift check's shadow went (dropped, replaced, or taken up by a repair): a running check
+/// fails with `reason`, a finished one no longer lists the shadow.
+pub async fn shadow_gone<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE recovery_runs
+         SET shadow = NULL,
+             outcome = CASE WHEN outcome = 'running' THEN 'failed' ELSE outcome END,
+             error = CASE WHEN outcome = 'running' THEN $2 ELSE error END,
+             finished_at = COALESCE(finished_at, now())
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Running drift checks not in `alive` (still replaying) that started comparing — or started,
+/// if they never reached their cut — before `before`: their shadow or the instance comparing it
+/// went. Failed with `reason`; returns how many.
+pub async fn fail_abandoned<'e>(
+    executor: impl PgExecutor<'e>,
+    alive: &[i64],
+    before: DateTime<Utc>,
+    reason: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE recovery_runs SET outcome = 'failed', finished_at = now(), error = $3
+         WHERE kind = $4 AND outcome = 'running' AND id <> ALL($1)
+           AND COALESCE(compare_started_at, started_at) < $2",
+    )
+    .bind(alive)
+    .bind(before)
+    .bind(reason)
+    .bind(DRIFT_CHECK)
+    .execute(executor)
+    .await?
+    .rows_affected())
 }

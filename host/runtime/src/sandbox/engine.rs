@@ -36,6 +36,29 @@ mod bindings {
 pub use bindings::wallex::projection::types as wit;
 use bindings::{Projection, ProjectionPre};
 
+/// The export a component of the `wallex:projection@0.2.0` world adds to the 0.1.0 world: which
+/// column of each table holds the stream that owns its rows. Components of 0.1.0 lack it and
+/// work as before (they cannot be repaired one stream at a time).
+pub const STREAM_OWNERS_EXPORT: &str = "stream-owners";
+/// Most `stream-owners` entries the host reads (one per table at most).
+pub const MAX_STREAM_OWNERS: usize = crate::schema::MAX_TABLES;
+
+/// One entry of `stream-owners` (`wit/v0.2.0/projection.wit`): the rows of `table` whose
+/// `column` holds `v` belong to the stream `stream-prefix ++ v`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, wasmtime::component::ComponentType, wasmtime::component::Lift,
+)]
+#[component(record)]
+pub struct StreamOwner {
+    /// A declared table.
+    pub table: String,
+    /// Its column holding the owning stream's id, without `stream_prefix`.
+    pub column: String,
+    /// What precedes the column's value in the stream id (`wallet-` for `wallet-{id}`).
+    #[component(name = "stream-prefix")]
+    pub stream_prefix: String,
+}
+
 /// How often the engine's epoch advances; the unit of [`RuntimeLimits::call_timeout`].
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default cap on a component's linear memory per call.
@@ -297,14 +320,40 @@ impl ProjectionRuntime {
             engine: self.engine.clone(),
             engine_limits: self.engine_limits,
             info: None,
+            stream_owners: None,
         };
-        let info = loaded.call("describe", &self.limits, |projection, store| {
+        let info = loaded.call("describe", &self.limits, |projection, _, store| {
             projection.call_describe(store)
         })?;
         // Until the declaration is validated the name is only text for messages: bounded.
         loaded.name = clip(&info.name, MAX_NAME_BYTES);
         tracing::debug!(origin = %loaded.origin, projection = %loaded.name, "component described");
         loaded.info = Some(info);
+        let exports_owners = component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name == STREAM_OWNERS_EXPORT);
+        if exports_owners {
+            let owners =
+                loaded.call(STREAM_OWNERS_EXPORT, &self.limits, |_, instance, store| {
+                    let func = instance.get_typed_func::<(), (Vec<StreamOwner>,)>(
+                        &mut *store,
+                        STREAM_OWNERS_EXPORT,
+                    )?;
+                    let (owners,) = func.call(&mut *store, ())?;
+                    Ok(owners)
+                })?;
+            if owners.len() > MAX_STREAM_OWNERS {
+                return Err(ComponentError::World(
+                    origin.to_owned(),
+                    wasmtime::Error::msg(format!(
+                        "{STREAM_OWNERS_EXPORT} returned {} entries (at most {MAX_STREAM_OWNERS})",
+                        owners.len()
+                    )),
+                ));
+            }
+            loaded.stream_owners = Some(owners);
+        }
         Ok(loaded)
     }
 }
@@ -339,12 +388,20 @@ pub struct LoadedComponent {
     engine_limits: EngineLimits,
     /// What `describe` returned when the component was loaded.
     info: Option<wit::ProjectionInfo>,
+    /// What `stream-owners` returned (`None`: a 0.1.0 component, which does not export it).
+    stream_owners: Option<Vec<StreamOwner>>,
 }
 
 impl LoadedComponent {
     /// What the component declared when it was loaded.
     pub fn info(&self) -> Option<&wit::ProjectionInfo> {
         self.info.as_ref()
+    }
+
+    /// Which column of each table holds the owning stream, if the component says
+    /// (`wallex:projection@0.2.0`).
+    pub fn stream_owners(&self) -> Option<&[StreamOwner]> {
+        self.stream_owners.as_deref()
     }
 
     /// Where the component came from (file name or `bundled:<name>`).
@@ -357,7 +414,7 @@ impl LoadedComponent {
         self.call(
             "describe",
             &RuntimeLimits::default(),
-            |projection, store| projection.call_describe(store),
+            |projection, _, store| projection.call_describe(store),
         )
     }
 
@@ -367,7 +424,7 @@ impl LoadedComponent {
         batch: &[wit::Event],
         limits: &RuntimeLimits,
     ) -> Result<Vec<wit::Mutation>, ComponentError> {
-        match self.call("handle", limits, |projection, store| {
+        match self.call("handle", limits, |projection, _, store| {
             projection.call_handle(store, batch)
         })? {
             Ok(mutations) => Ok(mutations),
@@ -383,7 +440,11 @@ impl LoadedComponent {
         &self,
         function: &'static str,
         limits: &RuntimeLimits,
-        f: impl FnOnce(&Projection, &mut Store<GuestState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(
+            &Projection,
+            &wasmtime::component::Instance,
+            &mut Store<GuestState>,
+        ) -> wasmtime::Result<R>,
     ) -> Result<R, ComponentError> {
         let _span = tracing::debug_span!("guest_call", projection = %self.name, function).entered();
         let memory_limit = limits.memory_bytes.min(self.engine_limits.max_memory_bytes);
@@ -427,8 +488,12 @@ impl LoadedComponent {
         }
         let result = self
             .pre
+            .instance_pre()
             .instantiate(&mut store)
-            .and_then(|projection| f(&projection, &mut store));
+            .and_then(|instance| {
+                let projection = Projection::new(&mut store, &instance)?;
+                f(&projection, &instance, &mut store)
+            });
         let memory_refused = store.data().limits.memory_refused;
         drop(store);
         let result = result.map_err(|error| {

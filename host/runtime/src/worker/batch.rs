@@ -138,7 +138,7 @@ impl Projector {
         let name = self.name();
         let key = match track {
             Track::Live => name.to_owned(),
-            Track::Rebuild => checkpoint::rebuild_key(name),
+            Track::Rebuild | Track::Shadow => checkpoint::rebuild_key(name),
         };
         let schema = &version.schema;
         let hint = self.size_hint[track.index()].load(Ordering::Relaxed);
@@ -148,7 +148,7 @@ impl Projector {
         };
         let started = std::time::Instant::now();
         let mut tx = conn.begin().await?;
-        if track == Track::Rebuild || !self.config.synchronous_commit {
+        if track != Track::Live || !self.config.synchronous_commit {
             // Projection tables are derived from the durable outbox: with an asynchronous commit
             // the checkpoint and the tables commit or vanish together, and a vanished batch is
             // applied again. It saves a WAL flush per batch.
@@ -157,7 +157,14 @@ impl Projector {
                 .await?;
         }
         let cursor = checkpoint::cursor(&mut tx, &key).await?;
-        let events = outbox::read_batch(&mut *tx, cursor, limit).await?;
+        let events = if track == Track::Shadow {
+            // Never past the live checkpoint: the worker holds it still (it runs both tracks),
+            // so the shadow reaches exactly the live tables' state — the drift check's cut.
+            let live = checkpoint::cursor(&mut tx, name).await?;
+            outbox::read_batch_until(&mut *tx, cursor, live, limit).await?
+        } else {
+            outbox::read_batch(&mut *tx, cursor, limit).await?
+        };
         let read = started.elapsed();
 
         if events.is_empty() {
@@ -490,6 +497,18 @@ impl Projector {
             paused,
             narrowed: (settled < len).then(|| search.narrowed()),
         })
+    }
+
+    /// Runs `batch` through `version` in one call on a guest thread and validates the result (a
+    /// one-stream repair): the mutations and the plan to apply.
+    pub async fn evaluate_all(
+        &self,
+        version: &Active,
+        batch: Vec<wit::Event>,
+    ) -> Result<(Vec<wit::Mutation>, mutation::Plan), BatchError> {
+        let len = batch.len();
+        let (outcome, _) = self.call_range(version, &Arc::new(batch), 0..len).await?;
+        outcome
     }
 
     /// Runs one event through `version` on a guest thread and validates the result (dead-letter

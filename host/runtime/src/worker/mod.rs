@@ -45,6 +45,11 @@ use crate::sandbox::guest_pool::{GuestPool, GuestPoolError};
 use crate::schema::ProjectionSchema;
 use wallex_core::outbox::{self, OutboxCursor, OutboxError};
 
+/// While live events flow, a drift check's shadow batch waits this many times its own duration
+/// after the last one (the replay then takes at most 1/(1+`SHADOW_YIELD`) of the worker's time,
+/// and of the CPU it and PostgreSQL spend on it). When the live track is idle it runs at full
+/// speed.
+pub const SHADOW_YIELD: u32 = 3;
 /// How long to wait before re-checking when committed rows are not readable yet because an older
 /// transaction is still running (the reader's gap-safety horizon).
 pub const HIDDEN_ROWS_RETRY: Duration = Duration::from_millis(5);
@@ -188,8 +193,11 @@ pub struct RebuildTarget {
     /// The version filling the fresh tables, with their namespace.
     pub active: Active,
     /// A failed rebuild is left alone (the live version keeps running) until it is replaced or
-    /// cancelled.
+    /// cancelled; so is a drift shadow held at its cut.
     pub failed: bool,
+    /// A drift check's shadow: filled only up to the live checkpoint, then compared instead of
+    /// cut over.
+    pub drift: bool,
 }
 
 /// What the registry says a projection should run; swapped by reconciliation, read by the worker
@@ -213,13 +221,15 @@ pub enum Track {
     Live,
     /// A rebuild's fresh tables, under `<name>#rebuild`.
     Rebuild,
+    /// A drift check's shadow tables, under `<name>#rebuild`, never past the live checkpoint.
+    Shadow,
 }
 
 impl Track {
     fn index(self) -> usize {
         match self {
             Self::Live => 0,
-            Self::Rebuild => 1,
+            Self::Rebuild | Self::Shadow => 1,
         }
     }
 }
@@ -418,6 +428,15 @@ pub trait Supervisor: Send + Sync + 'static {
         projector: &'a Projector,
         target: &'a Active,
     ) -> BoxFuture<'a, Result<(), SupervisorError>>;
+    /// `projector`'s drift shadow (`target`) stands at the live checkpoint: take the consistent
+    /// cut (a snapshot of the live and the shadow tables, while the worker holds) and start
+    /// comparing them; the worker goes on once the snapshot is taken.
+    fn drift_cut<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        projector: &'a Projector,
+        target: &'a Active,
+    ) -> BoxFuture<'a, Result<(), SupervisorError>>;
     /// Marks `projection`'s rebuild failed with `error` after its retries.
     fn fail_rebuild<'a>(
         &'a self,
@@ -516,6 +535,7 @@ async fn process(
     let mut live = Failures::default();
     let mut rebuild = Failures::default();
     let mut control_seen = *control.borrow_and_update();
+    let mut shadow_not_before = tokio::time::Instant::now();
     loop {
         if ctx.shutdown.is_cancelled() || projector.is_stopped() {
             return Outcome::Stop;
@@ -537,6 +557,7 @@ async fn process(
         let started = tokio::time::Instant::now();
         let mut busy = false;
         let mut errored = false;
+        let mut live_moved = false;
         if !live.gave_up {
             match projector
                 .apply_track(
@@ -551,6 +572,7 @@ async fn process(
                 Ok(outcome) => {
                     live = Failures::default();
                     busy |= outcome.more;
+                    live_moved = outcome.consumed > 0;
                 }
                 Err(error) => {
                     match handle_failure(projector, conn, ctx, Track::Live, &mut live, error).await
@@ -561,29 +583,46 @@ async fn process(
                 }
             }
         }
-        if let Some(target) = desired.rebuild.filter(|t| !t.failed) {
+        // A drift check's replay is background work: while events flow, it yields (see
+        // [`SHADOW_YIELD`]).
+        let shadow_waits = live_moved && tokio::time::Instant::now() < shadow_not_before;
+        if let Some(target) = desired
+            .rebuild
+            .filter(|t| !t.failed)
+            .filter(|t| !(t.drift && shadow_waits))
+        {
+            let track = if target.drift {
+                Track::Shadow
+            } else {
+                Track::Rebuild
+            };
             if !rebuild.gave_up {
-                match projector
-                    .apply_track(
-                        conn,
-                        &ctx.pool,
-                        Track::Rebuild,
-                        &target.active,
-                        rebuild_batch,
-                    )
-                    .await
-                {
+                let shadow_started = tokio::time::Instant::now();
+                let result = projector
+                    .apply_track(conn, &ctx.pool, track, &target.active, rebuild_batch)
+                    .await;
+                if target.drift {
+                    shadow_not_before =
+                        tokio::time::Instant::now() + shadow_started.elapsed() * SHADOW_YIELD;
+                }
+                match result {
                     Ok(outcome) if !outcome.more => {
                         rebuild = Failures::default();
-                        // Caught up with the log: switch readers and the live checkpoint over.
-                        match ctx
-                            .supervisor
-                            .cut_over(conn, projector, &target.active)
-                            .await
-                        {
+                        // Caught up: a rebuild switches readers and the live checkpoint over; a
+                        // drift shadow, at the live checkpoint, is compared with the live tables.
+                        let done = if target.drift {
+                            ctx.supervisor
+                                .drift_cut(conn, projector, &target.active)
+                                .await
+                        } else {
+                            ctx.supervisor
+                                .cut_over(conn, projector, &target.active)
+                                .await
+                        };
+                        match done {
                             Ok(()) => busy = true,
                             Err(error) => {
-                                tracing::warn!(%error, "cut-over failed; retrying");
+                                tracing::warn!(%error, ?track, "cut-over failed; retrying");
                                 errored = true;
                                 if let Err(error) = ctx.supervisor.reconcile(projector.name()).await
                                 {
@@ -596,19 +635,13 @@ async fn process(
                         rebuild = Failures::default();
                         busy = true;
                     }
-                    Err(error) => match handle_failure(
-                        projector,
-                        conn,
-                        ctx,
-                        Track::Rebuild,
-                        &mut rebuild,
-                        error,
-                    )
-                    .await
-                    {
-                        Some(outcome) => return outcome,
-                        None => errored = true,
-                    },
+                    Err(error) => {
+                        match handle_failure(projector, conn, ctx, track, &mut rebuild, error).await
+                        {
+                            Some(outcome) => return outcome,
+                            None => errored = true,
+                        }
+                    }
                 }
             }
         }
@@ -637,6 +670,12 @@ async fn process(
                     config.poll_interval
                 }
             }
+        };
+        let delay = if shadow_waits {
+            // The replay's turn comes back even if no event wakes the worker.
+            delay.min(shadow_not_before.saturating_duration_since(tokio::time::Instant::now()))
+        } else {
+            delay
         };
         let notified = tokio::select! {
             _ = ctx.wake.changed(), if !errored && !penalised => true,
@@ -706,8 +745,8 @@ async fn handle_failure(
                 .await
                 .map_err(|e| e.to_string())
         }
-        Track::Rebuild => {
-            tracing::error!(error = %message, attempt = failures.count, gave_up, "rebuild batch failed; the live version is untouched");
+        Track::Rebuild | Track::Shadow => {
+            tracing::error!(error = %message, attempt = failures.count, gave_up, ?track, "rebuild batch failed; the live version is untouched");
             if gave_up {
                 ctx.supervisor
                     .fail_rebuild(conn, projector.name(), &message)

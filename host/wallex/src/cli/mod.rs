@@ -208,8 +208,20 @@ impl Client {
         path: &str,
         body: Option<(Vec<u8>, String)>,
     ) -> Result<T, CliError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
+        self.send_query(method, path, &[], body).await
+    }
+
+    /// [`Client::send`] with query parameters (encoded by the client).
+    pub(crate) async fn send_query<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<(Vec<u8>, String)>,
+    ) -> Result<T, CliError> {
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query)
+            .map_err(|e| CliError::Invalid(format!("invalid server URL {}: {e}", self.base)))?;
+        let mut request = self.http.request(method, url.clone());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -495,24 +507,31 @@ async fn follow_rebuild(
 
 /// `[#######.......]  45.0%  450000/1000000 events  18000 ev/s  ETA 31 s`
 pub fn progress_line(rebuild: &RebuildBody) -> String {
-    let done = rebuild.events_done;
-    let total = rebuild.events_total.max(done);
+    let eta = rebuild
+        .eta_seconds
+        .map(|s| format!("ETA {s:.0} s"))
+        .unwrap_or_else(|| "ETA ?".to_owned());
+    format!(
+        "{}  {:.0} ev/s  {eta}   ",
+        bar(rebuild.events_done, rebuild.events_total),
+        rebuild.events_per_second,
+    )
+}
+
+/// `[#######.......]  45.0%  450000/1000000 events`
+pub fn bar(done: i64, total: i64) -> String {
+    let total = total.max(done);
     let fraction = if total > 0 {
         done as f64 / total as f64
     } else {
         1.0
     };
     let filled = ((fraction * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
-    let eta = rebuild
-        .eta_seconds
-        .map(|s| format!("ETA {s:.0} s"))
-        .unwrap_or_else(|| "ETA ?".to_owned());
     format!(
-        "[{}{}] {:5.1}%  {done}/{total} events  {:.0} ev/s  {eta}   ",
+        "[{}{}] {:5.1}%  {done}/{total} events",
         "#".repeat(filled),
         ".".repeat(BAR_WIDTH - filled),
         fraction * 100.0,
-        rebuild.events_per_second,
     )
 }
 
@@ -636,6 +655,7 @@ mod tests {
     fn progress_line_shows_fraction_rate_and_eta() {
         let line = progress_line(&RebuildBody {
             status: "running".into(),
+            purpose: "rebuild".into(),
             sha256: String::new(),
             schema_version: 2,
             namespace: String::new(),
