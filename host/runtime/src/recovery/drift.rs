@@ -98,8 +98,6 @@ impl Projections {
         }
         let live = self.compiled(name, &current.sha256).await?;
         let schema = self.schema_of(&live, current.namespace.clone())?;
-        let (total, _) = wallex_core::outbox::size(&mut *tx).await?;
-        let run = runs::start(&mut *tx, name, actor, keep_shadow, total).await?;
         start_rebuild(
             &mut tx,
             &current,
@@ -109,6 +107,11 @@ impl Projections {
             actor,
         )
         .await?;
+        // The outbox's size as the rebuild row counted it: the measure of the replay's progress.
+        let total = registry::rebuild(&mut tx, name)
+            .await?
+            .map_or(0, |r| r.events_total);
+        let run = runs::start(&mut *tx, name, actor, keep_shadow, total).await?;
         registry::set_drift(&mut tx, name, run).await?;
         registry::notify(&mut tx, name).await?;
         registry::record_action(
