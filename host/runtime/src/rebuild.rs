@@ -22,28 +22,7 @@ impl Projections {
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
         let current = live_deployment(&mut tx, name).await?;
-        if let Some(rebuild) = registry::rebuild(&mut tx, name).await? {
-            if rebuild.in_progress() {
-                return Err(DeployError::Conflict(if rebuild.is_drift() {
-                    format!("a drift check of {name} is running; wait for it or cancel it")
-                } else {
-                    format!("a rebuild of {name} is already in progress")
-                }));
-            }
-            // A failed rebuild, or a drift check's kept shadow: replaced.
-            drop_rebuild(&mut tx, &rebuild).await?;
-        }
-        let live = self.compiled(name, &current.sha256).await?;
-        let schema = self.schema_of(&live, current.namespace.clone())?;
-        start_rebuild(
-            &mut tx,
-            &current,
-            &schema,
-            &current.sha256,
-            &current.source,
-            actor,
-        )
-        .await?;
+        self.rebuild_live(&mut tx, &current, actor).await?;
         registry::notify(&mut tx, name).await?;
         registry::record_action(
             &mut tx,
@@ -57,6 +36,41 @@ impl Projections {
         tx.commit().await?;
         self.reconcile_one(name).await?;
         Ok(Activation::RebuildStarted)
+    }
+
+    /// Starts filling fresh tables with `current`'s live version from the start of the log (a
+    /// rebuild, or a drift check's shadow), in the caller's transaction under the registry lock:
+    /// refused while a rebuild or drift check runs; a failed rebuild or a kept shadow is replaced.
+    pub(crate) async fn rebuild_live(
+        &self,
+        conn: &mut PgConnection,
+        current: &Deployment,
+        actor: &str,
+    ) -> Result<(), DeployError> {
+        let name = &current.projection;
+        if let Some(existing) = registry::rebuild(&mut *conn, name).await? {
+            if existing.in_progress() {
+                return Err(DeployError::Conflict(match existing.drift_run {
+                    Some(run) if existing.is_drift() => format!(
+                        "a drift check of {name} is running (run {run}); wait for it or cancel it"
+                    ),
+                    _ => format!("a rebuild of {name} is already in progress"),
+                }));
+            }
+            // A failed rebuild, or the shadow a finished drift check kept: replaced.
+            drop_rebuild(&mut *conn, &existing).await?;
+        }
+        let live = self.compiled(name, &current.sha256).await?;
+        let schema = self.schema_of(&live, current.namespace.clone())?;
+        start_rebuild(
+            conn,
+            current,
+            &schema,
+            &current.sha256,
+            &current.source,
+            actor,
+        )
+        .await
     }
 
     /// Stops a rebuild in progress and drops its tables; the live version is untouched.

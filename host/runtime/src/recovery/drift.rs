@@ -42,7 +42,7 @@ use tracing::Instrument;
 use super::runs::{self, TableDrift};
 use super::REPORT_SAMPLE;
 use crate::operation::{live_deployment, DeployError, SYSTEM_ACTOR};
-use crate::rebuild::{drop_rebuild, start_rebuild};
+use crate::rebuild::drop_rebuild;
 use crate::registry::{self, DeploymentState};
 use crate::schema::{quote, ProjectionSchema, TableSchema};
 use crate::worker::{Active, Projector};
@@ -84,29 +84,7 @@ impl Projections {
                 "{name} is paused: its worker would not replay the log; resume it first"
             )));
         }
-        if let Some(existing) = registry::rebuild(&mut tx, name).await? {
-            if existing.in_progress() {
-                return Err(DeployError::Conflict(match existing.drift_run {
-                    Some(run) if existing.is_drift() => {
-                        format!("a drift check of {name} is already running (run {run})")
-                    }
-                    _ => format!("a rebuild of {name} is in progress; wait for it or cancel it"),
-                }));
-            }
-            // A failed rebuild, or the shadow a finished drift check kept: replaced.
-            drop_rebuild(&mut tx, &existing).await?;
-        }
-        let live = self.compiled(name, &current.sha256).await?;
-        let schema = self.schema_of(&live, current.namespace.clone())?;
-        start_rebuild(
-            &mut tx,
-            &current,
-            &schema,
-            &current.sha256,
-            &current.source,
-            actor,
-        )
-        .await?;
+        self.rebuild_live(&mut tx, &current, actor).await?;
         // The outbox's size as the rebuild row counted it: the measure of the replay's progress.
         let total = registry::rebuild(&mut tx, name)
             .await?
