@@ -47,6 +47,7 @@ fn main() {
         "wit",
         "projections/Cargo.toml",
         "projections/Cargo.lock",
+        "projections/sdk",
         "projections/read-model",
         "projections/ledger",
         "projections/audit",

@@ -36,6 +36,12 @@ const WALLEX_ENV: &[&str] = &[
     "WALLEX_PROJECTIONS_DIR",
     "WALLEX_MAX_COMPONENT_BYTES",
     "WALLEX_COMPILE_TIMEOUT_MS",
+    "WALLEX_COMPILED_MEMORY_MAX_MIB",
+    "WALLEX_ARTIFACT_CACHE",
+    "WALLEX_PRIVATE_POSTGRES",
+    "WALLEX_PRIVATE_POSTGRES_DIR",
+    "WALLEX_PRIVATE_POSTGRES_PORT",
+    "WALLEX_CACHE_DIR",
     "WALLEX_PROJECTIONS_WATCH_MS",
     "REGISTRY_RESYNC_MS",
     "PROJECTORS_AUTO_START",
@@ -526,6 +532,9 @@ pub async fn admin_put(server: &Server, path: &str, component: Vec<u8>) -> Reply
             .put(server.url(path))
             .bearer_auth(TOKEN)
             .header("content-type", "application/wasm")
+            // Wait for the compile as long as a request may (a loaded machine can take longer
+            // than the default wait before `202 Accepted`); tests of the 202 path ask for less.
+            .header("prefer", "wait=60")
             .body(component)
             .send()
             .await

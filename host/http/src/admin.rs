@@ -8,7 +8,9 @@
 //!
 //! Routes:
 //! - `GET /admin/projections`, `GET /admin/projections/{name}`: status.
-//! - `PUT /admin/projections/{name}` (`application/wasm`, optional `Content-Digest`): deploy.
+//! - `PUT /admin/projections/{name}` (`application/wasm`, optional `Content-Digest`): deploy;
+//!   `POST /admin/projections`: deploy under the name the component declares;
+//!   `GET /admin/deploys/{id}`: a deploy answered `202` (see [`crate::deploys`]).
 //! - `DELETE /admin/projections/{name}[?drop_tables=true]`: stop it everywhere.
 //! - `POST /admin/projections/{name}/{reload|rebuild|pause|resume|rollback}`.
 //! - `DELETE /admin/projections/{name}/rebuild`: cancel a rebuild.
@@ -36,7 +38,6 @@ use crate::wire::{
     ProjectionList, ProjectionStatusBody,
 };
 use wallex_runtime::config::ProjectionSettings;
-use wallex_runtime::operation::UPLOAD_SOURCE;
 use wallex_runtime::schema::is_projection_name;
 use wallex_runtime::{registry, DeployError, Projections};
 
@@ -60,6 +61,10 @@ pub struct AdminState {
     pub recovery: Option<wallex_runtime::recovery::Recovery>,
     /// SHA-256 of the configured token (`None`: admin is off).
     token_digest: Option<[u8; 32]>,
+    /// The deploys this instance ran recently (`GET /admin/deploys/{id}`).
+    pub(crate) deploys: crate::deploys::Deploys,
+    /// The server's request timeout: a deploy request answers `202` before it.
+    pub(crate) request_timeout: std::time::Duration,
 }
 
 impl AdminState {
@@ -74,14 +79,27 @@ impl AdminState {
             projections,
             recovery,
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            deploys: crate::deploys::Deploys::default(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
+
+    /// The state with the server's request timeout (a deploy request answers `202 Accepted`
+    /// before it; see [`crate::deploys`]).
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
 }
+
+/// The request timeout assumed until [`AdminState::with_request_timeout`] gives the server's.
+const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The `/admin` routes.
 pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> {
     Router::new()
-        .route("/admin/projections", get(list))
+        .route("/admin/projections", get(list).post(deploy_unnamed))
+        .route("/admin/deploys/{id}", get(crate::deploys::status))
         .route(
             "/admin/projections/{name}",
             get(status).put(deploy).delete(delete),
@@ -193,6 +211,12 @@ pub(crate) fn problem(error: DeployError) -> Problem {
             "Invalid component",
             detail(),
         ),
+        DeployError::MemoryLimit { .. } => Problem::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "component-memory-exceeded",
+            "Compiled components over their memory limit",
+            detail(),
+        ),
         DeployError::NotFound(_) => Problem::not_found(detail()),
         DeployError::Conflict(_) => Problem::new(
             StatusCode::CONFLICT,
@@ -251,21 +275,37 @@ async fn done(
     name: &str,
     result: Result<Outcome, DeployError>,
 ) -> Result<Response, Problem> {
-    match result {
-        Ok(outcome) => {
+    settle(state, actor, action, Some(name), result)
+        .await
+        .map(|answer| Json(answer).into_response())
+}
+
+/// [`done`] as a typed answer; `name` is `None` for a deploy whose component never said its
+/// name.
+pub(crate) async fn settle(
+    state: &AdminState,
+    actor: &str,
+    action: &str,
+    name: Option<&str>,
+    result: Result<Outcome, DeployError>,
+) -> Result<ActionAnswer, Problem> {
+    match (result, name) {
+        (Ok(outcome), Some(name)) => {
             tracing::info!(actor, action, projection = name, ?outcome, "admin action");
             let status = state
                 .projections
                 .admin_status(name)
                 .await
                 .map_err(problem)?;
-            Ok(Json(ActionAnswer {
+            Ok(ActionAnswer {
                 outcome,
                 projection: status.into(),
             })
-            .into_response())
         }
-        Err(error) => {
+        (Ok(_), None) => Err(Problem::internal(
+            &"an admin action succeeded on no projection",
+        )),
+        (Err(error), name) => {
             tracing::warn!(actor, action, projection = name, %error, "admin action refused");
             let recorded = match state.projections.pool().acquire().await {
                 Ok(mut conn) => {
@@ -273,7 +313,7 @@ async fn done(
                         &mut conn,
                         actor,
                         action,
-                        Some(name),
+                        name,
                         "refused",
                         &json!({ "error": clip(&error.to_string(), MAX_ERROR_BYTES) }),
                     )
@@ -288,7 +328,6 @@ async fn done(
         }
     }
 }
-
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -297,6 +336,31 @@ async fn deploy(
     body: Body,
 ) -> Result<Response, Problem> {
     check_name(&name)?;
+    let upload = upload(&state, Some(name), settings, &headers, body).await?;
+    Ok(crate::deploys::start(state, upload, &headers).await)
+}
+
+/// `POST /admin/projections`: a deploy under the name the component declares (so a client need
+/// not run the component to learn it).
+async fn deploy_unnamed(
+    State(state): State<AdminState>,
+    settings: Result<Query<ProjectionSettings>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let upload = upload(&state, None, settings, &headers, body).await?;
+    Ok(crate::deploys::start(state, upload, &headers).await)
+}
+
+/// The cheap checks of a deploy request (settings, media type, size, digest), before anything
+/// is compiled.
+async fn upload(
+    state: &AdminState,
+    name: Option<String>,
+    settings: Result<Query<ProjectionSettings>, QueryRejection>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::deploys::Upload, Problem> {
     let settings = settings
         .map_err(|rejection| {
             bad_request(
@@ -310,7 +374,6 @@ async fn deploy(
         })?
         .0;
     let settings = (!settings.is_empty()).then_some(settings);
-    let actor = actor(&headers);
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -325,7 +388,7 @@ async fn deploy(
         ));
     }
     let limit = state.projections.config().max_component_bytes;
-    let bytes = read_body_within(&headers, body, limit, || {
+    let bytes = read_body_within(headers, body, limit, || {
         problem(DeployError::TooLarge {
             size: limit.saturating_add(1),
             limit,
@@ -335,24 +398,11 @@ async fn deploy(
     if let Some(digest) = headers.get("content-digest") {
         verify_digest(digest, &bytes)?;
     }
-    let projections = &state.projections;
-    let result = match projections
-        .validate(Vec::from(bytes), &format!("upload:{name}"))
-        .await
-    {
-        Ok(candidate) => projections
-            .activate_with(
-                candidate,
-                UPLOAD_SOURCE,
-                &actor,
-                Some(&name),
-                settings.as_ref(),
-            )
-            .await
-            .map(Outcome::from),
-        Err(error) => Err(error),
-    };
-    done(&state, &actor, "deploy", &name, result).await
+    Ok(crate::deploys::Upload {
+        name,
+        bytes: Vec::from(bytes),
+        settings,
+    })
 }
 
 /// Verifies an RFC 9530 `Content-Digest` (`sha-256` or `sha-512`; other algorithms are ignored,

@@ -12,7 +12,8 @@
 //!   database errors become 503 or 500;
 //! - [`wallets`] — `POST /wallets`, `GET /wallets/{id}`, `GET /wallets/{id}/events`;
 //! - [`projections`] — `GET /projections[/{name}]`, `GET /projections/{name}/{table}/{key}`;
-//! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit);
+//! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit); [`deploys`] —
+//!   deploys that outlive their request (`202 Accepted`, `GET /admin/deploys/{id}`);
 //! - [`health`] — `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
 //! - [`observe`] — every request's span, correlation id and HTTP metrics (middleware);
 //! - [`wire`] — typed bodies of the admin API and the projections' status.
@@ -20,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod deploys;
 pub mod health;
 pub mod metrics;
 pub mod observe;

@@ -15,7 +15,8 @@ use super::AppState;
 use wallex_runtime::status::ReportedStatus;
 use wallex_telemetry::catalogue::{
     DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, OUTBOX_LAG_EVENTS, OUTBOX_LAG_SECONDS,
-    OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS, PROJECTOR_QUARANTINED, PROJECTOR_REBUILD_PROGRESS_RATIO,
+    OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS, PROJECTOR_COMPILED_BYTES,
+    PROJECTOR_COMPILED_BYTES_TOTAL, PROJECTOR_QUARANTINED, PROJECTOR_REBUILD_PROGRESS_RATIO,
     PROJECTOR_REBUILD_STATUS, PROJECTOR_STATUS,
 };
 
@@ -106,6 +107,12 @@ async fn set_gauges(state: &AppState) -> Result<(), Problem> {
     for projector in state.projections.all() {
         metrics::gauge!(PROJECTOR_QUARANTINED, "projection" => projector.name().to_owned())
             .set(f64::from(u8::from(projector.in_quarantine())));
+        if let Some(bytes) = projector.active().handler.compiled_bytes() {
+            metrics::gauge!(PROJECTOR_COMPILED_BYTES, "projection" => projector.name().to_owned())
+                .set(bytes as f64);
+        }
     }
+    metrics::gauge!(PROJECTOR_COMPILED_BYTES_TOTAL)
+        .set(state.projections.compiled_memory_bytes() as f64);
     Ok(())
 }

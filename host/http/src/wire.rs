@@ -120,6 +120,9 @@ pub struct RunningHereBody {
     pub namespace: String,
     /// Whether its worker holds the lease.
     pub lease_held: bool,
+    /// Bytes of compiled code it keeps mapped for the component (absent for a native handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled_bytes: Option<u64>,
 }
 
 impl From<RunningHere> for RunningHereBody {
@@ -128,6 +131,7 @@ impl From<RunningHere> for RunningHereBody {
             sha256: r.sha256,
             namespace: r.namespace,
             lease_held: r.lease_held,
+            compiled_bytes: r.compiled_bytes.map(|b| b as u64),
         }
     }
 }
@@ -268,6 +272,32 @@ impl From<Activation> for Outcome {
     fn from(activation: Activation) -> Self {
         Self::Done(activation.as_str().to_owned())
     }
+}
+
+/// Where a deploy stands: `GET /admin/deploys/{id}`, and the body of a deploy answered with
+/// `202 Accepted` (its compile goes on after the answer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployJobBody {
+    /// The deploy's id (its `Location` is `/admin/deploys/{id}`).
+    pub id: String,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    /// The projection named in the request (`None` for `POST /admin/projections` until the
+    /// component has described itself).
+    pub projection: Option<String>,
+    /// SHA-256 of the uploaded bytes.
+    pub sha256: String,
+    /// Size of the upload.
+    pub size_bytes: u64,
+    /// When the request arrived.
+    pub started_at: DateTime<Utc>,
+    /// When it succeeded or failed.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What the deploy did, once it succeeded: the same body a synchronous deploy answers.
+    pub result: Option<ActionAnswer>,
+    /// Why it failed: the RFC 9457 problem a synchronous deploy would have answered.
+    pub problem: Option<serde_json::Value>,
 }
 
 /// `DELETE /admin/projections/{name}`.

@@ -37,8 +37,12 @@ pub const MAX_BATCH_SIZE: u32 = 10_000;
 pub const DEFAULT_REBUILD_BATCH_SIZE: u32 = 2_000;
 /// Largest component accepted from an upload or the projections directory.
 pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 32 << 20;
-/// Longest a component may take to compile before its deploy is refused.
-pub const DEFAULT_COMPILE_TIMEOUT_MS: u64 = 10_000;
+/// Longest a component may take to compile before its deploy is refused. A 20 MiB Python
+/// component takes Cranelift about 10 s on one core of a small machine; the deploy answers
+/// `202 Accepted` long before (the compile runs in the background).
+pub const DEFAULT_COMPILE_TIMEOUT_MS: u64 = 120_000;
+/// Most memory the compiled code of every component loaded in the process may take together.
+pub const DEFAULT_COMPILED_MEMORY_MAX_MIB: usize = 2048;
 /// How often the projections directory is scanned for new or changed files (0: not watched).
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 250;
 /// How often every instance re-reads the registry even without a notification.
@@ -98,6 +102,14 @@ pub struct ProjectionArgs {
     /// Compile-time limit of a deployed component.
     #[arg(long, env = "WALLEX_COMPILE_TIMEOUT_MS", default_value_t = DEFAULT_COMPILE_TIMEOUT_MS)]
     pub compile_timeout_ms: u64,
+    /// Most memory, in MiB, that the compiled code of all components loaded in this process may
+    /// take together; a deploy that would exceed it is refused.
+    #[arg(long, env = "WALLEX_COMPILED_MEMORY_MAX_MIB", default_value_t = DEFAULT_COMPILED_MEMORY_MAX_MIB)]
+    pub compiled_memory_max_mib: usize,
+    /// Store compiled components in PostgreSQL (`projection_artifacts`) and load them from
+    /// there instead of compiling again (restarts, other instances, rollbacks).
+    #[arg(long, env = "WALLEX_ARTIFACT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub artifact_cache: bool,
     /// Scan interval of `WALLEX_PROJECTIONS_DIR` for new or changed components (0: no watch).
     #[arg(long, env = "WALLEX_PROJECTIONS_WATCH_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
     pub projections_watch_ms: u64,
@@ -245,6 +257,10 @@ pub struct ProjectionConfig {
     pub max_component_bytes: usize,
     /// Longest a component may take to compile before its deploy is refused.
     pub compile_timeout: Duration,
+    /// Most bytes of compiled code all loaded components may take together.
+    pub compiled_memory_max_bytes: usize,
+    /// Whether compiled components are stored in and loaded from `projection_artifacts`.
+    pub artifact_cache: bool,
     /// `None`: the directory is read at start-up only.
     pub watch_interval: Option<Duration>,
     /// How often every instance re-reads the registry even without a notification.
@@ -271,6 +287,8 @@ impl Default for ProjectionConfig {
             rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             compile_timeout: Duration::from_millis(DEFAULT_COMPILE_TIMEOUT_MS),
+            compiled_memory_max_bytes: DEFAULT_COMPILED_MEMORY_MAX_MIB << 20,
+            artifact_cache: true,
             watch_interval: Some(Duration::from_millis(DEFAULT_WATCH_INTERVAL_MS)),
             registry_resync: Duration::from_millis(DEFAULT_REGISTRY_RESYNC_MS),
             engine: EngineLimits::default(),
@@ -358,6 +376,8 @@ impl ProjectionArgs {
             rebuild_batch_size: self.projector_rebuild_batch_size,
             max_component_bytes: self.max_component_bytes,
             compile_timeout: Duration::from_millis(self.compile_timeout_ms),
+            compiled_memory_max_bytes: self.compiled_memory_max_mib.saturating_mul(1 << 20),
+            artifact_cache: self.artifact_cache,
             watch_interval: (self.projections_watch_ms > 0)
                 .then(|| Duration::from_millis(self.projections_watch_ms)),
             registry_resync: Duration::from_millis(self.registry_resync_ms.max(100)),

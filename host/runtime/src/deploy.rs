@@ -27,6 +27,7 @@ use std::sync::Arc;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
+use super::artifacts;
 use super::checkpoint;
 use super::config::ProjectionSettings;
 use super::registry::{self, Deployment, DeploymentState};
@@ -70,7 +71,10 @@ impl Projections {
         let bytes = Arc::new(bytes);
         let component = match self.cached(&sha256) {
             Some(hit) => hit,
-            None => self.compile(origin.to_owned(), Arc::clone(&bytes)).await?,
+            None => {
+                self.compile(origin.to_owned(), &sha256, Arc::clone(&bytes))
+                    .await?
+            }
         };
         let info = component
             .info()
@@ -86,29 +90,177 @@ impl Projections {
         })
     }
 
-    /// Compiles and describes a component on a blocking thread, at most
-    /// [`super::MAX_CONCURRENT_COMPILES`] at a time, within the compile time limit. (A compile
-    /// that overruns keeps its thread until it ends, but its result is dropped.)
+    /// The component with these bytes, compiled and described: loaded from its stored artifact
+    /// when there is one (see [`crate::artifacts`]), else compiled once for the whole cluster
+    /// (under the compile lock, the artifact stored for the others), on a blocking thread, at
+    /// most [`super::MAX_CONCURRENT_COMPILES`] at a time, within the compile time limit. (A
+    /// compile that overruns keeps its thread until it ends, but its result is dropped.) Refused
+    /// when it would take the process's compiled components over their memory limit.
     pub(super) async fn compile(
         &self,
         origin: String,
+        sha256: &str,
         bytes: Arc<Vec<u8>>,
     ) -> Result<Arc<LoadedComponent>, DeployError> {
-        let timeout = self.inner.config.compile_timeout;
         let _slot = self
             .inner
             .compile_slots
             .acquire()
             .await
             .map_err(|e| ComponentError::Join(e.to_string()))?;
+        let component = if self.inner.config.artifact_cache {
+            self.compile_once(origin, sha256, bytes).await?
+        } else {
+            self.compile_here(origin, bytes, false).await?.0
+        };
+        self.check_memory(sha256, &component)?;
+        Ok(Arc::new(component))
+    }
+
+    /// Loads the stored artifact, or compiles under the cluster-wide compile lock and stores it.
+    async fn compile_once(
+        &self,
+        origin: String,
+        sha256: &str,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<LoadedComponent, DeployError> {
+        let engine = self.inner.engine_key.as_str();
+        if let Some(loaded) = self.load_artifact(&origin, sha256).await {
+            return Ok(loaded);
+        }
+        let pool = &self.inner.pool;
+        let wait_ms =
+            u64::try_from(self.inner.config.compile_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut tx = pool.begin().await?;
+        let locked = artifacts::lock_compile(&mut tx, sha256, engine, wait_ms).await;
+        if let Err(error) = &locked {
+            // Compiling without the lock is only wasted work, never a wrong result.
+            tracing::warn!(%origin, %error, "could not take the compile lock; compiling anyway");
+        } else if let Some(loaded) = self.load_artifact(&origin, sha256).await {
+            // Another instance compiled it while this one waited for the lock.
+            return Ok(loaded);
+        }
+        let started = std::time::Instant::now();
+        let (loaded, artifact) = self.compile_here(origin.clone(), bytes, true).await?;
+        let compile_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(%origin, sha256, compile_ms, compiled_bytes = loaded.compiled_bytes(), "component compiled");
+        if let Some(artifact) = artifact {
+            let stored = match locked {
+                Ok(()) => {
+                    match artifacts::store(&mut tx, sha256, engine, &artifact, compile_ms).await {
+                        Ok(()) => tx.commit().await,
+                        Err(error) => Err(error),
+                    }
+                }
+                Err(_) => {
+                    drop(tx);
+                    let mut conn = pool.acquire().await?;
+                    artifacts::store(&mut conn, sha256, engine, &artifact, compile_ms).await
+                }
+            };
+            if let Err(error) = stored {
+                tracing::warn!(%origin, %error, "could not store the compiled component; the next load compiles again");
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The component loaded from its stored artifact, if one is stored and wasmtime accepts it
+    /// (a refused one is removed, so the next compile replaces it).
+    async fn load_artifact(&self, origin: &str, sha256: &str) -> Option<LoadedComponent> {
+        let engine = self.inner.engine_key.as_str();
+        let artifact = match artifacts::fetch(&self.inner.pool, sha256, engine).await {
+            Ok(artifact) => artifact?,
+            Err(error) => {
+                tracing::warn!(%origin, %error, "cannot read the stored compiled component");
+                return None;
+            }
+        };
         let runtime = self.inner.runtime.clone();
-        let task = tokio::task::spawn_blocking(move || runtime.load(&origin, &bytes));
+        let owned_origin = origin.to_owned();
+        let started = std::time::Instant::now();
+        let task = tokio::task::spawn_blocking(move || {
+            let compiled = runtime.deserialize(&owned_origin, &artifact)?;
+            runtime.link(&owned_origin, compiled)
+        });
+        match tokio::time::timeout(self.inner.config.compile_timeout, task).await {
+            Ok(Ok(Ok(loaded))) => {
+                tracing::info!(
+                    %origin,
+                    sha256,
+                    load_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "component loaded from its stored compiled artifact"
+                );
+                Some(loaded)
+            }
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%origin, %error, "stored compiled component refused; compiling again");
+                if let Err(error) = artifacts::remove(&self.inner.pool, sha256, engine).await {
+                    tracing::warn!(%origin, %error, "cannot remove the refused compiled component");
+                }
+                None
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%origin, %error, "loading the stored compiled component failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%origin, "loading the stored compiled component timed out");
+                None
+            }
+        }
+    }
+
+    /// Compiles (and, with `serialize`, serializes) and links on a blocking thread within the
+    /// compile time limit.
+    async fn compile_here(
+        &self,
+        origin: String,
+        bytes: Arc<Vec<u8>>,
+        serialize: bool,
+    ) -> Result<(LoadedComponent, Option<Vec<u8>>), DeployError> {
+        let timeout = self.inner.config.compile_timeout;
+        let runtime = self.inner.runtime.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let compiled = runtime.compile(&origin, &bytes)?;
+            let artifact = if serialize {
+                match compiled.serialize() {
+                    Ok(artifact) => Some(artifact),
+                    Err(error) => {
+                        tracing::warn!(%origin, %error, "cannot serialize the compiled component");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            Ok::<_, ComponentError>((runtime.link(&origin, compiled)?, artifact))
+        });
         match tokio::time::timeout(timeout, task).await {
             Err(_) => Err(DeployError::CompileTimeout(timeout)),
-            Ok(joined) => Ok(Arc::new(
-                joined.map_err(|e| ComponentError::Join(e.to_string()))??,
-            )),
+            Ok(joined) => Ok(joined.map_err(|e| ComponentError::Join(e.to_string()))??),
         }
+    }
+
+    /// Refuses a component whose compiled code would take the loaded ones over the limit (a
+    /// version already loaded under the same SHA-256 is not counted twice).
+    fn check_memory(&self, sha256: &str, component: &LoadedComponent) -> Result<(), DeployError> {
+        let limit = self.inner.config.compiled_memory_max_bytes;
+        let in_use: usize = self
+            .compiled_components()
+            .iter()
+            .filter(|(sha, _)| sha != sha256)
+            .map(|(_, c)| c.compiled_bytes())
+            .sum();
+        let needed = component.compiled_bytes();
+        if in_use.saturating_add(needed) > limit {
+            return Err(DeployError::MemoryLimit {
+                needed,
+                in_use,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Registers a component found at start-up or by the directory watch: new projections are

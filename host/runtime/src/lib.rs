@@ -18,9 +18,10 @@
 //! - [`search`] — which part of a failing batch to call next, within a budget.
 //! - [`text`] — component text bounded before it is kept anywhere.
 //! - [`worker`] — one leased worker per projection: the batch, the lease, the listener.
-//! - [`checkpoint`], [`registry`], [`dead_letters`] — the owners of their tables
+//! - [`checkpoint`], [`registry`], [`dead_letters`], [`artifacts`] — the owners of their tables
 //!   (`projector_checkpoints`; `projection_components`, `projection_deployments`,
-//!   `projection_rebuilds`, `admin_actions`; `projection_dead_letters`).
+//!   `projection_rebuilds`, `admin_actions`; `projection_dead_letters`; `projection_artifacts`,
+//!   the compiled components).
 //! - [`deploy`], [`lifecycle`], [`rebuild`] — operations by name: validate and activate; pause,
 //!   resume, reload, delete; blue/green rebuilds from start to cut-over.
 //! - [`status`] — what an operator sees, as typed values.
@@ -32,6 +33,7 @@
 
 #![deny(missing_docs)]
 
+pub mod artifacts;
 pub mod checkpoint;
 pub mod config;
 pub mod dead_letters;
@@ -86,6 +88,8 @@ struct Inner {
     /// Compiled components by SHA-256: what is live or being rebuilt, plus recent candidates.
     compiled: std::sync::Mutex<HashMap<String, Arc<LoadedComponent>>>,
     compile_slots: tokio::sync::Semaphore,
+    /// [`ProjectionRuntime::engine_key`]: which stored artifacts this engine can load.
+    engine_key: String,
     /// The low-priority threads every guest call runs on.
     guests: Arc<sandbox::guest_pool::GuestPool>,
     /// One reconciliation at a time, so an older registry state never overwrites a newer one.
@@ -113,6 +117,7 @@ impl Projections {
         let runtime = ProjectionRuntime::with_engine_limits(config.limits, config.engine)?;
         let guests = sandbox::guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
             .map_err(|e| ComponentError::Engine(e.into()))?;
+        let engine_key = runtime.engine_key();
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -121,6 +126,7 @@ impl Projections {
                 projectors: std::sync::RwLock::new(BTreeMap::new()),
                 compiled: std::sync::Mutex::new(HashMap::new()),
                 compile_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES),
+                engine_key,
                 guests,
                 reconciling: tokio::sync::Mutex::new(()),
                 startup_files: std::sync::Mutex::new(HashMap::new()),

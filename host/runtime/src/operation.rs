@@ -46,6 +46,17 @@ pub enum DeployError {
     /// Compiling took longer than the compile time limit.
     #[error("compiling the component took longer than {0:?}")]
     CompileTimeout(Duration),
+    /// Loading the component would take this process's compiled components over their memory
+    /// limit.
+    #[error("loading the component needs {needed} bytes of compiled code, but {in_use} of the limit of {limit} are in use by other loaded components: delete or replace one, or raise WALLEX_COMPILED_MEMORY_MAX_MIB")]
+    MemoryLimit {
+        /// Compiled bytes of the component.
+        needed: usize,
+        /// Compiled bytes of the components already loaded.
+        in_use: usize,
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
     /// The component did not compile, link against the world, or `describe` itself.
     #[error(transparent)]
     Component(#[from] ComponentError),

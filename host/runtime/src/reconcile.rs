@@ -216,6 +216,7 @@ impl Projections {
         let component = self
             .compile(
                 format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]),
+                sha256,
                 Arc::new(bytes),
             )
             .await
@@ -235,6 +236,25 @@ impl Projections {
             Ok(map) => map.get(sha256).cloned(),
             Err(poisoned) => poisoned.into_inner().get(sha256).cloned(),
         }
+    }
+
+    /// Every compiled component this process holds, by SHA-256.
+    pub(crate) fn compiled_components(&self) -> Vec<(String, Arc<LoadedComponent>)> {
+        let map = match self.inner.compiled.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.iter()
+            .map(|(sha, c)| (sha.clone(), Arc::clone(c)))
+            .collect()
+    }
+
+    /// Bytes of compiled code held by this process's loaded components.
+    pub fn compiled_memory_bytes(&self) -> usize {
+        self.compiled_components()
+            .iter()
+            .map(|(_, c)| c.compiled_bytes())
+            .sum()
     }
 
     pub(crate) fn cache(&self, sha256: &str, component: Arc<LoadedComponent>) {

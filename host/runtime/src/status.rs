@@ -103,6 +103,9 @@ pub struct RunningHere {
     pub namespace: String,
     /// Whether this process's worker holds the lease.
     pub lease_held: bool,
+    /// Bytes of compiled code this process keeps mapped for the component (`None`: a native
+    /// handler).
+    pub compiled_bytes: Option<usize>,
 }
 
 /// Where a checkpoint stands.
@@ -322,6 +325,7 @@ fn status(
             sha256: a.sha256.clone(),
             namespace: a.schema.namespace.clone(),
             lease_held: projector.is_some_and(|p| p.lease_held()),
+            compiled_bytes: a.handler.compiled_bytes(),
         }),
         checkpoint: checkpoint.map(|c| CheckpointPosition {
             xact_id: c.cursor.xact_id,

@@ -68,6 +68,12 @@ pub const OUTBOX_LAG_SECONDS: &str = "outbox_lag_seconds";
 /// 1 for a projection's current `status` (`running`, `failing`, `failed`, `paused`,
 /// `rebuilding`, `stalled`), 0 for the others. Gauge.
 pub const PROJECTOR_STATUS: &str = "projector_status";
+/// Bytes of compiled code this process keeps mapped for the component a projection runs here, by
+/// `projection`. Gauge, bytes.
+pub const PROJECTOR_COMPILED_BYTES: &str = "projector_compiled_bytes";
+/// Bytes of compiled code of every component loaded in this process (what
+/// `WALLEX_COMPILED_MEMORY_MAX_MIB` bounds). Gauge, bytes.
+pub const PROJECTOR_COMPILED_BYTES_TOTAL: &str = "projector_compiled_bytes_total";
 /// Batches committed by this process, by `projection`. Counter.
 pub const PROJECTOR_BATCHES_APPLIED_TOTAL: &str = "projector_batches_applied_total";
 /// Failed batch attempts in this process, by `projection`. Counter.
@@ -103,7 +109,7 @@ pub const OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS: &str = "outbox_oldest_unprocess
 pub const RECOVERY_RUNS_TOTAL: &str = "recovery_runs_total";
 
 /// Every metric name above, for checks that dashboards and rules use no other.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 36] = [
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     WALLET_CREATE_DURATION_MS,
@@ -125,6 +131,8 @@ pub const ALL: [&str; 34] = [
     OUTBOX_LAG_EVENTS,
     OUTBOX_LAG_SECONDS,
     PROJECTOR_STATUS,
+    PROJECTOR_COMPILED_BYTES,
+    PROJECTOR_COMPILED_BYTES_TOTAL,
     PROJECTOR_BATCHES_APPLIED_TOTAL,
     PROJECTOR_BATCHES_FAILED_TOTAL,
     PROJECTOR_EVENTS_APPLIED_TOTAL,
@@ -267,6 +275,16 @@ fn describe() {
     describe_gauge!(
         PROJECTOR_STATUS,
         "1 for the projection's reported status, 0 for the others."
+    );
+    describe_gauge!(
+        PROJECTOR_COMPILED_BYTES,
+        Unit::Bytes,
+        "Compiled code this process keeps mapped for the projection's component."
+    );
+    describe_gauge!(
+        PROJECTOR_COMPILED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Compiled code of every component loaded in this process."
     );
     describe_counter!(
         PROJECTOR_BATCHES_APPLIED_TOTAL,

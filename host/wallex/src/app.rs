@@ -147,7 +147,8 @@ pub async fn serve(
         tracing::info!("WALLEX_ADMIN_TOKEN not set: the admin API is off");
     }
     let admin =
-        wallex_http::admin::AdminState::new(projections.clone(), Some(recovery), admin_token);
+        wallex_http::admin::AdminState::new(projections.clone(), Some(recovery), admin_token)
+            .with_request_timeout(config.request_timeout());
     let state = AppState {
         telemetry,
         admin,

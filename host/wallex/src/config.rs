@@ -42,6 +42,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
+    /// A PostgreSQL of the server's own when none is configured or running.
+    #[command(flatten)]
+    pub private_postgres: crate::local_postgres::PrivatePostgresArgs,
+
     /// How long idempotency keys are kept, whether writes need one, and their expiry task.
     #[command(flatten)]
     pub idempotency: IdempotencyConfig,
@@ -69,6 +73,13 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Whether the user chose a database (`DATABASE_URL` or `--database-url` other than the
+    /// default); if not, a private PostgreSQL may be started (see [`crate::local_postgres`]).
+    pub fn database_chosen(&self) -> bool {
+        std::env::var_os("DATABASE_URL").is_some()
+            || self.database.database_url != DEFAULT_DATABASE_URL
+    }
+
     /// The per-request bound as a [`Duration`].
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)

@@ -14,11 +14,18 @@
 //! - [`app`] — `serve`: database, migrations, projections, HTTP server, background tasks,
 //!   graceful shutdown.
 //! - [`cli`] — `wallex projections …`: the operator's client of the admin API.
+//! - [`author`] — `wallex projections new|build|test`: the projection author's kit (no server).
+//! - [`dev`] — `wallex dev DIR`: a local server that rebuilds, tests and redeploys a projection
+//!   on every change; [`local_postgres`] — the private PostgreSQL it (and `serve`) start when
+//!   none is configured or running.
 //! - [`bench`] — `wallex bench create|projections|deploy|rebuild|system`.
 
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod author;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod dev;
+pub mod local_postgres;

@@ -41,7 +41,11 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Apply database migrations and exit.
     Migrate(DatabaseConfig),
-    /// Operate projections on a running server (deploy, reload, rebuild, pause, ...).
+    /// A local server with a projection folder watched: every change rebuilds it, runs its
+    /// golden tests and redeploys it.
+    Dev(Box<wallex::dev::DevArgs>),
+    /// Operate projections on a running server (deploy, reload, rebuild, pause, ...), and write
+    /// new ones (new, build, test).
     Projections(wallex::cli::ProjectionsCli),
     /// Stall status and the read-model check on a running server.
     Recovery(wallex::cli::recovery::RecoveryCli),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
     // Metrics and exported traces belong to the server; the other commands only log.
     let (metrics, traces) = match &command {
         Command::Serve(config) => (config.metrics_enabled, true),
+        Command::Dev(args) => (args.serve.metrics_enabled, false),
         _ => (false, false),
     };
     let telemetry = match wallex_telemetry::init(TelemetryConfig {
@@ -121,9 +126,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The private PostgreSQL `serve` starts when no database is configured or running.
+async fn start_private_postgres(
+    config: &ServeConfig,
+) -> anyhow::Result<Option<wallex::local_postgres::PrivatePostgres>> {
+    let args = config.private_postgres.clone();
+    let chosen = config.database_chosen();
+    Ok(tokio::task::spawn_blocking(move || {
+        wallex::local_postgres::PrivatePostgres::start_if_needed(&args, chosen)
+    })
+    .await??)
+}
+
 async fn run(command: Command, telemetry: Telemetry) -> anyhow::Result<()> {
     match command {
-        Command::Serve(config) => app::serve(*config, telemetry, CancellationToken::new()).await?,
+        Command::Serve(mut config) => {
+            let private = start_private_postgres(&config).await?;
+            if let Some(server) = &private {
+                config.database.database_url = server.url();
+            }
+            let served = app::serve(*config, telemetry, CancellationToken::new()).await;
+            // Stopped after the server (also when it failed).
+            drop(private);
+            served?;
+        }
+        Command::Dev(args) => wallex::dev::run(*args, telemetry).await?,
         Command::Migrate(config) => {
             db::ensure_database(&config).await?;
             let pool = db::pool(&config)?;
@@ -131,7 +158,12 @@ async fn run(command: Command, telemetry: Telemetry) -> anyhow::Result<()> {
             pool.close().await;
             println!("migrations applied");
         }
-        Command::Projections(cli) => wallex::cli::run(cli).await?,
+        Command::Projections(cli) => {
+            if !wallex::cli::run(cli).await? {
+                // A failed golden test: the report said what; the exit code says it failed.
+                std::process::exit(1);
+            }
+        }
         Command::Recovery(cli) => wallex::cli::recovery::run(cli).await?,
         Command::Bench(BenchCommand::Create(args)) => {
             bench::create::run(args).await?;

@@ -6,102 +6,59 @@
 //! stream version so a replayed event changes nothing. It implements the 0.2.0 world: it says
 //! that the stream `wallet-{id}` owns the row `id`, so the host can repair one wallet's row.
 
-wit_bindgen::generate!({ world: "projection", path: "../../wit/v0.2.0", generate_all });
-
-use serde_json::Value as Json;
-use wallex::projection0_1_0::types::{
-    Column, ColumnType, ColumnValue, Index, Table, UpsertOp, Value,
+use wallex_projection_sdk::ColumnType::*;
+use wallex_projection_sdk::{
+    DomainEvent, Event, Mutation, Projection, ProjectionInfo, Result, StreamOwner, Table, Upsert,
+    WalletCreated,
 };
-
-const WALLET_CREATED: &str = "WalletCreated";
 
 struct ReadModel;
 
-impl Guest for ReadModel {
+impl Projection for ReadModel {
     fn describe() -> ProjectionInfo {
-        let column = |name: &str, r#type, nullable| Column {
-            name: name.into(),
-            type_: r#type,
-            nullable,
-        };
-        ProjectionInfo {
-            name: "read-model".into(),
-            schema_version: 1,
-            subscribes_to: vec![WALLET_CREATED.into()],
-            tables: vec![Table {
-                name: "wallets".into(),
-                columns: vec![
-                    column("id", ColumnType::Text, false),
-                    column("owner", ColumnType::Text, false),
-                    column("balance", ColumnType::Decimal, false),
-                    column("currency", ColumnType::Text, false),
-                    column("version", ColumnType::S64, false),
-                    column("created_at", ColumnType::Timestamp, false),
-                    column("updated_at", ColumnType::Timestamp, false),
-                ],
-                primary_key: vec!["id".into()],
-                indexes: vec![Index {
-                    name: "wallets_by_owner".into(),
-                    columns: vec!["owner".into()],
-                    unique: false,
-                }],
-            }],
-        }
+        ProjectionInfo::new("read-model", 1)
+            .subscribe(WalletCreated::TYPE)
+            .table(
+                Table::new("wallets")
+                    .column("id", Text)
+                    .column("owner", Text)
+                    .column("balance", Decimal)
+                    .column("currency", Text)
+                    .column("version", S64)
+                    .column("created_at", Timestamp)
+                    .column("updated_at", Timestamp)
+                    .primary_key(["id"])
+                    .index("wallets_by_owner", ["owner"]),
+            )
     }
 
-    fn handle(batch: Vec<Event>) -> Result<Vec<Mutation>, ProjectionError> {
-        batch.iter().map(wallet_created).collect()
+    fn handle(batch: Vec<Event>) -> Result<Vec<Mutation>> {
+        let mut rows = Vec::with_capacity(batch.len());
+        for event in &batch {
+            let DomainEvent::WalletCreated(wallet) = event.decode()? else {
+                continue; // not subscribed: never delivered
+            };
+            let created_at = wallet.created_at()?;
+            rows.push(
+                Upsert::into("wallets")
+                    .set("id", wallet.wallet_id()?)
+                    .set("owner", wallet.owner_id()?)
+                    .set("balance", wallet.initial_balance()?)
+                    .set("currency", wallet.currency()?)
+                    .set("version", event.stream_version)
+                    .set("created_at", &created_at)
+                    .set("updated_at", created_at)
+                    // A row at this version or later already includes this event.
+                    .guard(["version"])
+                    .into(),
+            );
+        }
+        Ok(rows)
     }
 
     fn stream_owners() -> Vec<StreamOwner> {
-        vec![StreamOwner {
-            table: "wallets".into(),
-            column: "id".into(),
-            stream_prefix: "wallet-".into(),
-        }]
+        vec![StreamOwner::new("wallets", "id", "wallet-")]
     }
 }
 
-fn wallet_created(event: &Event) -> Result<Mutation, ProjectionError> {
-    let data: Json = serde_json::from_str(&event.data).map_err(|e| error(event, e))?;
-    let text = |field: &str| {
-        data[field]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| error(event, format!("{field} is missing or not a string")))
-    };
-    let created_at = text("createdAt")?;
-    let value = |column: &str, value| ColumnValue {
-        column: column.into(),
-        value,
-    };
-    Ok(Mutation::Upsert(UpsertOp {
-        table: "wallets".into(),
-        values: vec![
-            value("id", Value::Text(text("walletId")?)),
-            value("owner", Value::Text(text("ownerId")?)),
-            value("balance", Value::Decimal(text("initialBalance")?)),
-            value("currency", Value::Text(text("currency")?)),
-            value("version", Value::S64(event.stream_version)),
-            value("created_at", Value::Timestamp(created_at.clone())),
-            value("updated_at", Value::Timestamp(created_at)),
-        ],
-        accumulate: vec![],
-        // A row at this version or later already includes this event.
-        guard: vec!["version".into()],
-    }))
-}
-
-fn error(event: &Event, message: impl ToString) -> ProjectionError {
-    ProjectionError {
-        message: format!(
-            "{} {}: {}",
-            event.event_type,
-            event.event_id,
-            message.to_string()
-        ),
-        global_position: Some(event.global_position),
-    }
-}
-
-export!(ReadModel);
+wallex_projection_sdk::export!(ReadModel, world = "0.2.0");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::SecondsFormat;
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
@@ -308,11 +309,60 @@ impl ProjectionRuntime {
     /// Compiles a component, checks its imports and exports against the `projection` world and
     /// asks it to describe itself. `origin` names it in errors (a file name).
     pub fn load(&self, origin: &str, wasm: &[u8]) -> Result<LoadedComponent, ComponentError> {
-        let invalid = |e| ComponentError::Invalid(origin.to_owned(), e);
-        let component = Component::new(&self.engine, wasm).map_err(invalid)?;
+        let compiled = self.compile(origin, wasm)?;
+        self.link(origin, compiled)
+    }
+
+    /// The key of this engine's compiled artifacts: hex SHA-256 of wasmtime's
+    /// precompile-compatibility hash (its version and every setting that changes the code). An
+    /// artifact stored under another key may not be loaded by this engine.
+    pub fn engine_key(&self) -> String {
+        use std::hash::Hash;
+        let mut hasher = Sha256Hasher(Sha256::new());
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        hex::encode(hasher.0.finalize())
+    }
+
+    /// Compiles a component's bytes with Cranelift (the expensive step: seconds for a large
+    /// component). `origin` names it in errors.
+    pub fn compile(&self, origin: &str, wasm: &[u8]) -> Result<Compiled, ComponentError> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| ComponentError::Invalid(origin.to_owned(), e))?;
+        Ok(Compiled { component })
+    }
+
+    /// Loads an artifact that [`Compiled::serialize`] produced with an engine of the same
+    /// [`ProjectionRuntime::engine_key`], without compiling.
+    ///
+    /// The artifact is native code: only artifacts this host wrote itself (the
+    /// `projection_artifacts` table, next to the component bytes they were compiled from) may
+    /// be given here. wasmtime checks the artifact's header and engine compatibility and refuses
+    /// a mismatch; it cannot check that the code is what the component compiles to.
+    pub fn deserialize(&self, origin: &str, artifact: &[u8]) -> Result<Compiled, ComponentError> {
+        // SAFETY: wasmtime requires the bytes to come from `Component::serialize` of a
+        // compatible engine and to be unmodified. The only caller passes an artifact this host
+        // stored under the component's SHA-256 and this engine's key (see above); an
+        // incompatible one is refused by wasmtime's own header checks.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
+            .map_err(|e| ComponentError::Invalid(origin.to_owned(), e))?;
+        Ok(Compiled { component })
+    }
+
+    /// Links a compiled component against the `projection` world and asks it to describe
+    /// itself (and, for `wallex:projection@0.2.0`, which streams own its rows).
+    pub fn link(
+        &self,
+        origin: &str,
+        compiled: Compiled,
+    ) -> Result<LoadedComponent, ComponentError> {
+        let component = compiled.component;
         let world = |e| ComponentError::World(origin.to_owned(), e);
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = ProjectionPre::new(instance_pre).map_err(world)?;
+        let image = component.image_range();
+        let compiled_bytes = (image.end as usize).saturating_sub(image.start as usize);
         let mut loaded = LoadedComponent {
             origin: origin.to_owned(),
             name: origin.to_owned(),
@@ -321,6 +371,7 @@ impl ProjectionRuntime {
             engine_limits: self.engine_limits,
             info: None,
             stream_owners: None,
+            compiled_bytes,
         };
         let info = loaded.call("describe", &self.limits, |projection, _, store| {
             projection.call_describe(store)
@@ -358,6 +409,34 @@ impl ProjectionRuntime {
     }
 }
 
+/// A component compiled by this process's engine, not yet linked or described.
+pub struct Compiled {
+    component: Component,
+}
+
+impl Compiled {
+    /// The artifact to store so that another load skips compiling (see
+    /// [`ProjectionRuntime::deserialize`]).
+    pub fn serialize(&self) -> Result<Vec<u8>, ComponentError> {
+        self.component.serialize().map_err(ComponentError::Engine)
+    }
+}
+
+/// Feeds a [`std::hash::Hash`] into SHA-256, for a key that is the same in every process with
+/// the same engine settings (std's hashers promise no stability).
+struct Sha256Hasher(Sha256);
+
+impl std::hash::Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        // Only `write` is used: the key is the finalized digest, not this value.
+        0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
 /// What the first bytes of a file say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryKind {
@@ -390,6 +469,9 @@ pub struct LoadedComponent {
     info: Option<wit::ProjectionInfo>,
     /// What `stream-owners` returned (`None`: a 0.1.0 component, which does not export it).
     stream_owners: Option<Vec<StreamOwner>>,
+    /// Bytes of the compiled code and data this component keeps mapped (its share of the
+    /// process's memory, apart from the linear memory of running calls).
+    compiled_bytes: usize,
 }
 
 impl LoadedComponent {
@@ -402,6 +484,11 @@ impl LoadedComponent {
     /// (`wallex:projection@0.2.0`).
     pub fn stream_owners(&self) -> Option<&[StreamOwner]> {
         self.stream_owners.as_deref()
+    }
+
+    /// Bytes of compiled code and data the component keeps mapped while it is loaded.
+    pub fn compiled_bytes(&self) -> usize {
+        self.compiled_bytes
     }
 
     /// Where the component came from (file name or `bundled:<name>`).

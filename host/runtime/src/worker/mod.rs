@@ -155,11 +155,19 @@ pub trait BatchHandler: Send + Sync + 'static {
         batch: &[wit::Event],
         limits: &RuntimeLimits,
     ) -> Result<Vec<wit::Mutation>, ComponentError>;
+    /// Bytes of compiled code the handler keeps mapped (`None` for native handlers).
+    fn compiled_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl BatchHandler for LoadedComponent {
     fn origin(&self) -> &str {
         LoadedComponent::origin(self)
+    }
+
+    fn compiled_bytes(&self) -> Option<usize> {
+        Some(LoadedComponent::compiled_bytes(self))
     }
 
     fn handle(

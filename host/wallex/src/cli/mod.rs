@@ -18,13 +18,14 @@ use sha2::{Digest, Sha256};
 
 use wallex_http::admin::{ACTOR_HEADER, WASM_CONTENT_TYPE};
 use wallex_http::wire::{
-    ActionAnswer, DeadLetterList, DeleteAnswer, OutboxStatsBody, Outcome, ProblemDocument,
-    ProjectionList, ProjectionStatusBody, RebuildBody,
+    ActionAnswer, DeadLetterList, DeleteAnswer, DeployJobBody, OutboxStatsBody, Outcome,
+    ProblemDocument, ProjectionList, ProjectionStatusBody, RebuildBody,
 };
-use wallex_runtime::sandbox::engine::{ProjectionRuntime, RuntimeLimits};
 
 /// Default server address of the CLI.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:3000";
+/// How often a deploy answered `202 Accepted` is polled.
+pub const DEPLOY_POLL: Duration = Duration::from_millis(250);
 /// How often `rebuild --wait` polls the status.
 pub const REBUILD_POLL: Duration = Duration::from_millis(500);
 /// Upper bound of one admin request (uploads of large components included).
@@ -65,6 +66,13 @@ pub struct ProjectionsCli {
 /// The operations of `wallex projections`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ProjectionsCommand {
+    /// Create a projection project that builds and passes its test as it is (no server).
+    New(crate::author::NewArgs),
+    /// Build a projection project into `DIR/target/projection.wasm` (no server).
+    Build(crate::author::BuildArgs),
+    /// Run a projection's golden tests through the real sandbox against a throwaway schema of
+    /// the local PostgreSQL (no server); exit code 0 when every case passes, 1 otherwise.
+    Test(crate::author::TestArgs),
     /// Every deployed projection, as a table.
     List,
     /// One projection's status.
@@ -77,7 +85,7 @@ pub enum ProjectionsCommand {
     Deploy {
         /// The component file (`.wasm`, built for wasm32-wasip2).
         file: PathBuf,
-        /// The projection's name (default: what the component declares).
+        /// The projection's name (default: what the component declares, which the server reads).
         #[arg(long)]
         name: Option<String>,
         /// A limit or the poison policy for this deploy, e.g. `--set on_poison=skip
@@ -175,6 +183,9 @@ pub enum CliError {
     /// describe itself, an unexpected answer; the message says what.
     #[error("{0}")]
     Invalid(String),
+    /// An author command (`new`, `build`, `test`) failed.
+    #[error(transparent)]
+    Author(crate::author::AuthorError),
 }
 
 /// An admin API client.
@@ -219,6 +230,18 @@ impl Client {
         query: &[(&str, String)],
         body: Option<(Vec<u8>, String)>,
     ) -> Result<T, CliError> {
+        let (status, text) = self.request(method, path, query, body).await?;
+        decode(status, text, path)
+    }
+
+    /// Sends a request; answers its status and text, whatever the status.
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<(Vec<u8>, String)>,
+    ) -> Result<(reqwest::StatusCode, String), CliError> {
         let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query)
             .map_err(|e| CliError::Invalid(format!("invalid server URL {}: {e}", self.base)))?;
         let mut request = self.http.request(method, url.clone());
@@ -249,21 +272,29 @@ impl Client {
                 url: self.base.clone(),
                 source,
             })?;
-        if status.is_success() {
-            return serde_json::from_str(&text).map_err(|error| {
-                CliError::Invalid(format!("unexpected answer from {url}: {error}"))
-            });
-        }
-        let problem: ProblemDocument = serde_json::from_str(&text).unwrap_or(ProblemDocument {
-            title: status.canonical_reason().unwrap_or("error").to_owned(),
-            detail: text,
-        });
-        Err(CliError::Problem {
-            status: status.as_u16(),
-            title: problem.title,
-            detail: problem.detail,
-        })
+        Ok((status, text))
     }
+}
+
+/// A successful answer decoded as `T`; a problem answer as [`CliError::Problem`].
+fn decode<T: DeserializeOwned>(
+    status: reqwest::StatusCode,
+    text: String,
+    path: &str,
+) -> Result<T, CliError> {
+    if status.is_success() {
+        return serde_json::from_str(&text)
+            .map_err(|error| CliError::Invalid(format!("unexpected answer to {path}: {error}")));
+    }
+    let problem: ProblemDocument = serde_json::from_str(&text).unwrap_or(ProblemDocument {
+        title: status.canonical_reason().unwrap_or("error").to_owned(),
+        detail: text,
+    });
+    Err(CliError::Problem {
+        status: status.as_u16(),
+        title: problem.title,
+        detail: problem.detail,
+    })
 }
 
 /// What a command printed, typed by the endpoint that answered.
@@ -276,8 +307,32 @@ enum Output {
     Letters(DeadLetterList),
 }
 
-/// Runs one `wallex projections` command.
-pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
+/// Runs one `wallex projections` command; answers whether it succeeded (a failed golden test is
+/// `Ok(false)`: a report, not an error).
+pub async fn run(cli: ProjectionsCli) -> Result<bool, CliError> {
+    match &cli.command {
+        ProjectionsCommand::New(args) => {
+            let made = crate::author::scaffold::create(args).map_err(CliError::Author)?;
+            crate::author::scaffold::print_next_steps(&made, args);
+            return Ok(true);
+        }
+        ProjectionsCommand::Build(args) => {
+            let out = crate::author::builder::build(&args.dir, !cli.server.json)
+                .map_err(CliError::Author)?;
+            println!("{}", out.display());
+            return Ok(true);
+        }
+        ProjectionsCommand::Test(args) => {
+            let report = crate::author::test(args).await.map_err(CliError::Author)?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                crate::author::print_report(&report);
+            }
+            return Ok(report.failed == 0 || args.update);
+        }
+        _ => {}
+    }
     let client = Client::new(&cli.server)?;
     let get = reqwest::Method::GET;
     let output = match &cli.command {
@@ -299,23 +354,9 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
                 path: file.display().to_string(),
                 source,
             })?;
-            let name = match name {
-                Some(name) => name.clone(),
-                None => declared_name(&file.display().to_string(), &bytes)?,
-            };
-            let digest = format!(
-                "sha-256=:{}:",
-                base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes))
-            );
-            Output::Action(
-                client
-                    .send(
-                        reqwest::Method::PUT,
-                        &format!("/admin/projections/{name}{query}"),
-                        Some((bytes, digest)),
-                    )
-                    .await?,
-            )
+            Output::Action(Box::new(
+                deploy(&client, name.as_deref(), &query, bytes, cli.server.json).await?,
+            ))
         }
         ProjectionsCommand::Reload { name } => action(&client, name, "reload").await?,
         ProjectionsCommand::Pause { name } => action(&client, name, "pause").await?,
@@ -355,6 +396,9 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         ProjectionsCommand::DeadLetters { name, replay, .. } if *replay => {
             action(&client, name, "dead-letters/replay").await?
         }
+        ProjectionsCommand::New(_) | ProjectionsCommand::Build(_) | ProjectionsCommand::Test(_) => {
+            return Ok(true)
+        }
         ProjectionsCommand::DeadLetters { name, all, .. } => Output::Letters(
             client
                 .send(
@@ -366,14 +410,15 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         ),
     };
     if cli.server.json {
-        return match &output {
+        match &output {
             Output::List(v) => print_json(v),
             Output::Status(v) => print_json(v),
             Output::Action(v) => print_json(v),
             Output::Deleted(v) => print_json(v),
             Output::Stats(v) => print_json(v),
             Output::Letters(v) => print_json(v),
-        };
+        }?;
+        return Ok(true);
     }
     match output {
         Output::List(list) => print_table(&list),
@@ -401,7 +446,7 @@ pub async fn run(cli: ProjectionsCli) -> Result<(), CliError> {
         Output::Stats(stats) => print_stats(&stats),
         Output::Letters(letters) => print_dead_letters(&letters),
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Prints an answer as the server's JSON (`--json`).
@@ -450,17 +495,82 @@ async fn action(client: &Client, name: &str, action: &str) -> Result<Output, Cli
     ))
 }
 
-/// The name a component declares, found by describing it locally (no server involved).
-fn declared_name(origin: &str, bytes: &[u8]) -> Result<String, CliError> {
-    let runtime = ProjectionRuntime::new(RuntimeLimits::default())
-        .map_err(|e| CliError::Invalid(e.to_string()))?;
-    let component = runtime
-        .load(origin, bytes)
-        .map_err(|e| CliError::Invalid(format!("{e} (pass --name to let the server decide)")))?;
-    component
-        .info()
-        .map(|info| info.name.clone())
-        .ok_or_else(|| CliError::Invalid(format!("{origin} did not describe itself")))
+/// Uploads a component (`PUT /admin/projections/{name}`, or `POST /admin/projections` for the
+/// name it declares) and, when the server answers `202 Accepted` (a large component still
+/// compiling), follows the deploy until it ends, with a line on stderr unless `quiet`.
+pub(crate) async fn deploy(
+    client: &Client,
+    name: Option<&str>,
+    query: &str,
+    bytes: Vec<u8>,
+    quiet: bool,
+) -> Result<ActionAnswer, CliError> {
+    let digest = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes))
+    );
+    let (method, path) = match name {
+        Some(name) => (
+            reqwest::Method::PUT,
+            format!("/admin/projections/{name}{query}"),
+        ),
+        None => (reqwest::Method::POST, format!("/admin/projections{query}")),
+    };
+    let (status, text) = client
+        .request(method, &path, &[], Some((bytes, digest)))
+        .await?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        return decode(status, text, &path);
+    }
+    let mut job: DeployJobBody = decode(status, text, &path)?;
+    let started = Instant::now();
+    let mut stderr = std::io::stderr();
+    loop {
+        match job.status.as_str() {
+            "succeeded" => {
+                if !quiet {
+                    let _ = writeln!(stderr);
+                }
+                return job.result.ok_or_else(|| {
+                    CliError::Invalid(format!("deploy {} succeeded without a result", job.id))
+                });
+            }
+            "failed" => {
+                if !quiet {
+                    let _ = writeln!(stderr);
+                }
+                let problem = job.problem.unwrap_or_default();
+                let text = |key: &str| problem[key].as_str().unwrap_or_default().to_owned();
+                return Err(CliError::Problem {
+                    status: problem["status"]
+                        .as_u64()
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(500),
+                    title: text("title"),
+                    detail: text("detail"),
+                });
+            }
+            _ => {}
+        }
+        if !quiet {
+            let _ = write!(
+                stderr,
+                "\r{}: compiling and activating ({} bytes), {:.0} s",
+                job.projection.as_deref().unwrap_or("component"),
+                job.size_bytes,
+                started.elapsed().as_secs_f64()
+            );
+            let _ = stderr.flush();
+        }
+        tokio::time::sleep(DEPLOY_POLL).await;
+        job = client
+            .send(
+                reqwest::Method::GET,
+                &format!("/admin/deploys/{}", job.id),
+                None,
+            )
+            .await?;
+    }
 }
 
 /// Polls the status until the rebuild is cut over (or fails), drawing a progress bar on stderr.
