@@ -187,8 +187,13 @@ impl Projections {
     async fn status_of(&self, deployment: &Deployment) -> Result<ProjectionStatus, DeployError> {
         let pool = self.pool();
         let name = deployment.projection.as_str();
-        let checkpoint = checkpoint::read(pool, name).await?;
+        // The rebuild row first, then the deployment again: a cut-over deletes the one and
+        // re-points the other in one transaction, so in this order a status never shows the old
+        // namespace without its rebuild (as two reads in the other order could, between them).
         let rebuild = registry::rebuild(&mut *pool.acquire().await?, name).await?;
+        let fresh = registry::deployment(pool, name).await?;
+        let deployment = fresh.as_ref().unwrap_or(deployment);
+        let checkpoint = checkpoint::read(pool, name).await?;
         let rebuild_checkpoint = match &rebuild {
             Some(_) => checkpoint::read(pool, &checkpoint::rebuild_key(name)).await?,
             None => None,
