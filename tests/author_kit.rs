@@ -67,6 +67,19 @@ fn tool_available(tool: &str, probe: &mut Command) -> bool {
     found
 }
 
+/// `wallex projections new NAME --dir SCRATCH/NAME [ARGS…]`, which must succeed; the project
+/// folder.
+fn new_project(db: &TestDb, scratch: &Scratch, name: &str, args: &[&str]) -> PathBuf {
+    let dir = scratch.0.join(name);
+    let dir_text = dir.display().to_string();
+    let created = wallex(
+        &[&["projections", "new", name, "--dir", &dir_text], args].concat(),
+        &db.url,
+    );
+    assert!(created.status.success(), "{created:?}");
+    dir
+}
+
 #[tokio::test]
 async fn the_bundled_projections_pass_their_golden_tests() {
     let db = TestDb::new().await;
@@ -164,13 +177,8 @@ async fn a_failing_case_names_table_key_and_column_and_update_rewrites_it() {
 async fn a_new_rust_project_passes_its_tests_and_a_replay_unsafe_change_fails_them() {
     let db = TestDb::new().await;
     let scratch = Scratch::new("rust");
-    let dir = scratch.0.join("wallets-by-owner");
+    let dir = new_project(&db, &scratch, "wallets-by-owner", &[]);
     let dir_text = dir.display().to_string();
-    let created = wallex(
-        &["projections", "new", "wallets-by-owner", "--dir", &dir_text],
-        &db.url,
-    );
-    assert!(created.status.success(), "{:?}", created);
     for file in [
         "Cargo.toml",
         "src/lib.rs",
@@ -240,40 +248,15 @@ async fn new_python_and_javascript_projects_pass_their_tests() {
         "componentize-py",
         Command::new("componentize-py").arg("--version"),
     ) {
-        let dir = scratch.0.join("py").display().to_string();
-        let created = wallex(
-            &[
-                "projections",
-                "new",
-                "owners-py",
-                "--lang",
-                "python",
-                "--dir",
-                &dir,
-            ],
-            &db.url,
-        );
-        assert!(created.status.success(), "{created:?}");
+        let dir = new_project(&db, &scratch, "owners-py", &["--lang", "python"]);
+        let dir = dir.display().to_string();
         let tested = wallex(&["projections", "test", &dir], &db.url);
         assert!(tested.status.success(), "{}", stdout(&tested));
         assert!(stdout(&tested).contains("3 passed, 0 failed"));
     }
     if tool_available("npm", Command::new("npm").arg("--version")) {
-        let dir = scratch.0.join("js");
+        let dir = new_project(&db, &scratch, "owners-js", &["--lang", "javascript"]);
         let dir_text = dir.display().to_string();
-        let created = wallex(
-            &[
-                "projections",
-                "new",
-                "owners-js",
-                "--lang",
-                "javascript",
-                "--dir",
-                &dir_text,
-            ],
-            &db.url,
-        );
-        assert!(created.status.success(), "{created:?}");
         let missing = wallex(&["projections", "build", &dir_text], &db.url);
         common::assert_one_line_error(&missing, "error: jco is not installed: npm install");
         let installed = Command::new("npm")
@@ -614,14 +597,10 @@ async fn serve_runs_on_a_private_postgres_and_stops_it_on_exit() {
 async fn wallex_dev_redeploys_what_passes_its_tests_and_nothing_else() {
     let db = TestDb::new().await;
     let scratch = Scratch::new("dev");
-    let dir = scratch.0.join("wallets-dev");
+    let dir = new_project(&db, &scratch, "wallets-dev", &[]);
     let dir_text = dir.display().to_string();
-    let created = wallex(
-        &["projections", "new", "wallets-dev", "--dir", &dir_text],
-        &db.url,
-    );
-    assert!(created.status.success(), "{created:?}");
     let port = free_port();
+    let stderr_file = scratch.0.join("dev.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_wallex"))
         .args(["dev", &dir_text, "--watch-ms", "200"])
         .env("DATABASE_URL", &db.url)
@@ -630,7 +609,7 @@ async fn wallex_dev_redeploys_what_passes_its_tests_and_nothing_else() {
         .env("RUST_LOG", "warn")
         .env_remove("WALLEX_ADMIN_TOKEN")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).expect("stderr file"))
         .spawn()
         .expect("wallex dev");
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
@@ -654,7 +633,11 @@ async fn wallex_dev_redeploys_what_passes_its_tests_and_nothing_else() {
                 seen.push(line);
             }
         }
-        panic!("no line with {needle:?}; saw:\n{}", seen.join("\n"));
+        panic!(
+            "no line with {needle:?}; saw:\n{}\nstderr:\n{}",
+            seen.join("\n"),
+            std::fs::read_to_string(&stderr_file).unwrap_or_default()
+        );
     };
     wait_line("deployed wallets-dev: created");
     let base = format!("http://127.0.0.1:{port}");

@@ -37,21 +37,6 @@ pub async fn fetch<'e>(
     .await
 }
 
-/// Whether an artifact is stored for a component and engine (without reading it).
-pub async fn exists<'e>(
-    executor: impl PgExecutor<'e>,
-    sha256: &str,
-    engine: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM projection_artifacts WHERE sha256 = $1 AND engine = $2)",
-    )
-    .bind(sha256)
-    .bind(engine)
-    .fetch_one(executor)
-    .await
-}
-
 /// Takes the transaction-scoped lock of one (component, engine) compile, waiting at most
 /// `wait_ms` (PostgreSQL's `lock_timeout`, which advisory locks honour): the caller compiles
 /// only while it holds it, so a cluster compiles each version once.

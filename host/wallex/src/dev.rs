@@ -124,9 +124,10 @@ pub async fn run(
         if newest.is_none() || newest == seen {
             continue;
         }
+        // Taken before the round: a save during it starts the next one. (What a round writes,
+        // under `target/`, is not looked at.)
+        seen = newest;
         round(&args, &client, &database_url).await;
-        // What the round itself wrote (the component) is not a change of the sources.
-        seen = builder::newest_file(&args.dir, true);
     };
     drop(private);
     result.map_err(Into::into)

@@ -181,11 +181,6 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/wallex", self.port)
     }
 
-    /// Its data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data
-    }
-
     fn tool(&self, name: &str) -> Command {
         let path = self.bin.join(name);
         if self.run_as_postgres {
