@@ -15,6 +15,9 @@
 //! - `POST /admin/projections/{name}/{reload|rebuild|pause|resume|rollback}`.
 //! - `DELETE /admin/projections/{name}/rebuild`: cancel a rebuild.
 //! - `GET /admin/projections/{name}/dead-letters[?all=true]`, `POST …/dead-letters/replay`.
+//! - `POST /admin/dry-runs[?name=&keep=&max_events=]` (`application/wasm`): a dry run of a
+//!   candidate over the live log; `GET /admin/dry-runs[/{id}]`; `DELETE /admin/dry-runs/{id}`
+//!   cancels it or drops its kept shadow (see [`crate::dry_runs`]).
 //! - `GET /admin/outbox/stats`, `GET /admin/actions[?projection=&limit=]`.
 
 use axum::body::Body;
@@ -113,6 +116,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> 
         .route(
             "/admin/projections/{name}/dead-letters/replay",
             post(replay_dead_letters),
+        )
+        .route(
+            "/admin/dry-runs",
+            get(crate::dry_runs::list).post(crate::dry_runs::start),
+        )
+        .route(
+            "/admin/dry-runs/{id}",
+            get(crate::dry_runs::get).delete(crate::dry_runs::discard),
         )
         .route("/admin/outbox/stats", get(outbox_stats))
         .route("/admin/actions", get(actions))
@@ -335,9 +346,11 @@ async fn deploy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    // The request's budget runs from here: reading a large body counts against it.
+    let arrived = std::time::Instant::now();
     check_name(&name)?;
     let upload = upload(&state, Some(name), settings, &headers, body).await?;
-    Ok(crate::deploys::start(state, upload, &headers).await)
+    Ok(crate::deploys::start(state, upload, &headers, arrived).await)
 }
 
 /// `POST /admin/projections`: a deploy under the name the component declares (so a client need
@@ -348,8 +361,9 @@ async fn deploy_unnamed(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let arrived = std::time::Instant::now();
     let upload = upload(&state, None, settings, &headers, body).await?;
-    Ok(crate::deploys::start(state, upload, &headers).await)
+    Ok(crate::deploys::start(state, upload, &headers, arrived).await)
 }
 
 /// The cheap checks of a deploy request (settings, media type, size, digest), before anything
@@ -374,6 +388,20 @@ async fn upload(
         })?
         .0;
     let settings = (!settings.is_empty()).then_some(settings);
+    let bytes = read_component(state, headers, body).await?;
+    Ok(crate::deploys::Upload {
+        name,
+        bytes,
+        settings,
+    })
+}
+
+/// A component upload's body, checked: media type, size, `Content-Digest`.
+pub(crate) async fn read_component(
+    state: &AdminState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, Problem> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -398,11 +426,7 @@ async fn upload(
     if let Some(digest) = headers.get("content-digest") {
         verify_digest(digest, &bytes)?;
     }
-    Ok(crate::deploys::Upload {
-        name,
-        bytes: Vec::from(bytes),
-        settings,
-    })
+    Ok(Vec::from(bytes))
 }
 
 /// Verifies an RFC 9530 `Content-Digest` (`sha-256` or `sha-512`; other algorithms are ignored,

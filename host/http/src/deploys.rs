@@ -148,10 +148,17 @@ impl Job {
 
 /// Starts a deploy in the background and answers it: as a synchronous deploy would once it ends
 /// within the wait, else `202 Accepted` with its `Location`.
-pub(crate) async fn start(state: AdminState, upload: Upload, headers: &HeaderMap) -> Response {
+/// `arrived`: when the handler started, so that the time spent reading the upload counts against
+/// the request's timeout too.
+pub(crate) async fn start(
+    state: AdminState,
+    upload: Upload,
+    headers: &HeaderMap,
+    arrived: std::time::Instant,
+) -> Response {
     let wait = requested_wait(headers)
         .unwrap_or(DEFAULT_DEPLOY_WAIT)
-        .min(state.max_deploy_wait());
+        .min(state.max_deploy_wait().saturating_sub(arrived.elapsed()));
     let (sender, mut finished) = watch::channel(None);
     let job = Arc::new(Job {
         id: Uuid::new_v4(),
@@ -227,7 +234,7 @@ async fn run(state: &AdminState, actor: &str, upload: Upload) -> Result<ActionAn
 
 /// The wait a request asks for with `Prefer` (RFC 7240): `respond-async` alone is no wait,
 /// `wait=N` is N seconds.
-fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
     let mut respond_async = false;
     let mut wait = None;
     for value in headers.get_all("prefer") {
@@ -257,7 +264,7 @@ fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
 impl AdminState {
     /// Longest a deploy request may wait before it answers `202`: the request timeout less a
     /// margin for the answer.
-    fn max_deploy_wait(&self) -> Duration {
+    pub(crate) fn max_deploy_wait(&self) -> Duration {
         self.request_timeout.saturating_sub(ANSWER_MARGIN)
     }
 }

@@ -14,6 +14,7 @@
 //! - [`projections`] — `GET /projections[/{name}]`, `GET /projections/{name}/{table}/{key}`;
 //! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit); [`deploys`] —
 //!   deploys that outlive their request (`202 Accepted`, `GET /admin/deploys/{id}`);
+//!   [`dry_runs`] — `/admin/dry-runs`, a candidate replayed over the live log and compared;
 //! - [`health`] — `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
 //! - [`observe`] — every request's span, correlation id and HTTP metrics (middleware);
 //! - [`wire`] — typed bodies of the admin API and the projections' status.
@@ -22,6 +23,7 @@
 
 pub mod admin;
 pub mod deploys;
+pub mod dry_runs;
 pub mod health;
 pub mod metrics;
 pub mod observe;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use wallex_core::write_path::read_model_check::DriftedRow;
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
+use wallex_runtime::dry_run::{DryRun, TableChange};
 use wallex_runtime::operation::Activation;
 use wallex_runtime::recovery::drift::ProjectionRepair;
 use wallex_runtime::recovery::runs::Run;
@@ -780,4 +781,264 @@ pub struct ProblemDocument {
     pub title: String,
     /// What happened in this case.
     pub detail: String,
+}
+
+/// A dry run (`POST /admin/dry-runs`, `GET /admin/dry-runs/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunBody {
+    /// The run's number (its `Location` is `/admin/dry-runs/{id}`).
+    pub id: i64,
+    /// The projection: the name asked for, then the one the candidate declares.
+    pub projection: Option<String>,
+    /// SHA-256 of the candidate.
+    pub sha256: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// `compiling`, `replaying`, `comparing`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Whether the shadow is kept afterwards.
+    pub keep: bool,
+    /// The shadow namespace, while it exists (query it; drop it with `DELETE`).
+    pub shadow: Option<String>,
+    /// The live version compared with (absent: the name was not live).
+    pub live_sha256: Option<String>,
+    /// How far it is.
+    pub progress: DryRunProgressBody,
+    /// What the candidate's `describe` declares.
+    pub declared: Option<DeclaredBody>,
+    /// The first poison events, in log order (all are counted in `progress.poisonEvents`).
+    pub poison: Vec<PoisonEventBody>,
+    /// Per table of either version.
+    pub tables: Vec<DryRunTableBody>,
+    /// The first differing rows.
+    pub sample: Vec<DryRunRowBody>,
+    /// The global position both sides stood at when compared.
+    pub compared_at: Option<i64>,
+    /// Milliseconds the replay took.
+    pub replay_ms: u64,
+    /// Milliseconds the comparison took.
+    pub compare_ms: u64,
+    /// Whether a cancel was asked for.
+    pub cancel_requested: bool,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it was last heard of.
+    pub updated_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// How far a dry run is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunProgressBody {
+    /// Outbox rows read.
+    pub events_read: i64,
+    /// Outbox rows when the replay started.
+    pub events_total: i64,
+    /// Events given to the candidate (the subscribed ones).
+    pub events_handled: i64,
+    /// Rows the candidate's statements wrote.
+    pub rows_written: i64,
+    /// The global position the replay stands at.
+    pub position: i64,
+    /// Poison events met.
+    pub poison_events: i64,
+}
+
+/// A candidate's declaration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredBody {
+    /// Its name.
+    pub name: String,
+    /// The version of its tables.
+    pub schema_version: u32,
+    /// The event types it subscribes to.
+    pub subscribes_to: Vec<String>,
+    /// Its tables.
+    pub tables: Vec<DeclaredTableBody>,
+}
+
+/// A declared table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredTableBody {
+    /// Its name.
+    pub name: String,
+    /// `name type` per column (`?`: nullable).
+    pub columns: Vec<String>,
+    /// Its primary key.
+    pub primary_key: Vec<String>,
+}
+
+/// An event the candidate failed on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoisonEventBody {
+    /// Its global position.
+    pub position: i64,
+    /// Its id.
+    pub event_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// One table of a dry run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunTableBody {
+    /// The table.
+    pub table: String,
+    /// `added`, `removed`, `same`, `changed` (columns) or `key-changed` (not compared).
+    pub change: String,
+    /// Rows the candidate wrote (absent: it does not declare the table).
+    pub rows: Option<i64>,
+    /// Rows of the live version (absent: not live, or not declared by it).
+    pub live_rows: Option<i64>,
+    /// Rows only the candidate has.
+    pub missing: i64,
+    /// Rows only the live version has.
+    pub extra: i64,
+    /// Rows on both sides that differ.
+    pub different: i64,
+    /// Columns only the candidate declares.
+    pub columns_added: Vec<String>,
+    /// Columns only the live version declares.
+    pub columns_removed: Vec<String>,
+}
+
+/// A differing row of a dry run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunRowBody {
+    /// The table.
+    pub table: String,
+    /// `column=value` pairs of its primary key.
+    pub key: String,
+    /// `missing` (only the candidate has it), `extra` (only live has it) or `different`.
+    pub change: String,
+    /// The columns that differ: `{column, candidate, live}`.
+    pub columns: Vec<DryRunColumnBody>,
+}
+
+/// One column of a differing row, as PostgreSQL writes it as text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunColumnBody {
+    /// The column.
+    pub column: String,
+    /// The candidate's value.
+    pub candidate: Option<String>,
+    /// The live value.
+    pub live: Option<String>,
+}
+
+/// `GET /admin/dry-runs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunList {
+    /// The latest runs, newest first.
+    pub dry_runs: Vec<DryRunBody>,
+}
+
+impl From<DryRun> for DryRunBody {
+    fn from(r: DryRun) -> Self {
+        let report = r.report;
+        Self {
+            id: r.id,
+            projection: r.projection,
+            sha256: r.sha256,
+            requested_by: r.requested_by,
+            status: r.status.as_str().to_owned(),
+            keep: r.keep,
+            shadow: r.namespace,
+            live_sha256: r.live_sha256,
+            progress: DryRunProgressBody {
+                events_read: r.events_read,
+                events_total: r.events_total,
+                events_handled: r.events_handled,
+                rows_written: r.rows_written,
+                position: r.position,
+                poison_events: r.poison_count,
+            },
+            declared: report.declared.map(|d| DeclaredBody {
+                name: d.name,
+                schema_version: d.schema_version,
+                subscribes_to: d.subscribes_to,
+                tables: d
+                    .tables
+                    .into_iter()
+                    .map(|t| DeclaredTableBody {
+                        name: t.name,
+                        columns: t.columns,
+                        primary_key: t.primary_key,
+                    })
+                    .collect(),
+            }),
+            poison: report
+                .poison
+                .into_iter()
+                .map(|p| PoisonEventBody {
+                    position: p.position,
+                    event_id: p.event_id,
+                    event_type: p.event_type,
+                    error: p.error,
+                })
+                .collect(),
+            tables: report
+                .tables
+                .into_iter()
+                .map(|t| DryRunTableBody {
+                    table: t.table,
+                    change: match t.change {
+                        TableChange::Added => "added",
+                        TableChange::Removed => "removed",
+                        TableChange::Same => "same",
+                        TableChange::Changed => "changed",
+                        TableChange::KeyChanged => "key-changed",
+                    }
+                    .to_owned(),
+                    rows: t.rows,
+                    live_rows: t.live_rows,
+                    missing: t.missing,
+                    extra: t.extra,
+                    different: t.different,
+                    columns_added: t.columns_added,
+                    columns_removed: t.columns_removed,
+                })
+                .collect(),
+            sample: report
+                .sample
+                .into_iter()
+                .map(|s| DryRunRowBody {
+                    table: s.table,
+                    key: s.key,
+                    change: s.change,
+                    columns: s
+                        .columns
+                        .into_iter()
+                        .map(|c| DryRunColumnBody {
+                            column: c.column,
+                            candidate: c.candidate,
+                            live: c.live,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            compared_at: report.compared_at,
+            replay_ms: report.replay_ms,
+            compare_ms: report.compare_ms,
+            cancel_requested: r.cancel_requested,
+            error: r.error,
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
 }

@@ -142,6 +142,15 @@ pub fn shadow_key(projection: &str) -> String {
     format!("{projection}{SHADOW_SUFFIX}")
 }
 
+/// Suffix of the checkpoint key of a projection's dry run (see [`crate::dry_run`]): one at a
+/// time per projection.
+pub const DRY_RUN_SUFFIX: &str = "#dry-run";
+
+/// The checkpoint key of `projection`'s dry run.
+pub fn dry_run_key(projection: &str) -> String {
+    format!("{projection}{DRY_RUN_SUFFIX}")
+}
+
 /// Renames a checkpoint (a drift shadow held at its cut, or taken up again by a repair).
 pub async fn rename(conn: &mut PgConnection, from: &str, to: &str) -> Result<(), CheckpointError> {
     sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")

@@ -110,6 +110,15 @@ pub struct ProjectionArgs {
     /// there instead of compiling again (restarts, other instances, rollbacks).
     #[arg(long, env = "WALLEX_ARTIFACT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub artifact_cache: bool,
+    /// Longest a dry run may take (compile, replay and comparison).
+    #[arg(long, env = "WALLEX_DRY_RUN_TIMEOUT_MS", default_value_t = crate::dry_run::DEFAULT_TIMEOUT_MS)]
+    pub dry_run_timeout_ms: u64,
+    /// Most outbox rows a dry run may read.
+    #[arg(long, env = "WALLEX_DRY_RUN_MAX_EVENTS", default_value_t = crate::dry_run::DEFAULT_MAX_EVENTS)]
+    pub dry_run_max_events: u64,
+    /// Most rows a dry run's candidate may write into its shadow.
+    #[arg(long, env = "WALLEX_DRY_RUN_MAX_ROWS", default_value_t = crate::dry_run::DEFAULT_MAX_ROWS)]
+    pub dry_run_max_rows: u64,
     /// Scan interval of `WALLEX_PROJECTIONS_DIR` for new or changed components (0: no watch).
     #[arg(long, env = "WALLEX_PROJECTIONS_WATCH_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
     pub projections_watch_ms: u64,
@@ -117,10 +126,12 @@ pub struct ProjectionArgs {
     #[arg(long, env = "REGISTRY_RESYNC_MS", default_value_t = DEFAULT_REGISTRY_RESYNC_MS)]
     pub registry_resync_ms: u64,
     /// Linear-memory cap of a component call, in MiB.
-    #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB", default_value_t = 64)]
+    #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB",
+          default_value_t = crate::sandbox::engine::DEFAULT_MEMORY_LIMIT_BYTES >> 20)]
     pub projector_memory_limit_mib: usize,
     /// Highest memory cap any projection may be given (per-projection overrides included), MiB.
-    #[arg(long, env = "PROJECTOR_MEMORY_MAX_MIB", default_value_t = 256)]
+    #[arg(long, env = "PROJECTOR_MEMORY_MAX_MIB",
+          default_value_t = crate::sandbox::engine::DEFAULT_MAX_MEMORY_BYTES >> 20)]
     pub projector_memory_max_mib: usize,
     /// Wall-clock budget of one component call.
     #[arg(long, env = "PROJECTOR_CALL_TIMEOUT_MS", default_value_t = 2_000)]
@@ -261,6 +272,8 @@ pub struct ProjectionConfig {
     pub compiled_memory_max_bytes: usize,
     /// Whether compiled components are stored in and loaded from `projection_artifacts`.
     pub artifact_cache: bool,
+    /// Limits of every dry run.
+    pub dry_run: crate::dry_run::DryRunLimits,
     /// `None`: the directory is read at start-up only.
     pub watch_interval: Option<Duration>,
     /// How often every instance re-reads the registry even without a notification.
@@ -289,6 +302,7 @@ impl Default for ProjectionConfig {
             compile_timeout: Duration::from_millis(DEFAULT_COMPILE_TIMEOUT_MS),
             compiled_memory_max_bytes: DEFAULT_COMPILED_MEMORY_MAX_MIB << 20,
             artifact_cache: true,
+            dry_run: crate::dry_run::DryRunLimits::default(),
             watch_interval: Some(Duration::from_millis(DEFAULT_WATCH_INTERVAL_MS)),
             registry_resync: Duration::from_millis(DEFAULT_REGISTRY_RESYNC_MS),
             engine: EngineLimits::default(),
@@ -378,6 +392,11 @@ impl ProjectionArgs {
             compile_timeout: Duration::from_millis(self.compile_timeout_ms),
             compiled_memory_max_bytes: self.compiled_memory_max_mib.saturating_mul(1 << 20),
             artifact_cache: self.artifact_cache,
+            dry_run: crate::dry_run::DryRunLimits {
+                timeout: Duration::from_millis(self.dry_run_timeout_ms),
+                max_events: self.dry_run_max_events,
+                max_rows: self.dry_run_max_rows,
+            },
             watch_interval: (self.projections_watch_ms > 0)
                 .then(|| Duration::from_millis(self.projections_watch_ms)),
             registry_resync: Duration::from_millis(self.registry_resync_ms.max(100)),
@@ -544,6 +563,26 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: ProjectionArgs,
+    }
+
+    /// The settings `wallex serve` resolves with nothing given (no flag, no environment).
+    fn resolved_defaults() -> ProjectionConfig {
+        use clap::{CommandFactory, FromArgMatches};
+        // The developer's environment must not count: every argument's `env` is dropped.
+        let command = Cli::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["x"]);
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        cli.args.resolve().unwrap()
+    }
+
+    #[test]
+    fn the_library_defaults_are_the_servers_defaults() {
+        // Benches and tests that build a `ProjectionConfig::default()` must run with the limits
+        // users get from `wallex serve`: one default per setting.
+        assert_eq!(
+            format!("{:#?}", ProjectionConfig::default()),
+            format!("{:#?}", resolved_defaults())
+        );
     }
 
     #[test]

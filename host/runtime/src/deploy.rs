@@ -55,18 +55,7 @@ impl Projections {
     /// compiles (on a blocking thread, within the compile time limit), implements the world,
     /// describes itself, declares valid tables.
     pub async fn validate(&self, bytes: Vec<u8>, origin: &str) -> Result<Candidate, DeployError> {
-        let limit = self.inner.config.max_component_bytes;
-        if bytes.len() > limit {
-            return Err(DeployError::TooLarge {
-                size: bytes.len(),
-                limit,
-            });
-        }
-        match binary_kind(&bytes) {
-            BinaryKind::Component => {}
-            BinaryKind::CoreModule => return Err(DeployError::CoreModule),
-            BinaryKind::NotWasm => return Err(DeployError::NotWasm),
-        }
+        self.precheck(&bytes)?;
         let sha256 = registry::sha256_hex(&bytes);
         let bytes = Arc::new(bytes);
         let component = match self.cached(&sha256) {
@@ -88,6 +77,22 @@ impl Projections {
             component,
             schema,
         })
+    }
+
+    /// The checks that need no compile: size and preamble.
+    pub fn precheck(&self, bytes: &[u8]) -> Result<(), DeployError> {
+        let limit = self.inner.config.max_component_bytes;
+        if bytes.len() > limit {
+            return Err(DeployError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        match binary_kind(bytes) {
+            BinaryKind::Component => Ok(()),
+            BinaryKind::CoreModule => Err(DeployError::CoreModule),
+            BinaryKind::NotWasm => Err(DeployError::NotWasm),
+        }
     }
 
     /// The component with these bytes, compiled and described: loaded from its stored artifact

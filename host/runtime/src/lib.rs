@@ -24,6 +24,8 @@
 //!   the compiled components).
 //! - [`deploy`], [`lifecycle`], [`rebuild`] — operations by name: validate and activate; pause,
 //!   resume, reload, delete; blue/green rebuilds from start to cut-over.
+//! - [`dry_run`] — a candidate replayed over the live log into a shadow of its own and compared
+//!   with the live version, never live (owns `projection_dry_runs`).
 //! - [`status`] — what an operator sees, as typed values.
 //! - [`reconcile`] — every instance runs what the registry says.
 //! - [`watch`] — the projections directory deploys what changes in it.
@@ -38,6 +40,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dead_letters;
 pub mod deploy;
+pub mod dry_run;
 pub mod lifecycle;
 pub mod mutation;
 pub mod operation;
@@ -102,6 +105,9 @@ struct Inner {
     /// projectors, and a worker that spawns workers is a future that contains itself.)
     workers: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<Projector>>>>,
     tasks: TaskTracker,
+    /// Cancelled when the workers' shutdown is: long tasks of their own (dry runs) end early
+    /// instead of holding the shutdown up.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Projections {
@@ -132,6 +138,7 @@ impl Projections {
                 startup_files: std::sync::Mutex::new(HashMap::new()),
                 workers: std::sync::Mutex::new(None),
                 tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
         })
     }
@@ -368,8 +375,10 @@ impl Projections {
             ));
         }
         let tasks = self.inner.tasks.clone();
+        let stopping = self.inner.stopping.clone();
         let done = tokio::spawn(async move {
             shutdown.cancelled().await;
+            stopping.cancel();
             tasks.close();
             tasks.wait().await;
             let _ = listener.await;

@@ -44,7 +44,7 @@ use super::REPORT_SAMPLE;
 use crate::operation::{live_deployment, DeployError, SYSTEM_ACTOR};
 use crate::rebuild::drop_rebuild;
 use crate::registry::{self, DeploymentState};
-use crate::schema::{quote, ProjectionSchema, TableSchema};
+use crate::schema::{quote, ProjectionSchema};
 use crate::worker::{Active, Projector};
 use crate::{checkpoint, Projections};
 use wallex_core::write_path::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
@@ -124,17 +124,7 @@ impl Projections {
     ) -> Result<(), DeployError> {
         let name = projector.name();
         let live_schema = projector.active().schema;
-        // Its own connection, closed when dropped (never back in the pool mid-transaction).
-        let mut snapshot = self.pool().acquire().await?.detach();
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut snapshot)
-            .await?;
-        sqlx::query(&format!(
-            "SET LOCAL statement_timeout = {}",
-            COMPARE_TIMEOUT.as_millis()
-        ))
-        .execute(&mut snapshot)
-        .await?;
+        let mut snapshot = open_snapshot(self.pool()).await?;
         // The snapshot is taken by its first query: these reads fix it.
         let live = checkpoint::read_in(&mut snapshot, name).await?;
         let shadow = checkpoint::read_in(&mut snapshot, &checkpoint::rebuild_key(name)).await?;
@@ -353,6 +343,23 @@ impl Projections {
     }
 }
 
+/// A read-only repeatable-read transaction on a connection of its own (closed when dropped, never
+/// back in the pool mid-transaction), its statements bounded by [`COMPARE_TIMEOUT`]. Its
+/// snapshot is taken by its first query.
+pub(crate) async fn open_snapshot(pool: &sqlx::PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut snapshot = pool.acquire().await?.detach();
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut snapshot)
+        .await?;
+    sqlx::query(&format!(
+        "SET LOCAL statement_timeout = {}",
+        COMPARE_TIMEOUT.as_millis()
+    ))
+    .execute(&mut snapshot)
+    .await?;
+    Ok(snapshot)
+}
+
 /// Compares every declared table of `live` with its copy in `shadow`, in the caller's snapshot.
 pub async fn compare(
     conn: &mut PgConnection,
@@ -362,73 +369,130 @@ pub async fn compare(
     let mut report = ReadModelReport::default();
     let mut tables = Vec::new();
     for table in &live.tables {
-        let diff = TableDiff::new(live, shadow, table);
-        let counts: (i64, i64, i64, i64) = sqlx::query_as(&diff.counts_sql())
-            .fetch_one(&mut *conn)
-            .await?;
+        let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        let keys: Vec<String> = table
+            .primary_key
+            .iter()
+            .map(|&i| table.columns[i].name.clone())
+            .collect();
+        let diff = TableDiff::new(
+            live.qualified(table),
+            shadow.qualified(table),
+            &keys,
+            &columns,
+        );
+        let room = REPORT_SAMPLE.saturating_sub(report.sample.len());
+        let (counts, sample) = diff.run(conn, &table.name, room).await?;
         let drift = TableDrift {
             table: table.name.clone(),
-            compared: counts.0,
-            missing: counts.1,
-            extra: counts.2,
-            different: counts.3,
+            compared: counts.compared,
+            missing: counts.missing,
+            extra: counts.extra,
+            different: counts.different,
         };
         report.checked += drift.compared;
         report.missing += drift.missing;
         report.extra += drift.extra;
         report.different += drift.different;
-        let room = REPORT_SAMPLE.saturating_sub(report.sample.len());
-        if room > 0 && drift.missing + drift.extra + drift.different > 0 {
-            let rows = sqlx::query(&diff.sample_sql(table, room))
-                .fetch_all(&mut *conn)
-                .await?;
-            for row in rows {
-                report.sample.push(drifted_row(table, &row)?);
-            }
-        }
+        report.sample.extend(sample);
         tables.push(drift);
     }
     Ok((report, tables))
 }
 
-/// The SQL comparing one table with its shadow copy.
-struct TableDiff {
+/// What the comparison of one table with its other copy counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DiffCounts {
+    /// Rows on either side.
+    pub compared: i64,
+    /// Rows only the shadow (the replay) has.
+    pub missing: i64,
+    /// Rows only the live table has.
+    pub extra: i64,
+    /// Rows on both sides whose compared columns differ.
+    pub different: i64,
+}
+
+/// The SQL comparing one table with another copy of it (`l`: live, `s`: shadow) on its primary
+/// key, over the columns both have.
+pub(crate) struct TableDiff {
     from: String,
     first_key: String,
+    /// Both sides' compared columns differ.
+    distinct: String,
     differs: String,
     order: String,
+    /// The compared columns, as declared (unquoted), in order.
+    columns: Vec<String>,
+    /// Which of `columns` form the key, in key order.
+    key_positions: Vec<usize>,
 }
 
 impl TableDiff {
-    fn new(live: &ProjectionSchema, shadow: &ProjectionSchema, table: &TableSchema) -> Self {
-        let keys: Vec<String> = table
-            .primary_key
-            .iter()
-            .map(|&i| quote(&table.columns[i].name))
-            .collect();
-        let on = keys
+    /// Compares `live` with `shadow` (qualified table names) joined on `keys`, over `columns`
+    /// (which include the keys).
+    pub(crate) fn new(live: String, shadow: String, keys: &[String], columns: &[String]) -> Self {
+        let quoted: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+        let on = quoted
             .iter()
             .map(|k| format!("l.{k} = s.{k}"))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let first_key = keys.first().cloned().unwrap_or_default();
+        let first_key = quoted.first().cloned().unwrap_or_default();
+        let row = |side: &str| {
+            columns
+                .iter()
+                .map(|c| format!("{side}.{}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let distinct = format!("ROW({}) IS DISTINCT FROM ROW({})", row("l"), row("s"));
         Self {
-            from: format!(
-                "{} l FULL OUTER JOIN {} s ON {on}",
-                live.qualified(table),
-                shadow.qualified(table)
-            ),
+            from: format!("{live} l FULL OUTER JOIN {shadow} s ON {on}"),
             // Primary-key columns are NOT NULL: a NULL key means the row is absent on that side.
-            differs: format!(
-                "l.{first_key} IS NULL OR s.{first_key} IS NULL OR ROW(l.*) IS DISTINCT FROM ROW(s.*)"
-            ),
-            order: keys
+            differs: format!("l.{first_key} IS NULL OR s.{first_key} IS NULL OR {distinct}"),
+            distinct,
+            order: quoted
                 .iter()
                 .map(|k| format!("COALESCE(s.{k}, l.{k})"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            key_positions: keys
+                .iter()
+                .filter_map(|k| columns.iter().position(|c| c == k))
+                .collect(),
+            columns: columns.to_vec(),
             first_key,
         }
+    }
+
+    /// Counts, then samples at most `room` differing rows of table `table` (as reported).
+    pub(crate) async fn run(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        room: usize,
+    ) -> Result<(DiffCounts, Vec<DriftedRow>), sqlx::Error> {
+        let (compared, missing, extra, different): (i64, i64, i64, i64) =
+            sqlx::query_as(&self.counts_sql())
+                .fetch_one(&mut *conn)
+                .await?;
+        let counts = DiffCounts {
+            compared,
+            missing,
+            extra,
+            different,
+        };
+        let mut sample = Vec::new();
+        if room > 0 && missing + extra + different > 0 {
+            let rows = sqlx::query(&self.sample_sql(room))
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in rows {
+                sample.push(self.drifted_row(table, &row)?);
+            }
+        }
+        Ok((counts, sample))
     }
 
     /// Rows compared, missing, extra, different.
@@ -439,22 +503,21 @@ impl TableDiff {
                     count(*) FILTER (WHERE l.{k} IS NULL),
                     count(*) FILTER (WHERE s.{k} IS NULL),
                     count(*) FILTER (WHERE l.{k} IS NOT NULL AND s.{k} IS NOT NULL
-                                       AND ROW(l.*) IS DISTINCT FROM ROW(s.*))
+                                       AND {})
              FROM {}",
-            self.from
+            self.distinct, self.from
         )
     }
 
     /// The first `limit` differing rows in key order: whether the live side lacks the row,
-    /// whether the replay does, then every column as PostgreSQL writes it as text, live side
-    /// first, then the replayed side.
-    fn sample_sql(&self, table: &TableSchema, limit: usize) -> String {
+    /// whether the replay does, then every compared column as PostgreSQL writes it as text,
+    /// live side first, then the replayed side.
+    fn sample_sql(&self, limit: usize) -> String {
         let k = &self.first_key;
         let text = |side: &str| {
-            table
-                .columns
+            self.columns
                 .iter()
-                .map(|c| format!("{side}.{}::text", quote(&c.name)))
+                .map(|c| format!("{side}.{}::text", quote(c)))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -468,51 +531,51 @@ impl TableDiff {
             self.order
         )
     }
-}
 
-/// A sampled row (see [`TableDiff::sample_sql`]) as reported: its key, and the columns that
-/// differ (every column for a missing or extra row) with the replayed and the live value.
-fn drifted_row(table: &TableSchema, row: &PgRow) -> Result<DriftedRow, sqlx::Error> {
-    let missing: bool = row.try_get(0)?;
-    let extra: bool = row.try_get(1)?;
-    let width = table.columns.len();
-    let mut live = Vec::with_capacity(width);
-    let mut replayed = Vec::with_capacity(width);
-    for i in 0..width {
-        live.push(row.try_get::<Option<String>, _>(2 + i)?);
-        replayed.push(row.try_get::<Option<String>, _>(2 + width + i)?);
-    }
-    let drift = if missing {
-        RowDrift::Missing
-    } else if extra {
-        RowDrift::Extra
-    } else {
-        RowDrift::Different
-    };
-    let present = if missing { &replayed } else { &live };
-    let id = table
-        .primary_key
-        .iter()
-        .map(|&i| {
-            format!(
-                "{}={}",
-                table.columns[i].name,
-                present[i].as_deref().unwrap_or_default()
-            )
+    /// A sampled row (see [`TableDiff::sample_sql`]) as reported: its key, and the columns that
+    /// differ (every column for a missing or extra row) with the replayed and the live value.
+    fn drifted_row(&self, table: &str, row: &PgRow) -> Result<DriftedRow, sqlx::Error> {
+        let missing: bool = row.try_get(0)?;
+        let extra: bool = row.try_get(1)?;
+        let width = self.columns.len();
+        let mut live = Vec::with_capacity(width);
+        let mut replayed = Vec::with_capacity(width);
+        for i in 0..width {
+            live.push(row.try_get::<Option<String>, _>(2 + i)?);
+            replayed.push(row.try_get::<Option<String>, _>(2 + width + i)?);
+        }
+        let drift = if missing {
+            RowDrift::Missing
+        } else if extra {
+            RowDrift::Extra
+        } else {
+            RowDrift::Different
+        };
+        let present = if missing { &replayed } else { &live };
+        let id = self
+            .key_positions
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{}={}",
+                    self.columns[i],
+                    present[i].as_deref().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let columns = self
+            .columns
+            .iter()
+            .zip(replayed.into_iter().zip(live))
+            .filter(|(_, (expected, actual))| drift != RowDrift::Different || expected != actual)
+            .map(|(c, (expected, actual))| (c.clone(), expected, actual))
+            .collect();
+        Ok(DriftedRow {
+            table: Some(table.to_owned()),
+            id,
+            drift,
+            columns,
         })
-        .collect::<Vec<_>>()
-        .join(",");
-    let columns = table
-        .columns
-        .iter()
-        .zip(replayed.into_iter().zip(live))
-        .filter(|(_, (expected, actual))| drift != RowDrift::Different || expected != actual)
-        .map(|(c, (expected, actual))| (c.name.clone(), expected, actual))
-        .collect();
-    Ok(DriftedRow {
-        table: Some(table.name.clone()),
-        id,
-        drift,
-        columns,
-    })
+    }
 }

@@ -64,6 +64,8 @@ pub struct StreamOwner {
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default cap on a component's linear memory per call.
 pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 64 << 20;
+/// Default highest memory cap any projection may be given (the engine's ceiling).
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 256 << 20;
 /// Default wall-clock budget of one `describe` or `handle` call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default WebAssembly stack of a call (deeper recursion traps).
@@ -149,7 +151,7 @@ pub struct EngineLimits {
 impl Default for EngineLimits {
     fn default() -> Self {
         Self {
-            max_memory_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             max_stack_bytes: DEFAULT_MAX_STACK_BYTES,
             fuel: false,
         }

@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tracing::Instrument;
 
 use super::{
-    Active, BatchError, BatchHandler, BatchOutcome, Projector, Track, QUARANTINE_BURN,
+    Active, BatchError, BatchHandler, BatchOutcome, PoisonEvent, Projector, Track, QUARANTINE_BURN,
     QUARANTINE_WINDOW,
 };
 use crate::mutation;
@@ -139,6 +139,7 @@ impl Projector {
         let key = match track {
             Track::Live => name.to_owned(),
             Track::Rebuild | Track::Shadow => checkpoint::rebuild_key(name),
+            Track::DryRun(_) => checkpoint::dry_run_key(name),
         };
         let schema = &version.schema;
         let hint = self.size_hint[track.index()].load(Ordering::Relaxed);
@@ -157,13 +158,18 @@ impl Projector {
                 .await?;
         }
         let cursor = checkpoint::cursor(&mut tx, &key).await?;
-        let events = if track == Track::Shadow {
-            // Never past the live checkpoint: the worker holds it still (it runs both tracks),
-            // so the shadow reaches exactly the live tables' state — the drift check's cut.
-            let live = checkpoint::cursor(&mut tx, name).await?;
-            outbox::read_batch_until(&mut *tx, cursor, live, limit).await?
-        } else {
-            outbox::read_batch(&mut *tx, cursor, limit).await?
+        let events = match track {
+            Track::Shadow => {
+                // Never past the live checkpoint: the worker holds it still (it runs both
+                // tracks), so the shadow reaches exactly the live tables' state — the drift
+                // check's cut.
+                let live = checkpoint::cursor(&mut tx, name).await?;
+                outbox::read_batch_until(&mut *tx, cursor, live, limit).await?
+            }
+            Track::DryRun(until) => {
+                outbox::read_batch_until(&mut *tx, cursor, until, limit).await?
+            }
+            Track::Live | Track::Rebuild => outbox::read_batch(&mut *tx, cursor, limit).await?,
         };
         let read = started.elapsed();
 
@@ -177,10 +183,7 @@ impl Projector {
                     changed
                 });
             }
-            return Ok(BatchOutcome {
-                consumed: 0,
-                more: false,
-            });
+            return Ok(BatchOutcome::default());
         }
         if track == Track::Live {
             // Tests freeze a worker here (holding its checkpoint) to check stall detection.
@@ -222,6 +225,7 @@ impl Projector {
                 })
                 .collect();
             let mut rows = 0;
+            let mut reported = Vec::new();
             let (mut handled, mut applied) = (read, read);
             let mut consumed = events.len();
             let mut paused = None;
@@ -255,6 +259,17 @@ impl Projector {
                 };
                 for (index, error) in &evaluation.poison {
                     let event = &batch[*index];
+                    if let Track::DryRun(_) = track {
+                        // A dry run reports what the candidate fails on; the live dead letters
+                        // stay the live version's.
+                        reported.push(PoisonEvent {
+                            position: event.global_position,
+                            event_id: event.event_id.clone(),
+                            event_type: event.event_type.clone(),
+                            error: error.clone(),
+                        });
+                        continue;
+                    }
                     dead_letters::record(&mut tx, name, event, error).await?;
                     tracing::warn!(
                         projection = name,
@@ -265,8 +280,10 @@ impl Projector {
                         "poison event skipped and dead-lettered (on_poison = skip)"
                     );
                 }
-                metrics::counter!(PROJECTOR_DEAD_LETTERS_TOTAL, "projection" => name.to_owned())
-                    .increment(evaluation.poison.len() as u64);
+                if !self.dry_run {
+                    metrics::counter!(PROJECTOR_DEAD_LETTERS_TOTAL, "projection" => name.to_owned())
+                        .increment(evaluation.poison.len() as u64);
+                }
                 applied = started.elapsed();
             }
             let last = events[consumed - 1].cursor();
@@ -279,10 +296,12 @@ impl Projector {
             wallex_core::failpoint::hit("projection-after-commit").await;
             let committed = started.elapsed();
             let label = || ("projection", name.to_owned());
-            metrics::counter!(PROJECTOR_BATCHES_APPLIED_TOTAL, &[label()]).increment(1);
-            metrics::histogram!(PROJECTOR_BATCH_DURATION_SECONDS, &[label()])
-                .record(committed.as_secs_f64());
-            metrics::histogram!(PROJECTOR_BATCH_EVENTS, &[label()]).record(consumed as f64);
+            if !self.dry_run {
+                metrics::counter!(PROJECTOR_BATCHES_APPLIED_TOTAL, &[label()]).increment(1);
+                metrics::histogram!(PROJECTOR_BATCH_DURATION_SECONDS, &[label()])
+                    .record(committed.as_secs_f64());
+                metrics::histogram!(PROJECTOR_BATCH_EVENTS, &[label()]).record(consumed as f64);
+            }
             let current = tracing::Span::current();
             current.record("to_position", last.position);
             current.record("events", consumed);
@@ -324,6 +343,9 @@ impl Projector {
             Ok(BatchOutcome {
                 consumed,
                 more: events.len() >= limit as usize || consumed < events.len(),
+                handled: rows_of.iter().take_while(|&&row| row < consumed).count(),
+                rows,
+                poison: reported,
             })
         }
         .instrument(span)
@@ -373,12 +395,14 @@ impl Projector {
         let failed = matches!(&outcome, Err(error) if error.is_component_failure());
         self.last_call_failed.store(failed, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        metrics::histogram!(
+        if !self.dry_run {
+            metrics::histogram!(
             PROJECTOR_GUEST_CALL_DURATION_SECONDS,
             "projection" => self.name().to_owned(),
             "outcome" => if failed { "failed" } else { "ok" }
-        )
-        .record(elapsed.as_secs_f64());
+            )
+            .record(elapsed.as_secs_f64());
+        }
         if failed {
             self.burned_micros.fetch_add(micros, Ordering::Relaxed);
             if elapsed >= QUARANTINE_BURN {

@@ -231,24 +231,46 @@ pub enum Track {
     Rebuild,
     /// A drift check's shadow tables, under `<name>#rebuild`, never past the live checkpoint.
     Shadow,
+    /// A dry run's tables (see [`crate::dry_run`]), under `<name>#dry-run`, never past the
+    /// given cursor. Its poison events are reported in the outcome, never dead-lettered.
+    DryRun(OutboxCursor),
 }
 
 impl Track {
     fn index(self) -> usize {
         match self {
             Self::Live => 0,
-            Self::Rebuild | Self::Shadow => 1,
+            Self::Rebuild | Self::Shadow | Self::DryRun(_) => 1,
         }
     }
 }
 
 /// What one batch of a track did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// Outbox rows consumed (0 when caught up).
     pub consumed: usize,
     /// Whether more rows are known to wait (the batch was full, or only part of it settled).
     pub more: bool,
+    /// Events the component was given (subscribed ones) among those consumed.
+    pub handled: usize,
+    /// Rows the batch's statements wrote.
+    pub rows: u64,
+    /// A dry run's poison events, skipped (other tracks dead-letter them).
+    pub poison: Vec<PoisonEvent>,
+}
+
+/// An event the component failed on, skipped by a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoisonEvent {
+    /// Its global position.
+    pub position: i64,
+    /// Its id.
+    pub event_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// Why it failed.
+    pub error: String,
 }
 
 /// A projection and its worker's shared state.
@@ -283,6 +305,9 @@ pub struct Projector {
     /// Bumped by [`Projector::restart`]: the worker drops whatever it is doing (a batch that
     /// hangs included) and starts again from its checkpoint.
     restart: watch::Sender<u64>,
+    /// A dry run's projector: records no metrics under the projection's name (the live
+    /// version's series stay its own).
+    dry_run: bool,
 }
 
 impl std::fmt::Debug for Projector {
@@ -313,6 +338,15 @@ impl Projector {
             lease_held: AtomicBool::new(false),
             events_applied: AtomicU64::new(0),
             last_deploy_error: std::sync::Mutex::new(None),
+            dry_run: false,
+        }
+    }
+
+    /// A projector that only runs a dry run's batches ([`Track::DryRun`]); it has no worker.
+    pub fn for_dry_run(desired: Desired, config: WorkerConfig, guests: Arc<GuestPool>) -> Self {
+        Self {
+            dry_run: true,
+            ..Self::new(desired, config, guests)
         }
     }
 
@@ -753,7 +787,7 @@ async fn handle_failure(
                 .await
                 .map_err(|e| e.to_string())
         }
-        Track::Rebuild | Track::Shadow => {
+        Track::Rebuild | Track::Shadow | Track::DryRun(_) => {
             tracing::error!(error = %message, attempt = failures.count, gave_up, ?track, "rebuild batch failed; the live version is untouched");
             if gave_up {
                 ctx.supervisor

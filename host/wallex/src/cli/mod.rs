@@ -5,6 +5,7 @@
 //! projection on a running server should be one command with a readable answer (or `--json` for
 //! scripts), a one-line error and a non-zero exit code when it fails.
 
+pub mod dry_run;
 pub mod recovery;
 
 use std::io::Write;
@@ -90,8 +91,24 @@ pub enum ProjectionsCommand {
         name: Option<String>,
         /// A limit or the poison policy for this deploy, e.g. `--set on_poison=skip
         /// --set call_timeout_ms=500` (repeatable; see README "Security model").
-        #[arg(long = "set", value_name = "KEY=VALUE")]
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "dry_run")]
         settings: Vec<String>,
+        /// Do not deploy: replay the component over the live log into a shadow of its own and
+        /// report what it declares and writes, its poison events and, when the name is live, a
+        /// per-table diff against the live version (Ctrl-C cancels). Exits 1 unless it completed.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: keep the shadow tables for inspection.
+        #[arg(long, requires = "dry_run")]
+        keep: bool,
+        /// With --dry-run: read at most this many events of the log.
+        #[arg(long, requires = "dry_run", value_parser = clap::value_parser!(u64).range(1..))]
+        max_events: Option<u64>,
+    },
+    /// Drop the shadow tables a `deploy --dry-run --keep` kept (or cancel a running dry run).
+    DryRunDrop {
+        /// The dry run's number.
+        id: i64,
     },
     /// Restart a projection from its checkpoint on its registry version (after a failure).
     Reload {
@@ -347,7 +364,49 @@ pub async fn run(cli: ProjectionsCli) -> Result<bool, CliError> {
         ProjectionsCommand::Deploy {
             file,
             name,
+            dry_run: true,
+            keep,
+            max_events,
+            ..
+        } => {
+            let bytes = std::fs::read(file).map_err(|source| CliError::File {
+                path: file.display().to_string(),
+                source,
+            })?;
+            let args = dry_run::DryRunArgs {
+                name: name.as_deref(),
+                keep: *keep,
+                max_events: *max_events,
+                quiet: cli.server.json,
+            };
+            let report = dry_run::run(&client, bytes, &args).await?;
+            if cli.server.json {
+                print_json(&report)?;
+            } else {
+                dry_run::print(&report);
+            }
+            return Ok(report.status == "completed");
+        }
+        ProjectionsCommand::DryRunDrop { id } => {
+            let report: wallex_http::wire::DryRunBody = client
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/admin/dry-runs/{id}"),
+                    None,
+                )
+                .await?;
+            if cli.server.json {
+                print_json(&report)?;
+            } else {
+                dry_run::print(&report);
+            }
+            return Ok(true);
+        }
+        ProjectionsCommand::Deploy {
+            file,
+            name,
             settings,
+            ..
         } => {
             let query = settings_query(settings)?;
             let bytes = std::fs::read(file).map_err(|source| CliError::File {
