@@ -17,61 +17,6 @@ pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres
 /// How long a spawned server may take to start listening.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Environment variables of wallex that a test's caller might have set; removed from children.
-const WALLEX_ENV: &[&str] = &[
-    "DATABASE_URL",
-    "DATABASE_POOL_SIZE",
-    "DATABASE_ACQUIRE_TIMEOUT_MS",
-    "DATABASE_STATEMENT_TIMEOUT_MS",
-    "WALLEX_LISTEN",
-    "WALLEX_REQUEST_TIMEOUT_MS",
-    "WALLEX_SHUTDOWN_GRACE_SECS",
-    "WALLEX_LOG_FORMAT",
-    "WALLEX_FAILPOINTS",
-    "IDEMPOTENCY_TTL_HOURS",
-    "IDEMPOTENCY_KEY_REQUIRED",
-    "IDEMPOTENCY_CLEANUP_INTERVAL_SECS",
-    "IDEMPOTENCY_CLEANUP_BATCH_SIZE",
-    "WALLEX_ADMIN_TOKEN",
-    "WALLEX_PROJECTIONS_DIR",
-    "WALLEX_MAX_COMPONENT_BYTES",
-    "WALLEX_COMPILE_TIMEOUT_MS",
-    "WALLEX_COMPILED_MEMORY_MAX_MIB",
-    "WALLEX_ARTIFACT_CACHE",
-    "WALLEX_PRIVATE_POSTGRES",
-    "WALLEX_PRIVATE_POSTGRES_DIR",
-    "WALLEX_PRIVATE_POSTGRES_PORT",
-    "WALLEX_CACHE_DIR",
-    "WALLEX_PROJECTIONS_WATCH_MS",
-    "REGISTRY_RESYNC_MS",
-    "PROJECTORS_AUTO_START",
-    "PROJECTOR_REBUILD_BATCH_SIZE",
-    "WALLEX_URL",
-    "METRICS_ENABLED",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_SDK_DISABLED",
-    "OTEL_TRACES_EXPORTER",
-    "OTEL_SERVICE_NAME",
-    "REDIS_URL",
-    "REDIS_HOST",
-    "REDIS_PORT",
-    "REDIS_TIMEOUT_MS",
-    "REDIS_LOCK_TTL_MS",
-    "REDIS_LOCK_WAIT_MS",
-    "EVENT_STORE",
-    "KURRENTDB_CONNECTION_STRING",
-    "KURRENTDB_TIMEOUT_MS",
-    "KURRENTDB_RECONCILE_INTERVAL_SECS",
-    "KURRENTDB_RECONCILE_GRACE_SECS",
-    "RECOVERY_INTERVAL_SECS",
-    "RECOVERY_STALL_SECS",
-    "RECOVERY_CHECK_CHUNK",
-    "RECOVERY_CHECK_MARGIN_SECS",
-];
-
 fn admin_url() -> String {
     std::env::var("WALLEX_TEST_ADMIN_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
 }
@@ -220,7 +165,9 @@ impl Server {
                 });
             }
         }
-        for name in WALLEX_ENV {
+        // Every variable the binary reads, from its own list: a developer's exported settings
+        // never leak into a test.
+        for name in wallex::config::env_names() {
             command.env_remove(name);
         }
         command

@@ -94,3 +94,99 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// Environment variables the `wallex` command reads outside `serve`'s arguments: the log filter
+/// and format (`main`), the CLI's server, the author kit's cache, the benches' database,
+/// failpoints (built with the `failpoints` feature, for tests) and the OpenTelemetry exporter
+/// (read by `wallex-telemetry`).
+pub const OTHER_ENV: &[&str] = &[
+    "RUST_LOG",
+    "WALLEX_LOG_FORMAT",
+    "WALLEX_URL",
+    "WALLEX_CACHE_DIR",
+    "WALLEX_BENCH_DATABASE_URL",
+    "WALLEX_FAILPOINTS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SERVICE_NAME",
+];
+
+/// Every environment variable `wallex serve` reads as an argument ([`ServeConfig`] and what it
+/// flattens in from each crate), in declaration order: the one list that the tests strip, and
+/// that the README's configuration tables are checked against.
+pub fn serve_env() -> Vec<String> {
+    use clap::Args as _;
+    ServeConfig::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .filter_map(clap::Arg::get_env)
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// [`serve_env`] then [`OTHER_ENV`]: everything a test removes to run the binary with its
+/// defaults only.
+pub fn env_names() -> Vec<String> {
+    let mut names = serve_env();
+    names.extend(OTHER_ENV.iter().map(|name| (*name).to_owned()));
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The names in the first cell of every README table row (`| `NAME`, `OTHER` | …`).
+    fn documented() -> BTreeSet<String> {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .expect("README.md");
+        readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| "))
+            .filter_map(|rest| rest.split(" |").next())
+            .flat_map(|cell| {
+                cell.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .filter(|name| {
+                        name.len() > 1
+                            && name
+                                .chars()
+                                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    })
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_variable_of_serve_has_a_row_in_the_readme_and_every_row_a_variable() {
+        let documented = documented();
+        let serve = serve_env();
+        let missing: Vec<&String> = serve.iter().filter(|n| !documented.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "variables of `wallex serve` without a row in README.md's tables: {missing:?}"
+        );
+        let known: BTreeSet<String> = env_names().into_iter().collect();
+        let unknown: Vec<&String> = documented.iter().filter(|n| !known.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "README.md documents variables nothing reads: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn no_variable_is_declared_twice() {
+        let names = env_names();
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+}
