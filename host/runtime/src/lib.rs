@@ -77,7 +77,7 @@ pub const COMPONENT_EXTENSION: &str = "wasm";
 pub const MAX_CONCURRENT_COMPILES: usize = 2;
 
 /// The projections of this process: what the registry says each one runs, their workers, and
-/// the operations that change them (see [`control`]).
+/// the operations that change them (see [`deploy`], [`lifecycle`], [`rebuild`] and [`dry_run`]).
 #[derive(Clone)]
 pub struct Projections {
     inner: Arc<Inner>,
