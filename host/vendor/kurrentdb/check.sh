@@ -26,7 +26,7 @@ crate=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name "kurrentdb-$vers
 [ -n "$crate" ] || { echo "kurrentdb-$version.crate not found after cargo fetch" >&2; exit 1; }
 tar -xzf "$crate" -C "$work"
 published=$work/kurrentdb-$version
-(cd "$published" && patch -s -p1 <"$here/tcp-nodelay.patch")
+(cd "$published" && git apply -p1 "$here/tcp-nodelay.patch")
 diff -ru "$published/src" "$here/src"
 diff -u "$published/README.md" "$here/README.md"
 echo "host/vendor/kurrentdb: the published kurrentdb $version plus tcp-nodelay.patch, nothing else"
