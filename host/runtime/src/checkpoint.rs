@@ -151,6 +151,21 @@ pub fn dry_run_key(projection: &str) -> String {
     format!("{projection}{DRY_RUN_SUFFIX}")
 }
 
+/// Deletes `key`'s checkpoint only if it still describes `namespace` (a dry run's, when another
+/// run of the same projection may have replaced it since).
+pub async fn delete_for_namespace(
+    conn: &mut PgConnection,
+    key: &str,
+    namespace: &str,
+) -> Result<(), CheckpointError> {
+    sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1 AND namespace = $2")
+        .bind(key)
+        .bind(namespace)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Renames a checkpoint (a drift shadow held at its cut, or taken up again by a repair).
 pub async fn rename(conn: &mut PgConnection, from: &str, to: &str) -> Result<(), CheckpointError> {
     sqlx::query("DELETE FROM projector_checkpoints WHERE projection = $1")

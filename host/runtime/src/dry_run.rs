@@ -527,6 +527,19 @@ fn key_names(table: &TableSchema) -> Vec<String> {
         .collect()
 }
 
+/// Drops a run's checkpoint, only if it is still this run's (another run of the name may have
+/// started since).
+async fn drop_checkpoint(
+    conn: &mut PgConnection,
+    projection: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<(), DeployError> {
+    if let (Some(name), Some(namespace)) = (projection, namespace) {
+        checkpoint::delete_for_namespace(conn, &checkpoint::dry_run_key(name), namespace).await?;
+    }
+    Ok(())
+}
+
 /// Drops a run's namespace and checkpoint (either may be gone already).
 async fn remove_shadow(
     conn: &mut PgConnection,
@@ -541,18 +554,7 @@ async fn remove_shadow(
         )
         .await?;
     }
-    if let Some(name) = projection {
-        // Only this run's checkpoint: another run of the name may have started since.
-        if let Some(namespace) = namespace {
-            sqlx::query(
-                "DELETE FROM projector_checkpoints WHERE projection = $1 AND namespace = $2",
-            )
-            .bind(checkpoint::dry_run_key(name))
-            .bind(namespace)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
+    drop_checkpoint(conn, projection, namespace).await?;
     sqlx::query("UPDATE projection_dry_runs SET namespace = NULL WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -901,7 +903,6 @@ impl Projections {
                 let (mut snapshot, live_schema, position) = replay.cut(&mut conn, &name).await?;
                 report.replay_ms = millis(replay_started.elapsed());
                 running.tally().status = Some(DryRunStatus::Comparing);
-                set_status(pool, id, DryRunStatus::Comparing).await?;
                 let compare_started = Instant::now();
                 let (tables, sample) =
                     compare_versions(&mut snapshot, &live_schema, &active.schema).await?;
@@ -949,17 +950,14 @@ impl Projections {
                 )
                 .await?;
             }
-        } else if let Some(name) = stored.as_ref().and_then(|r| r.projection.as_deref()) {
+        } else if let Some(run) = &stored {
             // The kept tables need no checkpoint; the next run of the name starts its own.
-            if let Some(namespace) = stored.as_ref().and_then(|r| r.namespace.as_deref()) {
-                sqlx::query(
-                    "DELETE FROM projector_checkpoints WHERE projection = $1 AND namespace = $2",
-                )
-                .bind(checkpoint::dry_run_key(name))
-                .bind(namespace)
-                .execute(&mut *conn)
-                .await?;
-            }
+            drop_checkpoint(
+                &mut conn,
+                run.projection.as_deref(),
+                run.namespace.as_deref(),
+            )
+            .await?;
         }
         let report_json = serde_json::to_value(&report).map_err(|e| {
             DeployError::Conflict(format!("cannot store the dry run's report: {e}"))
@@ -1324,15 +1322,6 @@ async fn count(conn: &mut PgConnection, qualified: &str) -> Result<i64, sqlx::Er
     sqlx::query_scalar(&format!("SELECT count(*) FROM {qualified}"))
         .fetch_one(conn)
         .await
-}
-
-async fn set_status(pool: &sqlx::PgPool, id: i64, status: DryRunStatus) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE projection_dry_runs SET status = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status.as_str())
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 /// Stores the run's progress every [`HEARTBEAT`] and reads whether it was cancelled, until `done`.
