@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use tracing::Instrument;
 
 use super::artifacts;
 use super::checkpoint;
@@ -48,6 +49,24 @@ pub struct Candidate {
     pub component: Arc<LoadedComponent>,
     /// The declaration, in the namespace a first deployment of its version gets.
     pub schema: ProjectionSchema,
+    /// The compiled artifact being stored while the candidate is activated (`None`: nothing to
+    /// store, or already stored); an activation ends only once it is (see [`ArtifactStore`]).
+    pub artifact_store: Option<ArtifactStore>,
+}
+
+/// The store of a freshly compiled component's artifact, running in a task of its own under the
+/// compile lock (so that the activation's own writes overlap it rather than wait for it; the
+/// lock keeps every other instance waiting for the artifact, not compiling).
+#[derive(Clone, Debug)]
+pub struct ArtifactStore(tokio::sync::watch::Receiver<bool>);
+
+impl ArtifactStore {
+    /// Waits until the artifact is stored, or its store has failed (already logged: the next
+    /// load compiles again).
+    pub async fn wait(mut self) {
+        // An error is a store task that ended without saying so: nothing left to wait for.
+        let _ = self.0.wait_for(|done| *done).await;
+    }
 }
 
 impl Projections {
@@ -58,8 +77,8 @@ impl Projections {
         self.precheck(&bytes)?;
         let sha256 = registry::sha256_hex(&bytes);
         let bytes = Arc::new(bytes);
-        let component = match self.cached(&sha256) {
-            Some(hit) => hit,
+        let (component, artifact_store) = match self.cached(&sha256) {
+            Some(hit) => (hit, None),
             None => {
                 self.compile(origin.to_owned(), &sha256, Arc::clone(&bytes))
                     .await?
@@ -76,6 +95,7 @@ impl Projections {
             bytes,
             component,
             schema,
+            artifact_store,
         })
     }
 
@@ -100,38 +120,41 @@ impl Projections {
     /// (under the compile lock, the artifact stored for the others), on a blocking thread, at
     /// most [`super::MAX_CONCURRENT_COMPILES`] at a time, within the compile time limit. (A
     /// compile that overruns keeps its thread until it ends, but its result is dropped.) Refused
-    /// when it would take the process's compiled components over their memory limit.
+    /// when it would take the process's compiled components over their memory limit. A fresh
+    /// compile's artifact is still being stored when this returns: the [`ArtifactStore`] says
+    /// when it is.
     pub(super) async fn compile(
         &self,
         origin: String,
         sha256: &str,
         bytes: Arc<Vec<u8>>,
-    ) -> Result<Arc<LoadedComponent>, DeployError> {
+    ) -> Result<(Arc<LoadedComponent>, Option<ArtifactStore>), DeployError> {
         let _slot = self
             .inner
             .compile_slots
             .acquire()
             .await
             .map_err(|e| ComponentError::Join(e.to_string()))?;
-        let component = if self.inner.config.artifact_cache {
+        let (component, stored) = if self.inner.config.artifact_cache {
             self.compile_once(origin, sha256, bytes).await?
         } else {
-            self.compile_here(origin, bytes, false).await?.0
+            (self.compile_here(origin, bytes, false).await?.0, None)
         };
         self.check_memory(sha256, &component)?;
-        Ok(Arc::new(component))
+        Ok((Arc::new(component), stored))
     }
 
-    /// Loads the stored artifact, or compiles under the cluster-wide compile lock and stores it.
+    /// Loads the stored artifact, or compiles under the cluster-wide compile lock and stores it
+    /// (in a task of its own that holds the lock until the artifact is committed).
     async fn compile_once(
         &self,
         origin: String,
         sha256: &str,
         bytes: Arc<Vec<u8>>,
-    ) -> Result<LoadedComponent, DeployError> {
+    ) -> Result<(LoadedComponent, Option<ArtifactStore>), DeployError> {
         let engine = self.inner.engine_key.as_str();
         if let Some(loaded) = self.load_artifact(&origin, sha256).await {
-            return Ok(loaded);
+            return Ok((loaded, None));
         }
         let pool = &self.inner.pool;
         let wait_ms =
@@ -143,31 +166,44 @@ impl Projections {
             tracing::warn!(%origin, %error, "could not take the compile lock; compiling anyway");
         } else if let Some(loaded) = self.load_artifact(&origin, sha256).await {
             // Another instance compiled it while this one waited for the lock.
-            return Ok(loaded);
+            return Ok((loaded, None));
         }
         let started = std::time::Instant::now();
         let (loaded, artifact) = self.compile_here(origin.clone(), bytes, true).await?;
         let compile_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(%origin, sha256, compile_ms, compiled_bytes = loaded.compiled_bytes(), "component compiled");
-        if let Some(artifact) = artifact {
+        let Some(artifact) = artifact else {
+            return Ok((loaded, None));
+        };
+        let (done, store) = tokio::sync::watch::channel(false);
+        let (pool, sha256, engine) = (pool.clone(), sha256.to_owned(), engine.to_owned());
+        let task = async move {
             let stored = match locked {
                 Ok(()) => {
-                    match artifacts::store(&mut tx, sha256, engine, &artifact, compile_ms).await {
+                    match artifacts::store(&mut tx, &sha256, &engine, &artifact, compile_ms).await
+                    {
                         Ok(()) => tx.commit().await,
                         Err(error) => Err(error),
                     }
                 }
                 Err(_) => {
                     drop(tx);
-                    let mut conn = pool.acquire().await?;
-                    artifacts::store(&mut conn, sha256, engine, &artifact, compile_ms).await
+                    match pool.acquire().await {
+                        Ok(mut conn) => {
+                            artifacts::store(&mut conn, &sha256, &engine, &artifact, compile_ms)
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    }
                 }
             };
             if let Err(error) = stored {
                 tracing::warn!(%origin, %error, "could not store the compiled component; the next load compiles again");
             }
-        }
-        Ok(loaded)
+            done.send_replace(true);
+        };
+        tokio::spawn(task.instrument(tracing::debug_span!("artifact.store")));
+        Ok((loaded, Some(ArtifactStore(store))))
     }
 
     /// The component loaded from its stored artifact, if one is stored and wasmtime accepts it
@@ -311,8 +347,28 @@ impl Projections {
     }
 
     /// [`Projections::activate`] with limits and poison policy for this deploy (`None` keeps the
-    /// projection's current ones).
+    /// projection's current ones). Ends once the candidate's artifact is stored too (the two
+    /// writes overlap), so that a restart after the answer loads it without compiling.
     pub async fn activate_with(
+        &self,
+        candidate: Candidate,
+        source: &str,
+        actor: &str,
+        expected_name: Option<&str>,
+        settings: Option<&ProjectionSettings>,
+    ) -> Result<Activation, DeployError> {
+        let artifact_store = candidate.artifact_store.clone();
+        let activated = self
+            .activate_registry(candidate, source, actor, expected_name, settings)
+            .await;
+        if let Some(store) = artifact_store {
+            store.wait().await;
+        }
+        activated
+    }
+
+    /// The registry's part of [`Projections::activate_with`].
+    async fn activate_registry(
         &self,
         candidate: Candidate,
         source: &str,
@@ -469,6 +525,7 @@ impl Projections {
             bytes: Arc::new(bytes),
             component,
             schema,
+            artifact_store: None,
         };
         self.activate(candidate, ROLLBACK_SOURCE, actor, Some(name))
             .await

@@ -213,7 +213,8 @@ impl Projections {
                 projection: name.to_owned(),
                 sha256: sha256.to_owned(),
             })?;
-        let component = self
+        // The artifact's store goes on in the background (under the compile lock).
+        let (component, _artifact_store) = self
             .compile(
                 format!("registry:{name}@{}", &sha256[..12.min(sha256.len())]),
                 sha256,

@@ -422,12 +422,22 @@ impl Committer {
             recorded,
         } = match created {
             Ok(created) => created,
-            Err(Failure::Isolate) if alone => {
-                return Err(Failure::Write(WriteError::StreamExists(wallet_stream(
-                    &requests[0].command.wallet_id,
-                ))));
+            Err(failure) => {
+                // Rolled back here, not on drop: a dropped transaction's rollback is only sent
+                // when its connection goes back to the pool, in a task of its own, and until
+                // then its key claims are held; the split that follows would find its own
+                // requests' keys in flight.
+                if let Err(error) = tx.rollback().await {
+                    // The connection is unusable; the pool closes it, and its locks with it.
+                    tracing::debug!(%error, "rollback of a failed write batch failed");
+                }
+                return Err(match failure {
+                    Failure::Isolate if alone => Failure::Write(WriteError::StreamExists(
+                        wallet_stream(&requests[0].command.wallet_id),
+                    )),
+                    failure => failure,
+                });
             }
-            Err(failure) => return Err(failure),
         };
         outbox::enqueue(&mut *tx, &recorded).await?;
 
