@@ -2,7 +2,7 @@
 //! test per class of attack, each with its own fixture (`projections/fixtures/hostile-*`):
 //! bounded guest time per failing batch, fair sharing of the guest threads under `skip`, batches
 //! over the byte limit, oversized text under a memory limit, values only PostgreSQL refuses, and
-//! relation names that would collide. See README "Security model".
+//! relation names that would collide. See host/docs/security.md.
 
 mod common;
 

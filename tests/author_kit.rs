@@ -62,7 +62,9 @@ fn tool_available(tool: &str, probe: &mut Command) -> bool {
             std::env::var_os("CI").is_none(),
             "{tool} is not installed, and CI must run this test (see .ci/run)"
         );
-        eprintln!("skipping: {tool} is not installed (see README, Ship a new projection)");
+        eprintln!(
+            "skipping: {tool} is not installed (see projections/README.md, Ship a new projection)"
+        );
     }
     found
 }

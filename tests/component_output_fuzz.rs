@@ -11,10 +11,10 @@ use common::TestDb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sqlx::{Connection, PgConnection};
+use wallex_runtime::guest_text::{MARKER_MAX_BYTES, MAX_ERROR_BYTES};
 use wallex_runtime::mutation;
 use wallex_runtime::sandbox::engine::wit;
 use wallex_runtime::schema::ProjectionSchema;
-use wallex_runtime::text::{MARKER_MAX_BYTES, MAX_ERROR_BYTES};
 
 /// Cases run (each creates a schema in PostgreSQL and applies a batch).
 const CASES: u32 = 400;

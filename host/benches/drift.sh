@@ -1,6 +1,6 @@
 #!/bin/bash
-# Drift checks and one-stream repairs at scale (README "Recovery"). Run from the repository root
-# after `cargo build --release -p wallex`.
+# Drift checks and one-stream repairs at scale (host/benches/README.md, "Recovery"). Run from the
+# repository root after `cargo build --release -p wallex`.
 # Usage: host/benches/drift.sh [events] [repairs] [concurrency] [duration] [pairs]
 # 1. `wallex bench rebuild --events N` preloads N WalletCreated events into wallex_bench_rebuild
 #    and lets the read model apply them.

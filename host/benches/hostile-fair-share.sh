@@ -1,7 +1,7 @@
 #!/bin/bash
-# The read model's lag and wallet creation with four hostile components deployed (README "Security
-# model" → "Fair share under hostile components"). Run from the repository root after
-# `cargo build --release`. Usage: host/benches/hostile-fair-share.sh <label> <hostile: 0|1>
+# The read model's lag and wallet creation with four hostile components deployed
+# (host/benches/README.md, "Fair share under hostile components"). Run from the repository root
+# after `cargo build --release`. Usage: host/benches/hostile-fair-share.sh <label> <hostile: 0|1>
 # The hostile run deploys, beside the bundled three, two components that spin to their 2 s
 # deadline on every event (retried without end) and two that spin on one event in 100 under
 # `on_poison = skip`. During `wallex bench create --concurrency 8 --duration 20 --no-replays`, the

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Wallet-creation latency with and without a hostile component spinning in the background
-# (README "Security model" → "Cost of a hostile component"). Run from the repository root after
+# (host/benches/README.md, "Cost of a hostile component"). Run from the repository root after
 # `cargo build --release`. Usage: host/benches/hostile-p95.sh <label> <hostile: 0|1> [ENV=value...]
 # The hostile run deploys the bundled three plus projections/fixtures/hostile-loop, lets it spin on
 # a poison event (retried up to 1000 times under the default backoff), and runs

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Wallet creation with the projections live: PostgreSQL as the event store against KurrentDB (the
-# in-process-protocol stub, `wallex-kurrentdb-stub`) with Redis on (README "Event store").
+# in-process-protocol stub, `wallex-kurrentdb-stub`) with Redis on (host/benches/README.md,
+# "KurrentDB as the event store").
 # Run from the repository root after `cargo build --release -p wallex -p wallex-kurrentdb-stub`.
 # Usage: host/benches/kurrentdb-system.sh [pairs] [concurrency]
 # Alternates `wallex serve` with EVENT_STORE=postgres and with EVENT_STORE=kurrentdb + REDIS_URL,

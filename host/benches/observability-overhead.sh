@@ -1,6 +1,6 @@
 #!/bin/bash
-# The cost of metrics and tracing (README "Monitoring" → "Overhead"). Run from the repository
-# root after `cargo build --release`. Usage: host/benches/observability-overhead.sh [pairs]
+# The cost of metrics and tracing (host/benches/README.md, "Telemetry overhead"). Run from the
+# repository root after `cargo build --release`. Usage: host/benches/observability-overhead.sh [pairs]
 # Alternates runs of one release build with telemetry on (the defaults: METRICS_ENABLED=true,
 # RUST_LOG=info; no OTLP endpoint) and compiled in but unused (METRICS_ENABLED=false,
 # RUST_LOG=off: no recorder, no span or log built), and, when given as $2, a third binary (e.g.

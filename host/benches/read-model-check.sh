@@ -1,6 +1,6 @@
 #!/bin/bash
-# The read-model check over a million wallets (README "Recovery"). Run from the repository root
-# after `cargo build --release`.
+# The read-model check over a million wallets (host/benches/README.md, "Recovery"). Run from the
+# repository root after `cargo build --release`.
 # Usage: host/benches/read-model-check.sh [events] [chunk]
 # 1. `wallex bench rebuild --events N` preloads N WalletCreated events into wallex_bench_rebuild
 #    and lets the read-model apply them (it then rebuilds it once: the live read model is full).

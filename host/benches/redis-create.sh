@@ -1,6 +1,6 @@
 #!/bin/bash
-# Wallet creation and replays with and without Redis (README "Redis: wallet lock and replay
-# cache"). Run from the repository root after `cargo build --release`.
+# Wallet creation and replays with and without Redis (host/benches/README.md, "Redis"). Run from
+# the repository root after `cargo build --release`.
 # Usage: host/benches/redis-create.sh [pairs]
 # Alternates `wallex serve` without Redis and with REDIS_URL (a redis-server of its own on port
 # 6390, started and stopped here), each against a fresh database with the three projections

@@ -12,33 +12,43 @@ use sqlx::{PgPool, Postgres};
 
 use std::time::Duration;
 
-use clap::Args;
-
 /// Default database when `DATABASE_URL` is not set: the local PostgreSQL of the quickstart.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/wallex";
+/// Connections in the pool, by default.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+/// Wait for a pooled connection, in milliseconds, by default.
+pub const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 3_000;
+/// Server-side limit on one SQL statement, in milliseconds, by default.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
 
 /// How to reach PostgreSQL.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL. The database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Maximum connections in the pool. Few connections commit faster than many on a small
-    /// machine (README: Performance); raise it with the database's cores.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// machine (host/docs/configuration.md, "Pool size"); raise it with the database's cores.
     pub database_pool_size: u32,
 
-    /// How long a request waits for a pooled connection before it gets a 503, in milliseconds.
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    /// How long a request waits for a pooled connection before it gets a 503, in milliseconds:
+    /// a saturated pool answers quickly instead of queueing requests past their timeout.
     pub database_acquire_timeout_ms: u64,
 
-    /// Server-side limit on any one SQL statement, in milliseconds.
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    /// Server-side limit on any one SQL statement, in milliseconds, so that a runaway query
+    /// cannot hold a connection (and its locks) indefinitely.
     pub database_statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database_pool_size: DEFAULT_POOL_SIZE,
+            database_acquire_timeout_ms: DEFAULT_ACQUIRE_TIMEOUT_MS,
+            database_statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+        }
+    }
 }
 
 impl DatabaseConfig {

@@ -13,35 +13,50 @@
 
 use std::time::Duration;
 
-use clap::{ArgAction, Args};
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
 
+/// How long a completed request's response is kept for replay, in hours, by default.
+pub const DEFAULT_TTL_HOURS: u32 = 24;
+/// Whether writes must carry an `Idempotency-Key`, by default.
+pub const DEFAULT_KEY_REQUIRED: bool = false;
+/// How often expired keys are deleted, in seconds, by default.
+pub const DEFAULT_CLEANUP_INTERVAL_SECS: u64 = 60;
+/// Most expired keys deleted per statement, by default.
+pub const DEFAULT_CLEANUP_BATCH_SIZE: u32 = 1_000;
+
 /// Idempotency-key handling.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyConfig {
-    /// How long a completed request's response is kept for replay, in hours.
-    #[arg(long, env = "IDEMPOTENCY_TTL_HOURS", default_value_t = 24,
-          value_parser = clap::value_parser!(u32).range(1..=8760))]
+    /// How long a completed request's response is kept for replay, in hours: a client retrying
+    /// within it gets the first outcome back; after it, the key is free again.
     pub idempotency_ttl_hours: u32,
 
-    /// Reject writes that carry no `Idempotency-Key` header (400).
-    #[arg(long, env = "IDEMPOTENCY_KEY_REQUIRED", default_value_t = false, action = ArgAction::Set)]
+    /// Reject writes that carry no `Idempotency-Key` header (400), for deployments whose clients
+    /// must never create twice by retrying.
     pub idempotency_key_required: bool,
 
-    /// How often expired keys are deleted, in seconds.
-    #[arg(long, env = "IDEMPOTENCY_CLEANUP_INTERVAL_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// How often expired keys are deleted, in seconds (expired keys are ignored on read anyway;
+    /// this bounds the table's size).
     pub idempotency_cleanup_interval_secs: u64,
 
-    /// At most this many expired keys are deleted per statement.
-    #[arg(long, env = "IDEMPOTENCY_CLEANUP_BATCH_SIZE", default_value_t = 1000,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// At most this many expired keys are deleted per statement, so that a sweep never holds
+    /// long locks.
     pub idempotency_cleanup_batch_size: u32,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl_hours: DEFAULT_TTL_HOURS,
+            idempotency_key_required: DEFAULT_KEY_REQUIRED,
+            idempotency_cleanup_interval_secs: DEFAULT_CLEANUP_INTERVAL_SECS,
+            idempotency_cleanup_batch_size: DEFAULT_CLEANUP_BATCH_SIZE,
+        }
+    }
 }
 
 impl IdempotencyConfig {

@@ -13,7 +13,9 @@
 //! - [`currency`] — the ISO 4217 codes accepted.
 //! - [`idempotency`] — key parsing, body fingerprint, the claim (advisory lock), stored responses,
 //!   the expiry task. Owns `idempotency_keys`.
-//! - [`write_path`] — the create-wallet transaction. Owns `wallets`.
+//! - [`write_path`] — the create-wallet transaction, and with KurrentDB the completion of the
+//!   writes nobody retried (`write_path::orphans`). Owns `wallets`.
+//! - [`read_model_check`] — a recovery check: the write model against a read model of it.
 //! - [`eventstore`] — the `EventStore` seam and its PostgreSQL implementation. Owns `events`.
 //! - [`outbox`] — enqueue and the gap-safe reader. Owns `outbox`.
 //! - [`redis_assist`] — Redis beside PostgreSQL, for efficiency only: the per-wallet lock and the
@@ -30,6 +32,7 @@ pub mod eventstore;
 pub mod failpoint;
 pub mod idempotency;
 pub mod outbox;
+pub mod read_model_check;
 pub mod redis_assist;
 pub mod seed;
 pub mod wallet;

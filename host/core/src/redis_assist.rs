@@ -28,7 +28,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use clap::Args;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -66,37 +65,53 @@ return {false, 0}"#;
 static BEGIN: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(BEGIN_SCRIPT));
 
+/// Redis port used with a host, by default.
+pub const DEFAULT_PORT: u16 = 6379;
+/// Upper bound on one Redis command, in milliseconds, by default.
+pub const DEFAULT_TIMEOUT_MS: u64 = 50;
+/// Lifetime of a wallet lock unless released, in milliseconds, by default.
+pub const DEFAULT_LOCK_TTL_MS: u64 = 5_000;
+/// How long a create waits for another request's wallet lock, in milliseconds, by default.
+pub const DEFAULT_LOCK_WAIT_MS: u64 = 1_000;
+
 /// Where Redis is and how long the write path waits for it.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Redis for the wallet lock and the replay cache (`redis://host:port/db`); unset (and no
-    /// `REDIS_HOST`): no Redis.
-    #[arg(long, env = "REDIS_URL")]
+    /// [`Self::redis_host`]): no Redis, and every create goes to PostgreSQL alone.
     pub redis_url: Option<String>,
 
-    /// The reference design's way to name Redis: its host (used when `REDIS_URL` is unset).
-    #[arg(long, env = "REDIS_HOST")]
+    /// The reference design's way to name Redis: its host (used when [`Self::redis_url`] is
+    /// unset), so that its deployments' settings work unchanged.
     pub redis_host: Option<String>,
 
-    /// Redis port, with `REDIS_HOST`.
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    /// Redis port, with [`Self::redis_host`].
     pub redis_port: u16,
 
-    /// Upper bound on one Redis command, in milliseconds; a slower answer counts as Redis down.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50,
-          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Upper bound on one Redis command, in milliseconds; a slower answer counts as Redis down,
+    /// so a slow Redis costs a create at most this much.
     pub redis_timeout_ms: u64,
 
-    /// How long a wallet lock lives unless released, in milliseconds.
-    #[arg(long, env = "REDIS_LOCK_TTL_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    /// How long a wallet lock lives unless released, in milliseconds: the lock of a request that
+    /// died expires on its own.
     pub redis_lock_ttl_ms: u64,
 
     /// How long a create waits for another request's lock on the same wallet before going on
-    /// without it, in milliseconds.
-    #[arg(long, env = "REDIS_LOCK_WAIT_MS", default_value_t = 1_000,
-          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    /// without it, in milliseconds (PostgreSQL decides the outcome either way).
     pub redis_lock_wait_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_host: None,
+            redis_port: DEFAULT_PORT,
+            redis_timeout_ms: DEFAULT_TIMEOUT_MS,
+            redis_lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
+            redis_lock_wait_ms: DEFAULT_LOCK_WAIT_MS,
+        }
+    }
 }
 
 impl RedisConfig {

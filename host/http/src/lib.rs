@@ -12,9 +12,9 @@
 //!   database errors become 503 or 500;
 //! - [`wallets`] — `POST /wallets`, `GET /wallets/{id}`, `GET /wallets/{id}/events`;
 //! - [`projections`] — `GET /projections[/{name}]`, `GET /projections/{name}/{table}/{key}`;
-//! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit); [`deploys`] —
+//! - [`admin`] — `/admin/…` (token, uploads, actions, status, stats, audit); [`admin::deploys`] —
 //!   deploys that outlive their request (`202 Accepted`, `GET /admin/deploys/{id}`);
-//!   [`dry_runs`] — `/admin/dry-runs`, a candidate replayed over the live log and compared;
+//!   [`admin::dry_runs`] — `/admin/dry-runs`, a candidate replayed over the live log and compared;
 //! - [`health`] — `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
 //! - [`observe`] — every request's span, correlation id and HTTP metrics (middleware);
 //! - [`wire`] — typed bodies of the admin API and the projections' status.
@@ -22,14 +22,11 @@
 #![deny(missing_docs)]
 
 pub mod admin;
-pub mod deploys;
-pub mod dry_runs;
 pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod problem;
 pub mod projections;
-pub mod recovery;
 pub mod wallets;
 pub mod wire;
 

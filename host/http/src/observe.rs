@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -18,7 +18,10 @@ use tracing::Instrument;
 use wallex_telemetry::catalogue::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS};
 use wallex_telemetry::context;
 
-use crate::wallets::{CORRELATION_ID, MAX_CORRELATION_ID_LEN};
+/// Longest accepted `X-Correlation-Id`.
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+/// `X-Correlation-Id`: given by the client or generated, echoed on the response.
+pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Route label of a request no route matched (404s of arbitrary paths).
 pub const UNMATCHED_ROUTE: &str = "unmatched";

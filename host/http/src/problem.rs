@@ -13,7 +13,8 @@ use wallex_core::wallet::FieldError;
 /// Media type of problem responses.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
-/// Problem types are relative URIs under this prefix; README.md lists them.
+/// Problem types are relative URIs under this prefix; README.md lists them (the admin API's are
+/// in host/docs/operating.md).
 pub const PROBLEM_TYPE_PREFIX: &str = "/problems/";
 
 /// An error response.

@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use crate::problem::Problem;
 use wallex_core::outbox;
 use wallex_runtime::checkpoint::{self, Checkpoint};
-use wallex_runtime::schema::{quote, ColumnType};
-use wallex_runtime::text::quoted;
+use wallex_runtime::guest_text::quoted;
+use wallex_runtime::read::{self, ReadError};
 use wallex_runtime::worker::Projector;
 use wallex_runtime::Projections;
 
@@ -213,12 +213,11 @@ async fn read_row(
             detail,
         )
     };
-    let [key_column] = table.primary_key.as_slice() else {
-        return Err(bad_request(format!(
-            "table {table_name} has a composite primary key and cannot be read by key"
-        )));
+    let read_error = |error: ReadError| match error {
+        ReadError::Database(e) => Problem::internal(&e),
+        refused => bad_request(refused.to_string()),
     };
-    let key_column = &table.columns[*key_column];
+    read::key_column(table).map_err(read_error)?;
     let min_position = match query.min_position {
         Some(p) => Some(p),
         None => headers
@@ -248,39 +247,9 @@ async fn read_row(
             .map(|c| c.cursor.position)
             .unwrap_or(0),
     };
-    let sql = format!(
-        "SELECT to_jsonb(t) FROM {} AS t WHERE {} = $1",
-        schema.stable_qualified(table),
-        quote(&key_column.name)
-    );
-    let sql_query = sqlx::query_scalar::<_, serde_json::Value>(&sql);
-    let sql_query = match key_column.ty {
-        ColumnType::S64 => sql_query.bind(
-            key.parse::<i64>()
-                .map_err(|_| bad_request(format!("key {} is not an integer", quoted(&key))))?,
-        ),
-        ColumnType::Uuid => sql_query.bind(
-            uuid::Uuid::parse_str(&key)
-                .map_err(|_| bad_request(format!("key {} is not a UUID", quoted(&key))))?,
-        ),
-        // PostgreSQL's text cannot hold NUL: no row can have such a key, and binding one fails.
-        ColumnType::Text if key.contains('\0') => {
-            return Err(bad_request(
-                "key contains a NUL character, which no text key can hold".to_owned(),
-            ))
-        }
-        ColumnType::Text => sql_query.bind(key.clone()),
-        other => {
-            return Err(bad_request(format!(
-                "tables keyed by {} cannot be read by key",
-                other.name()
-            )))
-        }
-    };
-    let row = sql_query
-        .fetch_optional(projections.pool())
+    let row = read::row_by_key(projections.pool(), schema, table, &key)
         .await
-        .map_err(|e| Problem::internal(&e))?
+        .map_err(read_error)?
         .ok_or_else(|| {
             Problem::not_found(format!("no row {} in {name}/{table_name}", quoted(&key)))
         })?;

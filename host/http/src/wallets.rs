@@ -32,13 +32,9 @@ use wallex_telemetry::context;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How much of a too-large body is read and discarded before answering 413.
 pub const MAX_DRAINED_BYTES: usize = 1024 * 1024;
-/// Longest accepted `X-Correlation-Id`.
-pub const MAX_CORRELATION_ID_LEN: usize = 128;
 /// Idempotency scope of wallet creation (method + path).
 pub const CREATE_WALLET_SCOPE: &str = "POST /wallets";
 
-/// `X-Correlation-Id`: given by the client or generated, echoed on the response.
-pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 /// `X-Global-Position`: the global position of a created wallet's `WalletCreated` event, for
 /// reads with `minPosition`.
 pub static GLOBAL_POSITION: HeaderName = HeaderName::from_static("x-global-position");
@@ -480,7 +476,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Prob
 }
 
 /// Reads a request body of at most `limit` bytes; a larger one (declared or sent) is answered
-/// with `too_large()` after draining a bounded amount of it (see [`drain`]).
+/// with `too_large()` after draining a bounded amount of it (see `drain`).
 pub async fn read_body_within(
     headers: &HeaderMap,
     body: Body,

@@ -8,17 +8,17 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use wallex_core::write_path::read_model_check::DriftedRow;
+use wallex_core::read_model_check::DriftedRow;
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
 use wallex_runtime::dry_run::{DryRun, TableChange};
 use wallex_runtime::operation::Activation;
 use wallex_runtime::recovery::drift::ProjectionRepair;
-use wallex_runtime::recovery::runs::Run;
-use wallex_runtime::recovery::stall::Stall;
 use wallex_runtime::recovery::RecoveryStatus;
 use wallex_runtime::recovery::Repair;
+use wallex_runtime::recovery_runs::Run;
 use wallex_runtime::registry::AdminAction;
+use wallex_runtime::stall::Stall;
 use wallex_runtime::status::{
     CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,
 };

@@ -2,14 +2,13 @@
 //! `kurrentdb` client uses to append and read) until Ctrl-C or SIGTERM. For benchmarks and tests
 //! where no KurrentDB can run; nothing it stores survives the process.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 use wallex_kurrentdb_stub::{StubOptions, StubServer};
+use wallex_telemetry::{LogFormat, TelemetryConfig};
 
 /// An in-memory, NOT durable stand-in for a KurrentDB server, for tests and benchmarks only.
 ///
@@ -35,12 +34,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    // Logs as the server writes them (the one subscriber installer is wallex-telemetry's).
+    if let Err(error) = wallex_telemetry::init(TelemetryConfig {
+        log_format: LogFormat::Text,
+        metrics: false,
+        traces: false,
+    }) {
+        eprintln!("wallex-kurrentdb-stub: {error}");
+        return ExitCode::FAILURE;
+    }
 
     let options = StubOptions {
         quick_ack: args.quick_ack,

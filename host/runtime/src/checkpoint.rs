@@ -4,7 +4,7 @@
 //! after any crash the checkpoint says exactly which events the tables include. The cursor is an
 //! [`OutboxCursor`] (transaction id, global position), the order of the gap-safe reader.
 
-use super::text::{clip, MAX_ERROR_BYTES};
+use super::guest_text::{clip, MAX_ERROR_BYTES};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 

@@ -1,8 +1,12 @@
 //! Configuration of the projection runtime: where components come from, worker tuning (with
 //! per-projection overrides) and the read-after-write wait.
 //!
-//! Why it exists: every limit is a named default here and can be changed per deployment through
-//! flags or environment variables, flattened into `wallex serve`'s arguments.
+//! Why it exists: every limit is a named default here ([`ProjectionOptions::default`] is made of
+//! the `DEFAULT_…` constants) and can be changed per deployment: `wallex serve` maps its flags and
+//! environment variables onto [`ProjectionOptions`], which [`ProjectionOptions::resolve`] turns
+//! into the [`ProjectionConfig`] the runtime runs with. Per-projection overrides
+//! (`PROJECTOR_OVERRIDES`) parse into [`ProjectionOverride`]s: worker tuning plus the same
+//! [`ProjectionSettings`] a deploy gives.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +14,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::engine::{EngineLimits, RuntimeLimits};
+use crate::sandbox::engine::{
+    EngineLimits, RuntimeLimits, DEFAULT_CALL_TIMEOUT, DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES,
+    DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_MUTATIONS,
+    DEFAULT_MAX_STACK_BYTES, DEFAULT_MEMORY_LIMIT_BYTES,
+};
 use crate::sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 
 /// Events per batch of a live worker, by default.
@@ -48,139 +56,167 @@ pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 250;
 /// How often every instance re-reads the registry even without a notification.
 pub const DEFAULT_REGISTRY_RESYNC_MS: u64 = 5_000;
 
-/// Command-line / environment settings of the projection runtime.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProjectionArgs {
-    /// Directory of projection components (`*.wasm`) to load instead of the bundled three.
-    #[arg(long, env = "WALLEX_PROJECTIONS_DIR")]
+/// Whether the workers start with the server, by default.
+pub const DEFAULT_AUTO_START: bool = true;
+/// Whether live batches wait for their WAL flush, by default (rebuild batches never do).
+pub const DEFAULT_SYNCHRONOUS_COMMIT: bool = false;
+/// Whether compiled components are cached in PostgreSQL, by default.
+pub const DEFAULT_ARTIFACT_CACHE: bool = true;
+/// Linear-memory cap of a component call, in MiB, by default.
+pub const DEFAULT_MEMORY_LIMIT_MIB: usize = DEFAULT_MEMORY_LIMIT_BYTES >> 20;
+/// Highest memory cap any projection may be given, in MiB, by default.
+pub const DEFAULT_MEMORY_MAX_MIB: usize = DEFAULT_MAX_MEMORY_BYTES >> 20;
+/// Wall-clock budget of one component call, in milliseconds, by default.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = DEFAULT_CALL_TIMEOUT.as_millis() as u64;
+/// Fuel per component call, by default: 0, no fuel metering.
+pub const DEFAULT_FUEL: u64 = 0;
+/// WebAssembly stack per call, in KiB, by default.
+pub const DEFAULT_MAX_STACK_KIB: u64 = (DEFAULT_MAX_STACK_BYTES >> 10) as u64;
+/// Longest backoff between retries of a failing batch, by default.
+pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
+/// What a batch that keeps failing does, by default: stop the projection at the event.
+pub const DEFAULT_ON_POISON: OnPoison = OnPoison::Pause;
+/// Shortest registry resync accepted, in milliseconds (a smaller setting is raised to it).
+pub const MIN_REGISTRY_RESYNC_MS: u64 = 100;
+
+/// The projection runtime's settings as configured (by `wallex serve`'s flags and environment),
+/// before [`Self::resolve`] caps them and converts units. `Default` is every `DEFAULT_…` value:
+/// what a server started with nothing set runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionOptions {
+    /// Directory of projection components (`*.wasm`) to load instead of the bundled three, for
+    /// deployments that ship their own projections.
     pub projections_dir: Option<PathBuf>,
-    /// Start the projection workers with the server.
-    #[arg(long, env = "PROJECTORS_AUTO_START", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Start the projection workers with the server (without them reads still work, e.g. on an
+    /// instance that only serves the API).
     pub projectors_auto_start: bool,
-    /// Events per batch.
-    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE,
-          value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE as i64))]
+    /// Events per batch of a live worker (1 to [`MAX_BATCH_SIZE`]).
     pub projector_batch_size: u32,
-    /// Fallback poll interval when no notification arrives.
-    #[arg(long, env = "PROJECTOR_POLL_INTERVAL_MS", default_value_t = DEFAULT_POLL_INTERVAL_MS)]
+    /// Fallback poll interval when no notification arrives, in milliseconds (a lost
+    /// notification delays a batch at most this long).
     pub projector_poll_interval_ms: u64,
-    /// Pause after a failed batch.
-    #[arg(long, env = "PROJECTOR_ERROR_BACKOFF_MS", default_value_t = DEFAULT_ERROR_BACKOFF_MS)]
+    /// Pause after a failed batch, in milliseconds (it doubles with each further failure).
     pub projector_error_backoff_ms: u64,
     /// Consecutive retries of a failing batch before the worker stops.
-    #[arg(long, env = "PROJECTOR_MAX_RETRIES", default_value_t = DEFAULT_MAX_RETRIES)]
     pub projector_max_retries: u32,
-    /// How often a process without a projection's lease tries to take it.
-    #[arg(long, env = "PROJECTOR_LEASE_RETRY_MS", default_value_t = DEFAULT_LEASE_RETRY_MS)]
+    /// How often a process without a projection's lease tries to take it, in milliseconds: how
+    /// fast another instance takes over from one that died.
     pub projector_lease_retry_ms: u64,
     /// Under load, a worker starts at most one batch per this many milliseconds: notifications
     /// that arrive sooner are coalesced into the next, larger batch (fewer commits for the same
     /// events). 0 = a batch per notification. An idle worker answers the first write at once.
-    #[arg(long, env = "PROJECTOR_MIN_BATCH_INTERVAL_MS", default_value_t = DEFAULT_MIN_BATCH_INTERVAL_MS,
-          value_parser = clap::value_parser!(u64).range(0..=MAX_MIN_BATCH_INTERVAL_MS))]
     pub projector_min_batch_interval_ms: u64,
     /// Commit live batches with `synchronous_commit = on`. Off by default: projection tables are
-    /// derived from the durable outbox, so a batch lost in a PostgreSQL crash is applied again
-    /// (README: "Read-after-write and asynchronous commit" has the exact guarantee).
-    #[arg(long, env = "PROJECTOR_SYNCHRONOUS_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
+    /// derived from the durable outbox, so a batch lost in a PostgreSQL crash is applied again.
     pub projector_synchronous_commit: bool,
-    /// Per-projection overrides, e.g. `ledger.batch_size=500,audit.poll_interval_ms=200`
-    /// (keys: batch_size, poll_interval_ms, min_batch_interval_ms, error_backoff_ms, max_retries,
-    /// lease_retry_ms).
-    #[arg(long, env = "PROJECTOR_OVERRIDES", default_value = "")]
-    pub projector_overrides: String,
-    /// Default wait of a read with `minPosition` (capped at 30 s).
-    #[arg(long, env = "READ_AFTER_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS)]
+    /// Per-projection overrides by projection name (see [`parse_overrides`]).
+    pub projector_overrides: HashMap<String, ProjectionOverride>,
+    /// Default wait of a read with `minPosition`, in milliseconds (capped at
+    /// [`MAX_READ_AFTER_WRITE_TIMEOUT_MS`]).
     pub read_after_write_timeout_ms: u64,
-    /// Events per batch of a blue/green rebuild.
-    #[arg(long, env = "PROJECTOR_REBUILD_BATCH_SIZE", default_value_t = DEFAULT_REBUILD_BATCH_SIZE,
-          value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH_SIZE as i64))]
+    /// Events per batch of a blue/green rebuild (1 to [`MAX_BATCH_SIZE`]; bigger than live
+    /// batches: a rebuild is throughput-bound).
     pub projector_rebuild_batch_size: u32,
     /// Largest component accepted (upload or directory), in bytes.
-    #[arg(long, env = "WALLEX_MAX_COMPONENT_BYTES", default_value_t = DEFAULT_MAX_COMPONENT_BYTES)]
     pub max_component_bytes: usize,
-    /// Compile-time limit of a deployed component.
-    #[arg(long, env = "WALLEX_COMPILE_TIMEOUT_MS", default_value_t = DEFAULT_COMPILE_TIMEOUT_MS)]
+    /// Compile-time limit of a deployed component, in milliseconds.
     pub compile_timeout_ms: u64,
     /// Most memory, in MiB, that the compiled code of all components loaded in this process may
     /// take together; a deploy that would exceed it is refused.
-    #[arg(long, env = "WALLEX_COMPILED_MEMORY_MAX_MIB", default_value_t = DEFAULT_COMPILED_MEMORY_MAX_MIB)]
     pub compiled_memory_max_mib: usize,
     /// Store compiled components in PostgreSQL (`projection_artifacts`) and load them from
     /// there instead of compiling again (restarts, other instances, rollbacks).
-    #[arg(long, env = "WALLEX_ARTIFACT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub artifact_cache: bool,
-    /// Longest a dry run may take (compile, replay and comparison).
-    #[arg(long, env = "WALLEX_DRY_RUN_TIMEOUT_MS", default_value_t = crate::dry_run::DEFAULT_TIMEOUT_MS)]
+    /// Longest a dry run may take (compile, replay and comparison), in milliseconds.
     pub dry_run_timeout_ms: u64,
     /// Most outbox rows a dry run may read.
-    #[arg(long, env = "WALLEX_DRY_RUN_MAX_EVENTS", default_value_t = crate::dry_run::DEFAULT_MAX_EVENTS)]
     pub dry_run_max_events: u64,
     /// Most rows a dry run's candidate may write into its shadow.
-    #[arg(long, env = "WALLEX_DRY_RUN_MAX_ROWS", default_value_t = crate::dry_run::DEFAULT_MAX_ROWS)]
     pub dry_run_max_rows: u64,
-    /// Scan interval of `WALLEX_PROJECTIONS_DIR` for new or changed components (0: no watch).
-    #[arg(long, env = "WALLEX_PROJECTIONS_WATCH_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
+    /// Scan interval of the projections directory for new or changed components, in
+    /// milliseconds (0: no watch).
     pub projections_watch_ms: u64,
-    /// Re-read the registry this often even without a notification.
-    #[arg(long, env = "REGISTRY_RESYNC_MS", default_value_t = DEFAULT_REGISTRY_RESYNC_MS)]
+    /// Re-read the registry this often even without a notification, in milliseconds (at least
+    /// [`MIN_REGISTRY_RESYNC_MS`]): a missed notification delays a deploy at most this long.
     pub registry_resync_ms: u64,
-    /// Linear-memory cap of a component call, in MiB.
-    #[arg(long, env = "PROJECTOR_MEMORY_LIMIT_MIB",
-          default_value_t = crate::sandbox::engine::DEFAULT_MEMORY_LIMIT_BYTES >> 20)]
+    /// Linear-memory cap of a component call, in MiB (at most
+    /// [`Self::projector_memory_max_mib`]).
     pub projector_memory_limit_mib: usize,
     /// Highest memory cap any projection may be given (per-projection overrides included), MiB.
-    #[arg(long, env = "PROJECTOR_MEMORY_MAX_MIB",
-          default_value_t = crate::sandbox::engine::DEFAULT_MAX_MEMORY_BYTES >> 20)]
     pub projector_memory_max_mib: usize,
-    /// Wall-clock budget of one component call.
-    #[arg(long, env = "PROJECTOR_CALL_TIMEOUT_MS", default_value_t = 2_000)]
+    /// Wall-clock budget of one component call, in milliseconds.
     pub projector_call_timeout_ms: u64,
     /// Fuel per component call (deterministic budget); 0 turns fuel metering off.
-    #[arg(long, env = "PROJECTOR_FUEL", default_value_t = 0)]
     pub projector_fuel: u64,
     /// WebAssembly stack per call, in KiB (deeper recursion traps).
-    #[arg(long, env = "PROJECTOR_MAX_STACK_KIB", default_value_t = 512,
-          value_parser = clap::value_parser!(u64).range(64..=8192))]
     pub projector_max_stack_kib: u64,
     /// Most mutations one component call may return.
-    #[arg(long, env = "PROJECTOR_MAX_MUTATIONS", default_value_t = crate::sandbox::engine::DEFAULT_MAX_MUTATIONS)]
     pub projector_max_mutations: usize,
     /// Most bytes of the mutations of one component call.
-    #[arg(long, env = "PROJECTOR_MAX_BATCH_BYTES", default_value_t = crate::sandbox::engine::DEFAULT_MAX_BATCH_BYTES)]
     pub projector_max_batch_bytes: usize,
     /// Most host `log` calls per component call.
-    #[arg(long, env = "PROJECTOR_LOG_LINES", default_value_t = crate::sandbox::engine::DEFAULT_LOG_LINES)]
     pub projector_log_lines: u32,
     /// Most bytes of host `log` messages per component call.
-    #[arg(long, env = "PROJECTOR_LOG_BYTES", default_value_t = crate::sandbox::engine::DEFAULT_LOG_BYTES)]
     pub projector_log_bytes: usize,
-    /// What a batch that keeps failing does: `pause` (the projection stops, `failed`) or `skip`
-    /// (the poison event is found, dead-lettered, and the rest applied).
-    #[arg(long, env = "PROJECTOR_ON_POISON", value_enum, default_value = "pause")]
+    /// What a batch that keeps failing does: [`OnPoison::Pause`] (the projection stops,
+    /// `failed`) or [`OnPoison::Skip`] (the poison event is found, dead-lettered, and the rest
+    /// applied).
     pub projector_on_poison: OnPoison,
-    /// Longest pause between retries of a failing batch (the backoff doubles up to it).
-    #[arg(long, env = "PROJECTOR_MAX_BACKOFF_MS", default_value_t = DEFAULT_MAX_BACKOFF_MS)]
+    /// Longest pause between retries of a failing batch, in milliseconds (the backoff doubles up
+    /// to it).
     pub projector_max_backoff_ms: u64,
-    /// Threads that run component code.
-    #[arg(long, env = "PROJECTOR_GUEST_THREADS", default_value_t = DEFAULT_GUEST_THREADS,
-          value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// Threads that run component code: at most this many cores go to guests.
     pub projector_guest_threads: u64,
     /// Niceness of those threads (0–19; higher yields CPU to HTTP and PostgreSQL).
-    #[arg(long, env = "PROJECTOR_GUEST_NICE", default_value_t = DEFAULT_GUEST_NICE,
-          value_parser = clap::value_parser!(i32).range(0..=19))]
     pub projector_guest_nice: i32,
 }
 
-/// Longest backoff between retries of a failing batch, by default.
-pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        Self {
+            projections_dir: None,
+            projectors_auto_start: DEFAULT_AUTO_START,
+            projector_batch_size: DEFAULT_BATCH_SIZE,
+            projector_poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+            projector_error_backoff_ms: DEFAULT_ERROR_BACKOFF_MS,
+            projector_max_retries: DEFAULT_MAX_RETRIES,
+            projector_lease_retry_ms: DEFAULT_LEASE_RETRY_MS,
+            projector_min_batch_interval_ms: DEFAULT_MIN_BATCH_INTERVAL_MS,
+            projector_synchronous_commit: DEFAULT_SYNCHRONOUS_COMMIT,
+            projector_overrides: HashMap::new(),
+            read_after_write_timeout_ms: DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS,
+            projector_rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            compile_timeout_ms: DEFAULT_COMPILE_TIMEOUT_MS,
+            compiled_memory_max_mib: DEFAULT_COMPILED_MEMORY_MAX_MIB,
+            artifact_cache: DEFAULT_ARTIFACT_CACHE,
+            dry_run_timeout_ms: DEFAULT_DRY_RUN_TIMEOUT_MS,
+            dry_run_max_events: DEFAULT_DRY_RUN_MAX_EVENTS,
+            dry_run_max_rows: DEFAULT_DRY_RUN_MAX_ROWS,
+            projections_watch_ms: DEFAULT_WATCH_INTERVAL_MS,
+            registry_resync_ms: DEFAULT_REGISTRY_RESYNC_MS,
+            projector_memory_limit_mib: DEFAULT_MEMORY_LIMIT_MIB,
+            projector_memory_max_mib: DEFAULT_MEMORY_MAX_MIB,
+            projector_call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
+            projector_fuel: DEFAULT_FUEL,
+            projector_max_stack_kib: DEFAULT_MAX_STACK_KIB,
+            projector_max_mutations: DEFAULT_MAX_MUTATIONS,
+            projector_max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            projector_log_lines: DEFAULT_LOG_LINES,
+            projector_log_bytes: DEFAULT_LOG_BYTES,
+            projector_on_poison: DEFAULT_ON_POISON,
+            projector_max_backoff_ms: DEFAULT_MAX_BACKOFF_MS,
+            projector_guest_threads: DEFAULT_GUEST_THREADS,
+            projector_guest_nice: DEFAULT_GUEST_NICE,
+        }
+    }
+}
 
 /// What happens to an event a projection cannot process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnPoison {
     /// Retry with backoff, then stop the projection (`failed`) at the event.
-    #[default]
     Pause,
     /// Find the event by searching the batch, record it as a dead letter and carry on.
     Skip,
@@ -233,7 +269,7 @@ pub struct Policy {
     pub on_poison: OnPoison,
 }
 
-/// Why the projection settings cannot be resolved.
+/// Why `PROJECTOR_OVERRIDES` cannot be parsed ([`parse_overrides`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A `PROJECTOR_OVERRIDES` entry is not `<projection>.<key>=<number>` (or `on_poison` is not
@@ -254,9 +290,8 @@ pub struct ProjectionConfig {
     pub auto_start: bool,
     /// Worker tuning of every projection before its overrides.
     pub defaults: WorkerConfig,
-    /// `PROJECTOR_OVERRIDES` by projection name: `(key, value)` in the order given (`on_poison`
-    /// is 0 for `pause`, 1 for `skip`).
-    pub overrides: HashMap<String, Vec<(String, u64)>>,
+    /// `PROJECTOR_OVERRIDES` by projection name (see [`parse_overrides`]).
+    pub overrides: HashMap<String, ProjectionOverride>,
     /// Wait of a read with `minPosition` when none is requested (at most
     /// [`MAX_READ_AFTER_WRITE_TIMEOUT_MS`]).
     pub read_after_write_timeout: Duration,
@@ -273,7 +308,7 @@ pub struct ProjectionConfig {
     /// Whether compiled components are stored in and loaded from `projection_artifacts`.
     pub artifact_cache: bool,
     /// Limits of every dry run.
-    pub dry_run: crate::dry_run::DryRunLimits,
+    pub dry_run: DryRunLimits,
     /// `None`: the directory is read at start-up only.
     pub watch_interval: Option<Duration>,
     /// How often every instance re-reads the registry even without a notification.
@@ -289,59 +324,18 @@ pub struct ProjectionConfig {
 }
 
 impl Default for ProjectionConfig {
+    /// What `wallex serve` runs with when nothing is set: [`ProjectionOptions::default`],
+    /// resolved.
     fn default() -> Self {
-        Self {
-            dir: None,
-            auto_start: true,
-            defaults: WorkerConfig::default(),
-            overrides: HashMap::new(),
-            read_after_write_timeout: Duration::from_millis(DEFAULT_READ_AFTER_WRITE_TIMEOUT_MS),
-            limits: RuntimeLimits::default(),
-            rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
-            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
-            compile_timeout: Duration::from_millis(DEFAULT_COMPILE_TIMEOUT_MS),
-            compiled_memory_max_bytes: DEFAULT_COMPILED_MEMORY_MAX_MIB << 20,
-            artifact_cache: true,
-            dry_run: crate::dry_run::DryRunLimits::default(),
-            watch_interval: Some(Duration::from_millis(DEFAULT_WATCH_INTERVAL_MS)),
-            registry_resync: Duration::from_millis(DEFAULT_REGISTRY_RESYNC_MS),
-            engine: EngineLimits::default(),
-            on_poison: OnPoison::Pause,
-            guest_threads: DEFAULT_GUEST_THREADS as usize,
-            guest_nice: DEFAULT_GUEST_NICE,
-        }
+        ProjectionOptions::default().resolve()
     }
 }
 
-impl ProjectionArgs {
-    /// Checks the arguments and resolves them into a [`ProjectionConfig`]: parses
-    /// `PROJECTOR_OVERRIDES`, caps the read-after-write wait and converts units.
-    pub fn resolve(&self) -> Result<ProjectionConfig, ConfigError> {
-        let mut overrides: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-        for entry in self
-            .projector_overrides
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-        {
-            let bad = || ConfigError::Override(entry.to_owned());
-            let (target, value) = entry.split_once('=').ok_or_else(bad)?;
-            let (projection, key) = target.rsplit_once('.').ok_or_else(bad)?;
-            if !OVERRIDE_KEYS.contains(&key) {
-                return Err(ConfigError::UnknownKey(key.to_owned()));
-            }
-            let value: u64 = match (key, value.trim()) {
-                ("on_poison", "pause") => 0,
-                ("on_poison", "skip") => 1,
-                ("on_poison", _) => return Err(bad()),
-                (_, number) => number.parse().map_err(|_| bad())?,
-            };
-            overrides
-                .entry(projection.to_owned())
-                .or_default()
-                .push((key.to_owned(), value));
-        }
-        Ok(ProjectionConfig {
+impl ProjectionOptions {
+    /// Resolves the settings into a [`ProjectionConfig`]: caps the read-after-write wait, the
+    /// memory limit (at most the engine's maximum) and the registry resync, and converts units.
+    pub fn resolve(&self) -> ProjectionConfig {
+        ProjectionConfig {
             dir: self.projections_dir.clone(),
             auto_start: self.projectors_auto_start,
             defaults: WorkerConfig {
@@ -357,7 +351,7 @@ impl ProjectionArgs {
                         .max(self.projector_error_backoff_ms),
                 ),
             },
-            overrides,
+            overrides: self.projector_overrides.clone(),
             read_after_write_timeout: Duration::from_millis(
                 self.read_after_write_timeout_ms
                     .min(MAX_READ_AFTER_WRITE_TIMEOUT_MS),
@@ -392,64 +386,166 @@ impl ProjectionArgs {
             compile_timeout: Duration::from_millis(self.compile_timeout_ms),
             compiled_memory_max_bytes: self.compiled_memory_max_mib.saturating_mul(1 << 20),
             artifact_cache: self.artifact_cache,
-            dry_run: crate::dry_run::DryRunLimits {
+            dry_run: DryRunLimits {
                 timeout: Duration::from_millis(self.dry_run_timeout_ms),
                 max_events: self.dry_run_max_events,
                 max_rows: self.dry_run_max_rows,
             },
             watch_interval: (self.projections_watch_ms > 0)
                 .then(|| Duration::from_millis(self.projections_watch_ms)),
-            registry_resync: Duration::from_millis(self.registry_resync_ms.max(100)),
-        })
+            registry_resync: Duration::from_millis(
+                self.registry_resync_ms.max(MIN_REGISTRY_RESYNC_MS),
+            ),
+        }
     }
 }
 
-const OVERRIDE_KEYS: &[&str] = &[
-    "batch_size",
-    "poll_interval_ms",
-    "min_batch_interval_ms",
-    "error_backoff_ms",
-    "max_retries",
-    "lease_retry_ms",
-    "on_poison",
-    "memory_mib",
-    "call_timeout_ms",
-    "fuel",
-    "max_mutations",
-    "max_batch_bytes",
-    "log_lines",
-    "log_bytes",
-];
+/// One projection's `PROJECTOR_OVERRIDES`: its worker tuning, and its limits and poison policy as
+/// the [`ProjectionSettings`] a deploy would give them (a deploy's own settings apply after
+/// these). Unset keys keep the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectionOverride {
+    /// Tuning of the projection's worker.
+    pub worker: WorkerOverride,
+    /// Limits of its guest calls and its poison policy.
+    pub settings: ProjectionSettings,
+}
+
+/// Worker tuning of one projection, by key of `PROJECTOR_OVERRIDES`; `None` keeps the default.
+/// Values are already within their bounds (a batch size of 1 to [`MAX_BATCH_SIZE`], a minimum
+/// batch interval of at most [`MAX_MIN_BATCH_INTERVAL_MS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerOverride {
+    /// `batch_size`.
+    pub batch_size: Option<u32>,
+    /// `poll_interval_ms`.
+    pub poll_interval: Option<Duration>,
+    /// `min_batch_interval_ms`.
+    pub min_batch_interval: Option<Duration>,
+    /// `error_backoff_ms`.
+    pub error_backoff: Option<Duration>,
+    /// `max_retries`.
+    pub max_retries: Option<u32>,
+    /// `lease_retry_ms`.
+    pub lease_retry: Option<Duration>,
+}
+
+impl WorkerOverride {
+    /// `config` with the keys that are set replaced.
+    fn apply(&self, mut config: WorkerConfig) -> WorkerConfig {
+        if let Some(v) = self.batch_size {
+            config.batch_size = v;
+        }
+        if let Some(v) = self.poll_interval {
+            config.poll_interval = v;
+        }
+        if let Some(v) = self.min_batch_interval {
+            config.min_batch_interval = v;
+        }
+        if let Some(v) = self.error_backoff {
+            config.error_backoff = v;
+        }
+        if let Some(v) = self.max_retries {
+            config.max_retries = v;
+        }
+        if let Some(v) = self.lease_retry {
+            config.lease_retry = v;
+        }
+        config
+    }
+}
+
+/// Parses `PROJECTOR_OVERRIDES`: comma-separated `<projection>.<key>=<value>` entries (the key
+/// is what follows the last `.`), e.g. `ledger.batch_size=500, audit.on_poison=skip`. Keys:
+/// `batch_size`, `poll_interval_ms`, `min_batch_interval_ms`, `error_backoff_ms`, `max_retries`,
+/// `lease_retry_ms` (the worker), `on_poison` (`pause` or `skip`), `memory_mib`,
+/// `call_timeout_ms`, `fuel`, `max_mutations`, `max_batch_bytes`, `log_lines`, `log_bytes` (as in
+/// [`ProjectionSettings`]). Every other value is a non-negative integer; one out of its key's range
+/// is brought into it. A key given twice for a projection: the last one counts.
+pub fn parse_overrides(text: &str) -> Result<HashMap<String, ProjectionOverride>, ConfigError> {
+    let mut overrides: HashMap<String, ProjectionOverride> = HashMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ConfigError::Override(entry.to_owned());
+        let (target, value) = entry.split_once('=').ok_or_else(bad)?;
+        let (projection, key) = target.rsplit_once('.').ok_or_else(bad)?;
+        let value = value.trim();
+        let number = || value.parse::<u64>().map_err(|_| bad());
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let millis = |v: u64| Some(Duration::from_millis(v));
+        let current = overrides.entry(projection.to_owned()).or_default();
+        let (worker, settings) = (&mut current.worker, &mut current.settings);
+        match key {
+            "batch_size" => {
+                worker.batch_size = Some(
+                    u32::try_from(number()?)
+                        .unwrap_or(MAX_BATCH_SIZE)
+                        .clamp(1, MAX_BATCH_SIZE),
+                )
+            }
+            "poll_interval_ms" => worker.poll_interval = millis(number()?),
+            "min_batch_interval_ms" => {
+                worker.min_batch_interval = millis(number()?.min(MAX_MIN_BATCH_INTERVAL_MS))
+            }
+            "error_backoff_ms" => worker.error_backoff = millis(number()?),
+            "max_retries" => {
+                worker.max_retries = Some(u32::try_from(number()?).unwrap_or(u32::MAX))
+            }
+            "lease_retry_ms" => worker.lease_retry = millis(number()?),
+            "on_poison" => {
+                settings.on_poison = Some(match value {
+                    "pause" => OnPoison::Pause,
+                    "skip" => OnPoison::Skip,
+                    _ => return Err(bad()),
+                })
+            }
+            "memory_mib" => settings.memory_mib = Some(size(number()?)),
+            "call_timeout_ms" => settings.call_timeout_ms = Some(number()?),
+            "fuel" => settings.fuel = Some(number()?),
+            "max_mutations" => settings.max_mutations = Some(size(number()?)),
+            "max_batch_bytes" => settings.max_batch_bytes = Some(size(number()?)),
+            "log_lines" => settings.log_lines = Some(u32::try_from(number()?).unwrap_or(u32::MAX)),
+            "log_bytes" => settings.log_bytes = Some(size(number()?)),
+            _ => return Err(ConfigError::UnknownKey(key.to_owned())),
+        }
+    }
+    Ok(overrides)
+}
 
 impl ProjectionConfig {
     /// The limits and poison policy of one projection: defaults, then its `PROJECTOR_OVERRIDES`,
     /// then the settings given with its deploy. Memory never exceeds the engine's maximum.
     pub fn policy(&self, projection: &str, settings: &ProjectionSettings) -> Policy {
-        let mut limits = self.limits;
-        let mut on_poison = self.on_poison;
-        let mib = |v: u64| {
-            usize::try_from(v)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(1 << 20)
+        let mut policy = Policy {
+            limits: self.limits,
+            on_poison: self.on_poison,
         };
-        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        for (key, value) in self.overrides.get(projection).into_iter().flatten() {
-            let value = *value;
-            match key.as_str() {
-                "on_poison" if value == 1 => on_poison = OnPoison::Skip,
-                "on_poison" => on_poison = OnPoison::Pause,
-                "memory_mib" => limits.memory_bytes = mib(value),
-                "call_timeout_ms" => limits.call_timeout = Duration::from_millis(value),
-                "fuel" => limits.fuel = (value > 0).then_some(value),
-                "max_mutations" => limits.max_mutations = size(value),
-                "max_batch_bytes" => limits.max_batch_bytes = size(value),
-                "log_lines" => limits.log_lines = u32::try_from(value).unwrap_or(u32::MAX),
-                "log_bytes" => limits.log_bytes = size(value),
-                _ => {}
-            }
+        if let Some(overridden) = self.overrides.get(projection) {
+            policy.apply(&overridden.settings);
         }
+        policy.apply(settings);
+        policy.limits.memory_bytes = policy.limits.memory_bytes.min(self.engine.max_memory_bytes);
+        policy.limits.max_mutations = policy
+            .limits
+            .max_mutations
+            .min(super::mutation::MAX_MUTATIONS_PER_BATCH);
+        policy
+    }
+
+    /// The worker configuration of one projection: defaults plus its overrides.
+    pub fn worker(&self, projection: &str) -> WorkerConfig {
+        match self.overrides.get(projection) {
+            Some(overridden) => overridden.worker.apply(self.defaults),
+            None => self.defaults,
+        }
+    }
+}
+
+impl Policy {
+    /// The keys that `settings` set replace this policy's.
+    fn apply(&mut self, settings: &ProjectionSettings) {
+        let limits = &mut self.limits;
         if let Some(v) = settings.on_poison {
-            on_poison = v;
+            self.on_poison = v;
         }
         if let Some(v) = settings.memory_mib {
             limits.memory_bytes = v.saturating_mul(1 << 20);
@@ -472,35 +568,6 @@ impl ProjectionConfig {
         if let Some(v) = settings.log_bytes {
             limits.log_bytes = v;
         }
-        limits.memory_bytes = limits.memory_bytes.min(self.engine.max_memory_bytes);
-        limits.max_mutations = limits
-            .max_mutations
-            .min(super::mutation::MAX_MUTATIONS_PER_BATCH);
-        Policy { limits, on_poison }
-    }
-
-    /// The worker configuration of one projection: defaults plus its overrides.
-    pub fn worker(&self, projection: &str) -> WorkerConfig {
-        let mut config = self.defaults;
-        for (key, value) in self.overrides.get(projection).into_iter().flatten() {
-            match key.as_str() {
-                "batch_size" => {
-                    config.batch_size = u32::try_from(*value)
-                        .unwrap_or(MAX_BATCH_SIZE)
-                        .clamp(1, MAX_BATCH_SIZE)
-                }
-                "poll_interval_ms" => config.poll_interval = Duration::from_millis(*value),
-                "min_batch_interval_ms" => {
-                    config.min_batch_interval =
-                        Duration::from_millis((*value).min(MAX_MIN_BATCH_INTERVAL_MS))
-                }
-                "error_backoff_ms" => config.error_backoff = Duration::from_millis(*value),
-                "max_retries" => config.max_retries = u32::try_from(*value).unwrap_or(u32::MAX),
-                "lease_retry_ms" => config.lease_retry = Duration::from_millis(*value),
-                _ => {}
-            }
-        }
-        config
     }
 }
 
@@ -531,12 +598,12 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             batch_size: DEFAULT_BATCH_SIZE,
-            poll_interval: Duration::from_millis(1000),
+            poll_interval: Duration::from_millis(DEFAULT_POLL_INTERVAL_MS),
             min_batch_interval: Duration::from_millis(DEFAULT_MIN_BATCH_INTERVAL_MS),
-            synchronous_commit: false,
-            error_backoff: Duration::from_millis(5000),
-            max_retries: 3,
-            lease_retry: Duration::from_millis(1000),
+            synchronous_commit: DEFAULT_SYNCHRONOUS_COMMIT,
+            error_backoff: Duration::from_millis(DEFAULT_ERROR_BACKOFF_MS),
+            max_retries: DEFAULT_MAX_RETRIES,
+            lease_retry: Duration::from_millis(DEFAULT_LEASE_RETRY_MS),
             max_backoff: Duration::from_millis(DEFAULT_MAX_BACKOFF_MS),
         }
     }
@@ -553,46 +620,68 @@ impl WorkerConfig {
     }
 }
 
+/// Limits of every dry run (see [`crate::dry_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DryRunLimits {
+    /// Longest a run may take, compile included.
+    pub timeout: Duration,
+    /// Most outbox rows a run may read.
+    pub max_events: u64,
+    /// Most rows a run's statements may write.
+    pub max_rows: u64,
+}
+
+/// Default of [`DryRunLimits::timeout`].
+pub const DEFAULT_DRY_RUN_TIMEOUT_MS: u64 = 600_000;
+/// Default of [`DryRunLimits::max_events`].
+pub const DEFAULT_DRY_RUN_MAX_EVENTS: u64 = 20_000_000;
+/// Default of [`DryRunLimits::max_rows`].
+pub const DEFAULT_DRY_RUN_MAX_ROWS: u64 = 50_000_000;
+
+impl Default for DryRunLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(DEFAULT_DRY_RUN_TIMEOUT_MS),
+            max_events: DEFAULT_DRY_RUN_MAX_EVENTS,
+            max_rows: DEFAULT_DRY_RUN_MAX_ROWS,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProjectionArgs,
-    }
-
-    /// The settings `wallex serve` resolves with nothing given (no flag, no environment).
-    fn resolved_defaults() -> ProjectionConfig {
-        use clap::{CommandFactory, FromArgMatches};
-        // The developer's environment must not count: every argument's `env` is dropped.
-        let command = Cli::command().mut_args(|arg| arg.env(None));
-        let matches = command.get_matches_from(["x"]);
-        let cli = Cli::from_arg_matches(&matches).unwrap();
-        cli.args.resolve().unwrap()
+    /// [`ProjectionOptions::default`] with `PROJECTOR_OVERRIDES` set to `overrides`, resolved.
+    fn with_overrides(overrides: &str) -> Result<ProjectionConfig, ConfigError> {
+        Ok(ProjectionOptions {
+            projector_overrides: parse_overrides(overrides)?,
+            ..ProjectionOptions::default()
+        }
+        .resolve())
     }
 
     #[test]
-    fn the_library_defaults_are_the_servers_defaults() {
-        // Benches and tests that build a `ProjectionConfig::default()` must run with the limits
-        // users get from `wallex serve`: one default per setting.
+    fn the_parts_default_to_the_same_values_as_the_whole() {
+        // `ProjectionConfig::default()` is `ProjectionOptions::default()` resolved (what serve
+        // runs with; the binary's tests check its flags against the options); the defaults of its
+        // parts must not say otherwise.
+        let config = ProjectionConfig::default();
+        assert_eq!(config.defaults, WorkerConfig::default());
+        assert_eq!(config.limits, RuntimeLimits::default());
+        assert_eq!(config.engine, EngineLimits::default());
         assert_eq!(
-            format!("{:#?}", ProjectionConfig::default()),
-            format!("{:#?}", resolved_defaults())
+            format!("{:?}", config.dry_run),
+            format!("{:?}", DryRunLimits::default())
         );
+        assert_eq!(config.on_poison, DEFAULT_ON_POISON);
+        assert!(config.overrides.is_empty());
+        assert_eq!(parse_overrides("").unwrap(), HashMap::new());
     }
 
     #[test]
     fn defaults_and_overrides() {
-        let cli = Cli::parse_from([
-            "x",
-            "--projector-overrides",
-            "ledger.batch_size=500, audit.poll_interval_ms=20",
-        ]);
-        let config = cli.args.resolve().unwrap();
+        let config = with_overrides("ledger.batch_size=500, audit.poll_interval_ms=20").unwrap();
         assert_eq!(config.worker("read-model"), WorkerConfig::default());
         assert_eq!(config.worker("ledger").batch_size, 500);
         assert_eq!(
@@ -600,10 +689,75 @@ mod tests {
             Duration::from_millis(20)
         );
         assert!(config.auto_start);
-        let bad = Cli::parse_from(["x", "--projector-overrides", "ledger.nope=1"]);
         assert_eq!(
-            bad.args.resolve().unwrap_err(),
+            with_overrides("ledger.nope=1").unwrap_err(),
             ConfigError::UnknownKey("nope".into())
+        );
+    }
+
+    #[test]
+    fn overrides_parse_into_typed_settings() {
+        let overrides = parse_overrides(
+            "my.app.on_poison=skip,my.app.memory_mib=32, my.app.fuel=0,my.app.batch_size=0,\
+             my.app.min_batch_interval_ms=5000,my.app.log_lines=99999999999,my.app.fuel=7",
+        )
+        .unwrap();
+        // The key is what follows the last dot; the last value of a key counts.
+        let overridden = &overrides["my.app"];
+        assert_eq!(
+            overridden.settings,
+            ProjectionSettings {
+                on_poison: Some(OnPoison::Skip),
+                memory_mib: Some(32),
+                fuel: Some(7),
+                log_lines: Some(u32::MAX),
+                ..ProjectionSettings::default()
+            }
+        );
+        assert_eq!(overridden.worker.batch_size, Some(1));
+        assert_eq!(
+            overridden.worker.min_batch_interval,
+            Some(Duration::from_millis(MAX_MIN_BATCH_INTERVAL_MS))
+        );
+        let config =
+            with_overrides("x.on_poison=skip,x.memory_mib=100000,x.call_timeout_ms=9").unwrap();
+        let policy = config.policy("x", &ProjectionSettings::default());
+        assert_eq!(policy.on_poison, OnPoison::Skip);
+        assert_eq!(policy.limits.memory_bytes, config.engine.max_memory_bytes);
+        assert_eq!(policy.limits.call_timeout, Duration::from_millis(9));
+        // A deploy's settings come after the overrides.
+        let deployed = ProjectionSettings {
+            on_poison: Some(OnPoison::Pause),
+            ..ProjectionSettings::default()
+        };
+        let policy = config.policy("x", &deployed);
+        assert_eq!(policy.on_poison, OnPoison::Pause);
+        assert_eq!(policy.limits.call_timeout, Duration::from_millis(9));
+        assert_eq!(
+            config.policy("y", &ProjectionSettings::default()).limits,
+            config.limits
+        );
+    }
+
+    #[test]
+    fn malformed_overrides_name_their_entry() {
+        for entry in [
+            "ledger.batch_size",
+            "batch_size=5",
+            "ledger.batch_size=-1",
+            "ledger.batch_size=ten",
+            "ledger.on_poison=Skip",
+            "ledger.on_poison=1",
+        ] {
+            assert_eq!(
+                parse_overrides(&format!("a.fuel=1, {entry} ,b.fuel=2")).unwrap_err(),
+                ConfigError::Override(entry.to_owned()),
+                "{entry}"
+            );
+        }
+        assert_eq!(
+            parse_overrides("ledger.on_poisson=skip").unwrap_err(),
+            ConfigError::UnknownKey("on_poisson".into())
         );
     }
 }

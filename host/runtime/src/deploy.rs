@@ -20,7 +20,7 @@
 //!
 //! Architecture invariant: a component that fails validation changes nothing; every registry
 //! change is one transaction under the registry lock. API boundary: no HTTP; errors are typed
-//! ([`DeployError`]), outcomes are [`Activation`]s.
+//! ([`OperationError`]), outcomes are [`Activation`]s.
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ use super::config::ProjectionSettings;
 use super::registry::{self, Deployment, DeploymentState};
 use super::schema::{namespace_base, ProjectionSchema};
 use super::Projections;
-use crate::operation::{execute_ddl, Activation, DeployError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
+use crate::operation::{execute_ddl, Activation, OperationError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
 use crate::rebuild::{drop_rebuild, start_rebuild};
 use crate::sandbox::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
 
@@ -73,7 +73,11 @@ impl Projections {
     /// Checks that `bytes` are a projection component this host can run: size, preamble,
     /// compiles (on a blocking thread, within the compile time limit), implements the world,
     /// describes itself, declares valid tables.
-    pub async fn validate(&self, bytes: Vec<u8>, origin: &str) -> Result<Candidate, DeployError> {
+    pub async fn validate(
+        &self,
+        bytes: Vec<u8>,
+        origin: &str,
+    ) -> Result<Candidate, OperationError> {
         self.precheck(&bytes)?;
         let sha256 = registry::sha256_hex(&bytes);
         let bytes = Arc::new(bytes);
@@ -100,18 +104,18 @@ impl Projections {
     }
 
     /// The checks that need no compile: size and preamble.
-    pub fn precheck(&self, bytes: &[u8]) -> Result<(), DeployError> {
+    pub fn precheck(&self, bytes: &[u8]) -> Result<(), OperationError> {
         let limit = self.inner.config.max_component_bytes;
         if bytes.len() > limit {
-            return Err(DeployError::TooLarge {
+            return Err(OperationError::TooLarge {
                 size: bytes.len(),
                 limit,
             });
         }
         match binary_kind(bytes) {
             BinaryKind::Component => Ok(()),
-            BinaryKind::CoreModule => Err(DeployError::CoreModule),
-            BinaryKind::NotWasm => Err(DeployError::NotWasm),
+            BinaryKind::CoreModule => Err(OperationError::CoreModule),
+            BinaryKind::NotWasm => Err(OperationError::NotWasm),
         }
     }
 
@@ -128,7 +132,7 @@ impl Projections {
         origin: String,
         sha256: &str,
         bytes: Arc<Vec<u8>>,
-    ) -> Result<(Arc<LoadedComponent>, Option<ArtifactStore>), DeployError> {
+    ) -> Result<(Arc<LoadedComponent>, Option<ArtifactStore>), OperationError> {
         let _slot = self
             .inner
             .compile_slots
@@ -151,7 +155,7 @@ impl Projections {
         origin: String,
         sha256: &str,
         bytes: Arc<Vec<u8>>,
-    ) -> Result<(LoadedComponent, Option<ArtifactStore>), DeployError> {
+    ) -> Result<(LoadedComponent, Option<ArtifactStore>), OperationError> {
         let engine = self.inner.engine_key.as_str();
         if let Some(loaded) = self.load_artifact(&origin, sha256).await {
             return Ok((loaded, None));
@@ -180,8 +184,7 @@ impl Projections {
         let task = async move {
             let stored = match locked {
                 Ok(()) => {
-                    match artifacts::store(&mut tx, &sha256, &engine, &artifact, compile_ms).await
-                    {
+                    match artifacts::store(&mut tx, &sha256, &engine, &artifact, compile_ms).await {
                         Ok(()) => tx.commit().await,
                         Err(error) => Err(error),
                     }
@@ -259,7 +262,7 @@ impl Projections {
         origin: String,
         bytes: Arc<Vec<u8>>,
         serialize: bool,
-    ) -> Result<(LoadedComponent, Option<Vec<u8>>), DeployError> {
+    ) -> Result<(LoadedComponent, Option<Vec<u8>>), OperationError> {
         let timeout = self.inner.config.compile_timeout;
         let runtime = self.inner.runtime.clone();
         let task = tokio::task::spawn_blocking(move || {
@@ -278,14 +281,18 @@ impl Projections {
             Ok::<_, ComponentError>((runtime.link(&origin, compiled)?, artifact))
         });
         match tokio::time::timeout(timeout, task).await {
-            Err(_) => Err(DeployError::CompileTimeout(timeout)),
+            Err(_) => Err(OperationError::CompileTimeout(timeout)),
             Ok(joined) => Ok(joined.map_err(|e| ComponentError::Join(e.to_string()))??),
         }
     }
 
     /// Refuses a component whose compiled code would take the loaded ones over the limit (a
     /// version already loaded under the same SHA-256 is not counted twice).
-    fn check_memory(&self, sha256: &str, component: &LoadedComponent) -> Result<(), DeployError> {
+    fn check_memory(
+        &self,
+        sha256: &str,
+        component: &LoadedComponent,
+    ) -> Result<(), OperationError> {
         let limit = self.inner.config.compiled_memory_max_bytes;
         let in_use: usize = self
             .compiled_components()
@@ -295,7 +302,7 @@ impl Projections {
             .sum();
         let needed = component.compiled_bytes();
         if in_use.saturating_add(needed) > limit {
-            return Err(DeployError::MemoryLimit {
+            return Err(OperationError::MemoryLimit {
                 needed,
                 in_use,
                 limit,
@@ -312,7 +319,7 @@ impl Projections {
         candidate: Candidate,
         source: &str,
         actor: &str,
-    ) -> Result<Activation, DeployError> {
+    ) -> Result<Activation, OperationError> {
         let name = candidate.schema.name.clone();
         let current = registry::deployment(&self.inner.pool, &name).await?;
         if let Some(current) = current {
@@ -341,7 +348,7 @@ impl Projections {
         source: &str,
         actor: &str,
         expected_name: Option<&str>,
-    ) -> Result<Activation, DeployError> {
+    ) -> Result<Activation, OperationError> {
         self.activate_with(candidate, source, actor, expected_name, None)
             .await
     }
@@ -356,7 +363,7 @@ impl Projections {
         actor: &str,
         expected_name: Option<&str>,
         settings: Option<&ProjectionSettings>,
-    ) -> Result<Activation, DeployError> {
+    ) -> Result<Activation, OperationError> {
         let artifact_store = candidate.artifact_store.clone();
         let activated = self
             .activate_registry(candidate, source, actor, expected_name, settings)
@@ -375,11 +382,11 @@ impl Projections {
         actor: &str,
         expected_name: Option<&str>,
         settings: Option<&ProjectionSettings>,
-    ) -> Result<Activation, DeployError> {
+    ) -> Result<Activation, OperationError> {
         let name = candidate.schema.name.clone();
         if let Some(expected) = expected_name {
             if expected != name {
-                return Err(DeployError::NameMismatch {
+                return Err(OperationError::NameMismatch {
                     expected: expected.to_owned(),
                     actual: name,
                 });
@@ -390,7 +397,7 @@ impl Projections {
         registry::lock(&mut tx).await?;
         let colliding = registry::colliding_name(&mut tx, &name).await?;
         if let Some(other) = colliding {
-            return Err(DeployError::NameCollision { name, other });
+            return Err(OperationError::NameCollision { name, other });
         }
         registry::store_component(&mut tx, &candidate.sha256, &candidate.bytes).await?;
         let current = registry::deployment_for_update(&mut tx, &name).await?;
@@ -399,7 +406,7 @@ impl Projections {
         let settings_json = settings
             .map(serde_json::to_value)
             .transpose()
-            .map_err(|e| DeployError::Conflict(format!("unusable settings: {e}")))?;
+            .map_err(|e| OperationError::Conflict(format!("unusable settings: {e}")))?;
         let activation = match current {
             Some(current) if current.state() != DeploymentState::Deleted => {
                 if let Some(shadow) = rebuild.as_ref().filter(|r| r.is_drift()) {
@@ -415,7 +422,7 @@ impl Projections {
                         return Ok(Activation::Unchanged);
                     }
                     if !rebuild.failed() {
-                        return Err(DeployError::Conflict(format!(
+                        return Err(OperationError::Conflict(format!(
                             "a rebuild of {name} is in progress; wait for it or cancel it first"
                         )));
                     }
@@ -439,7 +446,7 @@ impl Projections {
                 let live_schema = self.schema_of(&live, current.namespace.clone())?;
                 if i64::from(version) == current.schema_version {
                     if !live_schema.same_tables(&candidate.schema) {
-                        return Err(DeployError::TablesChanged {
+                        return Err(OperationError::TablesChanged {
                             schema_version: version,
                         });
                     }
@@ -507,15 +514,15 @@ impl Projections {
     }
 
     /// Goes back to the version that ran before the live one.
-    pub async fn rollback(&self, name: &str, actor: &str) -> Result<Activation, DeployError> {
+    pub async fn rollback(&self, name: &str, actor: &str) -> Result<Activation, OperationError> {
         let current = self.deployed(name).await?;
         let previous = current.previous_sha256.clone().ok_or_else(|| {
-            DeployError::Conflict(format!("{name} has no previous version to roll back to"))
+            OperationError::Conflict(format!("{name} has no previous version to roll back to"))
         })?;
         let component = self.compiled(name, &previous).await?;
         let bytes = registry::component_bytes(&self.inner.pool, &previous)
             .await?
-            .ok_or_else(|| DeployError::NotFound(format!("component {previous}")))?;
+            .ok_or_else(|| OperationError::NotFound(format!("component {previous}")))?;
         let schema = self.schema_of(&component, String::new())?;
         let schema = schema
             .clone()
@@ -532,11 +539,11 @@ impl Projections {
     }
 
     /// The deployment of a projection that is not deleted, or `NotFound`.
-    pub(crate) async fn deployed(&self, name: &str) -> Result<Deployment, DeployError> {
+    pub(crate) async fn deployed(&self, name: &str) -> Result<Deployment, OperationError> {
         registry::deployment(&self.inner.pool, name)
             .await?
             .filter(|d| d.state() != DeploymentState::Deleted)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))
+            .ok_or_else(|| OperationError::NotFound(name.to_owned()))
     }
 }
 
@@ -548,7 +555,7 @@ async fn create(
     previous: Option<&Deployment>,
     source: &str,
     actor: &str,
-) -> Result<(), DeployError> {
+) -> Result<(), OperationError> {
     let schema = &candidate.schema;
     for statement in schema.ddl().into_iter().chain(schema.view_ddl()) {
         execute_ddl(&mut *conn, &statement).await?;

@@ -47,14 +47,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::checkpoint;
-use crate::operation::{execute_ddl, DeployError};
+pub use crate::config::DryRunLimits;
+use crate::operation::{execute_ddl, OperationError};
 use crate::recovery::drift::{open_snapshot, TableDiff};
 use crate::registry::{self, DeploymentState};
 use crate::schema::{is_identifier, quote, ProjectionSchema, TableSchema};
 use crate::worker::{Active, Desired, PoisonEvent, Projector, Track};
 use crate::Projections;
 use wallex_core::outbox::{self, OutboxCursor};
-use wallex_core::write_path::read_model_check::RowDrift;
+use wallex_core::read_model_check::RowDrift;
 
 /// Dry runs running at once in the cluster (each replays the whole log).
 pub const MAX_RUNNING: i64 = 4;
@@ -82,34 +83,6 @@ const HIDDEN_ROWS_WAIT: Duration = Duration::from_millis(5);
 pub const NAMESPACE_PREFIX: &str = "dry_";
 /// The audit trail's action name.
 pub const ACTION: &str = "dry-run";
-
-/// Limits of every dry run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DryRunLimits {
-    /// Longest a run may take, compile included.
-    pub timeout: Duration,
-    /// Most outbox rows a run may read.
-    pub max_events: u64,
-    /// Most rows a run's statements may write.
-    pub max_rows: u64,
-}
-
-/// Default of [`DryRunLimits::timeout`].
-pub const DEFAULT_TIMEOUT_MS: u64 = 600_000;
-/// Default of [`DryRunLimits::max_events`].
-pub const DEFAULT_MAX_EVENTS: u64 = 20_000_000;
-/// Default of [`DryRunLimits::max_rows`].
-pub const DEFAULT_MAX_ROWS: u64 = 50_000_000;
-
-impl Default for DryRunLimits {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
-            max_events: DEFAULT_MAX_EVENTS,
-            max_rows: DEFAULT_MAX_ROWS,
-        }
-    }
-}
 
 /// What a client asks of a dry run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -349,7 +322,7 @@ macro_rules! stop_from {
     )*};
 }
 stop_from!(
-    DeployError,
+    OperationError,
     sqlx::Error,
     checkpoint::CheckpointError,
     outbox::OutboxError,
@@ -533,7 +506,7 @@ async fn drop_checkpoint(
     conn: &mut PgConnection,
     projection: Option<&str>,
     namespace: Option<&str>,
-) -> Result<(), DeployError> {
+) -> Result<(), OperationError> {
     if let (Some(name), Some(namespace)) = (projection, namespace) {
         checkpoint::delete_for_namespace(conn, &checkpoint::dry_run_key(name), namespace).await?;
     }
@@ -546,7 +519,7 @@ async fn remove_shadow(
     projection: Option<&str>,
     namespace: Option<&str>,
     id: i64,
-) -> Result<(), DeployError> {
+) -> Result<(), OperationError> {
     if let Some(namespace) = namespace {
         execute_ddl(
             &mut *conn,
@@ -570,7 +543,7 @@ impl Projections {
         bytes: Vec<u8>,
         request: DryRunRequest,
         actor: &str,
-    ) -> Result<DryRun, DeployError> {
+    ) -> Result<DryRun, OperationError> {
         self.precheck(&bytes)?;
         self.sweep_dry_runs().await?;
         let sha256 = registry::sha256_hex(&bytes);
@@ -585,7 +558,7 @@ impl Projections {
         .fetch_one(&mut *tx)
         .await?;
         if running >= MAX_RUNNING {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "{running} dry runs are running (at most {MAX_RUNNING}); wait for one to end or cancel one"
             )));
         }
@@ -625,12 +598,16 @@ impl Projections {
         );
         get(pool, id)
             .await?
-            .ok_or_else(|| DeployError::NotFound(format!("dry run {id}")))
+            .ok_or_else(|| OperationError::NotFound(format!("dry run {id}")))
     }
 
     /// Refuses a second running dry run of `name` (in the caller's transaction, which holds the
     /// table lock).
-    async fn refuse_second(&self, conn: &mut PgConnection, name: &str) -> Result<(), DeployError> {
+    async fn refuse_second(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<(), OperationError> {
         let other: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM projection_dry_runs WHERE projection = $1 AND finished_at IS NULL",
         )
@@ -638,7 +615,7 @@ impl Projections {
         .fetch_optional(&mut *conn)
         .await?;
         match other {
-            Some(other) => Err(DeployError::Conflict(format!(
+            Some(other) => Err(OperationError::Conflict(format!(
                 "dry run {other} of {name} is running; wait for it or cancel it"
             ))),
             None => Ok(()),
@@ -646,28 +623,28 @@ impl Projections {
     }
 
     /// One dry run, after failing it if its instance stopped.
-    pub async fn dry_run(&self, id: i64) -> Result<Option<DryRun>, DeployError> {
+    pub async fn dry_run(&self, id: i64) -> Result<Option<DryRun>, OperationError> {
         self.sweep_dry_runs().await?;
         Ok(get(self.pool(), id).await?)
     }
 
     /// The latest `limit` dry runs.
-    pub async fn dry_runs(&self, limit: i64) -> Result<Vec<DryRun>, DeployError> {
+    pub async fn dry_runs(&self, limit: i64) -> Result<Vec<DryRun>, OperationError> {
         self.sweep_dry_runs().await?;
         Ok(recent(self.pool(), limit).await?)
     }
 
     /// Cancels a running dry run (it stops at its next batch and drops its shadow, kept or not),
     /// or drops the kept shadow of a finished one.
-    pub async fn discard_dry_run(&self, id: i64, actor: &str) -> Result<DryRun, DeployError> {
+    pub async fn discard_dry_run(&self, id: i64, actor: &str) -> Result<DryRun, OperationError> {
         let pool = self.pool();
         let run = get(pool, id)
             .await?
-            .ok_or_else(|| DeployError::NotFound(format!("dry run {id}")))?;
+            .ok_or_else(|| OperationError::NotFound(format!("dry run {id}")))?;
         let mut conn = pool.acquire().await?;
         let outcome = if run.status.is_finished() {
             if run.namespace.is_none() {
-                return Err(DeployError::Conflict(format!(
+                return Err(OperationError::Conflict(format!(
                     "dry run {id} has ended and kept no shadow"
                 )));
             }
@@ -698,11 +675,11 @@ impl Projections {
         tracing::info!(run = id, outcome, "dry run discarded");
         get(pool, id)
             .await?
-            .ok_or_else(|| DeployError::NotFound(format!("dry run {id}")))
+            .ok_or_else(|| OperationError::NotFound(format!("dry run {id}")))
     }
 
     /// Fails the runs whose instance stopped, and drops what they left.
-    async fn sweep_dry_runs(&self) -> Result<(), DeployError> {
+    async fn sweep_dry_runs(&self) -> Result<(), OperationError> {
         let pool = self.pool();
         let abandoned: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
             "UPDATE projection_dry_runs
@@ -781,7 +758,7 @@ impl Projections {
         let name = candidate.schema.name.clone();
         if let Some(expected) = &request.name {
             if *expected != name {
-                return Err(DeployError::NameMismatch {
+                return Err(OperationError::NameMismatch {
                     expected: expected.clone(),
                     actual: name,
                 }
@@ -922,7 +899,7 @@ impl Projections {
         running: &Running,
         request: &DryRunRequest,
         result: Result<DryRunReport, Stop>,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let id = running.id;
         let pool = self.pool();
         let stored = get(pool, id).await?;
@@ -960,7 +937,7 @@ impl Projections {
             .await?;
         }
         let report_json = serde_json::to_value(&report).map_err(|e| {
-            DeployError::Conflict(format!("cannot store the dry run's report: {e}"))
+            OperationError::Conflict(format!("cannot store the dry run's report: {e}"))
         })?;
         sqlx::query(
             "UPDATE projection_dry_runs

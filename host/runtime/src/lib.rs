@@ -13,10 +13,10 @@
 //! - [`sandbox`] — how the runtime narrows wasmtime: engine, per-call limits, guest threads, the
 //!   bundled components.
 //! - [`schema`] — a declaration validated, its namespace and DDL.
-//! - [`mutation`] — a component's output validated ([`mutation::validate`]), planned into
-//!   statements ([`mod@mutation::plan`]) and applied ([`mutation::apply`]).
-//! - [`search`] — which part of a failing batch to call next, within a budget.
-//! - [`text`] — component text bounded before it is kept anywhere.
+//! - [`mutation`] — a component's output validated (`mutation::validate`), planned into
+//!   statements ([`mutation::plan()`]) and applied ([`mutation::apply`]).
+//! - [`poison_search`] — which part of a failing batch to call next, within a budget.
+//! - [`guest_text`] — component text bounded before it is kept anywhere.
 //! - [`worker`] — one leased worker per projection: the batch, the lease, the listener.
 //! - [`checkpoint`], [`registry`], [`dead_letters`], [`artifacts`] — the owners of their tables
 //!   (`projector_checkpoints`; `projection_components`, `projection_deployments`,
@@ -26,7 +26,10 @@
 //!   resume, reload, delete; blue/green rebuilds from start to cut-over.
 //! - [`dry_run`] — a candidate replayed over the live log into a shadow of its own and compared
 //!   with the live version, never live (owns `projection_dry_runs`).
-//! - [`status`] — what an operator sees, as typed values.
+//! - [`status`] — what an operator sees, as typed values; [`read`] — one row by its key.
+//! - [`recovery`] — stall detection ([`stall`]), drift checks and repairs, the read-model check;
+//!   [`recovery_runs`] keeps their history.
+//! - [`operation`] — the errors and outcomes every operation shares ([`OperationError`]).
 //! - [`reconcile`] — every instance runs what the registry says.
 //! - [`watch`] — the projections directory deploys what changes in it.
 //! - [`config`] — settings, per-projection overrides and the resolved policy.
@@ -41,18 +44,21 @@ pub mod config;
 pub mod dead_letters;
 pub mod deploy;
 pub mod dry_run;
+pub mod guest_text;
 pub mod lifecycle;
 pub mod mutation;
 pub mod operation;
+pub mod poison_search;
+pub mod read;
 pub mod rebuild;
 pub mod reconcile;
 pub mod recovery;
+pub mod recovery_runs;
 pub mod registry;
 pub mod sandbox;
 pub mod schema;
-pub mod search;
+pub mod stall;
 pub mod status;
-pub mod text;
 pub mod watch;
 pub mod worker;
 
@@ -65,8 +71,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ProjectionArgs, ProjectionConfig};
-pub use operation::{DeployError, LoadError, MAX_COMPONENTS};
+pub use config::{ProjectionConfig, ProjectionOptions};
+pub use operation::{LoadError, OperationError, MAX_COMPONENTS};
 use sandbox::engine::{ComponentError, LoadedComponent, ProjectionRuntime};
 use schema::ProjectionSchema;
 use worker::{Active, BatchHandler, Desired, Projector, WorkerContext};

@@ -9,12 +9,12 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::dead_letters::{self, DeadLetter, ReplayOutcome};
-use crate::operation::{execute_ddl, live_deployment, DeployError};
+use crate::guest_text::{clip, MAX_ERROR_BYTES};
+use crate::operation::{execute_ddl, live_deployment, OperationError};
 use crate::rebuild::drop_rebuild;
 use crate::registry::DeploymentState;
 use crate::sandbox::engine::to_guest_event;
 use crate::schema::quote;
-use crate::text::{clip, MAX_ERROR_BYTES};
 use crate::worker::BatchError;
 use crate::{checkpoint, registry, Projections};
 
@@ -25,7 +25,7 @@ impl Projections {
         name: &str,
         paused: bool,
         actor: &str,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let state = if paused {
             DeploymentState::Paused
         } else {
@@ -36,7 +36,7 @@ impl Projections {
         registry::lock(&mut tx).await?;
         let current = live_deployment(&mut tx, name).await?;
         if current.state() == state {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "{name} is already {}",
                 state.as_str()
             )));
@@ -55,7 +55,7 @@ impl Projections {
 
     /// Restarts a projection's worker on its registry version, from its checkpoint (after a
     /// failure, once the cause is fixed).
-    pub async fn reload(&self, name: &str, actor: &str) -> Result<(), DeployError> {
+    pub async fn reload(&self, name: &str, actor: &str) -> Result<(), OperationError> {
         let mut conn = self.inner.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
@@ -87,7 +87,7 @@ impl Projections {
         name: &str,
         drop_tables: bool,
         actor: &str,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let mut conn = self.inner.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
@@ -131,7 +131,7 @@ impl Projections {
         &self,
         name: &str,
         include_resolved: bool,
-    ) -> Result<Vec<DeadLetter>, DeployError> {
+    ) -> Result<Vec<DeadLetter>, OperationError> {
         self.deployed(name).await?;
         Ok(dead_letters::list(self.pool(), name, include_resolved).await?)
     }
@@ -144,11 +144,11 @@ impl Projections {
         &self,
         name: &str,
         actor: &str,
-    ) -> Result<ReplayOutcome, DeployError> {
+    ) -> Result<ReplayOutcome, OperationError> {
         self.deployed(name).await?;
         let projector = self
             .get(name)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+            .ok_or_else(|| OperationError::NotFound(name.to_owned()))?;
         let version = projector.active();
         let open = dead_letters::open(self.pool(), name).await?;
         let mut outcome = ReplayOutcome::default();
@@ -160,9 +160,11 @@ impl Projections {
             }
             let event = wallex_core::outbox::read_at(&mut tx, position)
                 .await
-                .map_err(|e| DeployError::Conflict(e.to_string()))?
+                .map_err(|e| OperationError::Conflict(e.to_string()))?
                 .ok_or_else(|| {
-                    DeployError::Conflict(format!("event at position {position} left the outbox"))
+                    OperationError::Conflict(format!(
+                        "event at position {position} left the outbox"
+                    ))
                 })?;
             let evaluated = projector
                 .evaluate_one(&version, to_guest_event(&event))

@@ -2,7 +2,7 @@
 //! an activation, the actors and sources recorded in the registry, and two helpers on the
 //! registry transaction (the live deployment, locked; a DDL statement).
 //!
-//! Architecture invariant: an operation that returns a [`DeployError`] changed nothing.
+//! Architecture invariant: an operation that returns a [`OperationError`] changed nothing.
 //! API boundary: no operation logic here; [`crate::deploy`], [`crate::lifecycle`] and
 //! [`crate::rebuild`] build on it, and it depends on none of them.
 
@@ -11,9 +11,9 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use crate::checkpoint;
+use crate::guest_text::quoted;
 use crate::registry::{self, Deployment, DeploymentState};
 use crate::sandbox::engine::ComponentError;
-use crate::text::quoted;
 
 /// Actor recorded for changes the host makes by itself at start-up.
 pub const STARTUP_ACTOR: &str = "startup";
@@ -28,7 +28,7 @@ pub const ROLLBACK_SOURCE: &str = "rollback";
 
 /// Why an operation was refused. Nothing changed.
 #[derive(Debug, thiserror::Error)]
-pub enum DeployError {
+pub enum OperationError {
     /// The component is bigger than the configured maximum.
     #[error("the component is {size} bytes, more than the limit of {limit}")]
     TooLarge {
@@ -111,13 +111,13 @@ pub enum DeployError {
     Load(Box<LoadError>),
 }
 
-impl From<LoadError> for DeployError {
+impl From<LoadError> for OperationError {
     fn from(error: LoadError) -> Self {
         Self::Load(Box::new(error))
     }
 }
 
-impl DeployError {
+impl OperationError {
     /// Whether the component itself was refused (as opposed to the operation or the database).
     pub fn is_invalid_component(&self) -> bool {
         matches!(
@@ -165,11 +165,11 @@ impl Activation {
 pub(crate) async fn live_deployment(
     conn: &mut PgConnection,
     name: &str,
-) -> Result<Deployment, DeployError> {
+) -> Result<Deployment, OperationError> {
     registry::deployment_for_update(conn, name)
         .await?
         .filter(|d| d.state() != DeploymentState::Deleted)
-        .ok_or_else(|| DeployError::NotFound(name.to_owned()))
+        .ok_or_else(|| OperationError::NotFound(name.to_owned()))
 }
 
 /// Runs one DDL statement (built by the host from validated identifiers) on `conn`.
@@ -237,7 +237,7 @@ pub enum LoadError {
         origin: String,
         /// Why the deploy failed.
         #[source]
-        source: DeployError,
+        source: OperationError,
     },
     /// The registry cannot be read.
     #[error("the registry cannot be read: {0}")]

@@ -9,7 +9,7 @@
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use crate::operation::{execute_ddl, live_deployment, Activation, DeployError, SYSTEM_ACTOR};
+use crate::operation::{execute_ddl, live_deployment, Activation, OperationError, SYSTEM_ACTOR};
 use crate::registry::{Deployment, Rebuild};
 use crate::schema::{build_namespace, namespace_base, quote, ProjectionSchema, MAX_BUILD_NUMBER};
 use crate::worker::{Active, Projector};
@@ -17,7 +17,7 @@ use crate::{checkpoint, registry, Projections};
 
 impl Projections {
     /// Rebuilds a projection's live version into fresh tables (blue/green).
-    pub async fn rebuild(&self, name: &str, actor: &str) -> Result<Activation, DeployError> {
+    pub async fn rebuild(&self, name: &str, actor: &str) -> Result<Activation, OperationError> {
         let mut conn = self.inner.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
@@ -46,11 +46,11 @@ impl Projections {
         conn: &mut PgConnection,
         current: &Deployment,
         actor: &str,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let name = &current.projection;
         if let Some(existing) = registry::rebuild(&mut *conn, name).await? {
             if existing.in_progress() {
-                return Err(DeployError::Conflict(match existing.drift_run {
+                return Err(OperationError::Conflict(match existing.drift_run {
                     Some(run) if existing.is_drift() => format!(
                         "a drift check of {name} is running (run {run}); wait for it or cancel it"
                     ),
@@ -74,13 +74,13 @@ impl Projections {
     }
 
     /// Stops a rebuild in progress and drops its tables; the live version is untouched.
-    pub async fn cancel_rebuild(&self, name: &str, actor: &str) -> Result<(), DeployError> {
+    pub async fn cancel_rebuild(&self, name: &str, actor: &str) -> Result<(), OperationError> {
         let mut conn = self.inner.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
         live_deployment(&mut tx, name).await?;
         let Some(rebuild) = registry::rebuild(&mut tx, name).await? else {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "no rebuild of {name} is in progress"
             )));
         };
@@ -108,14 +108,16 @@ impl Projections {
         conn: &mut PgConnection,
         projector: &Projector,
         target: &Active,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let name = projector.name();
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
         let rebuild = registry::rebuild(&mut tx, name)
             .await?
             .filter(|r| !r.failed() && r.namespace == target.schema.namespace)
-            .ok_or_else(|| DeployError::Conflict(format!("the rebuild of {name} was replaced")))?;
+            .ok_or_else(|| {
+                OperationError::Conflict(format!("the rebuild of {name} was replaced"))
+            })?;
         let current = live_deployment(&mut tx, name).await?;
         let rebuilt = checkpoint::read_in(&mut tx, &checkpoint::rebuild_key(name))
             .await?
@@ -178,7 +180,7 @@ impl Projections {
         conn: &mut PgConnection,
         name: &str,
         error: &str,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
         if let Some(shadow) = registry::rebuild(&mut tx, name)
@@ -187,7 +189,7 @@ impl Projections {
         {
             // A drift check whose replay fails cannot say anything: it fails, and its shadow goes.
             if let Some(run) = shadow.drift_run {
-                crate::recovery::runs::shadow_gone(
+                crate::recovery_runs::shadow_gone(
                     &mut *tx,
                     run,
                     &format!("the replay failed: {error}"),
@@ -222,10 +224,10 @@ pub(crate) async fn start_rebuild(
     sha256: &str,
     source: &str,
     actor: &str,
-) -> Result<(), DeployError> {
+) -> Result<(), OperationError> {
     let build = current.build_seq + 1;
     if build > MAX_BUILD_NUMBER {
-        return Err(DeployError::Conflict(format!(
+        return Err(OperationError::Conflict(format!(
             "{} has been rebuilt {MAX_BUILD_NUMBER} times; delete it with drop_tables=true and deploy it again",
             current.projection
         )));
@@ -262,7 +264,7 @@ pub(crate) async fn start_rebuild(
 pub(crate) async fn drop_rebuild(
     conn: &mut PgConnection,
     rebuild: &Rebuild,
-) -> Result<(), DeployError> {
+) -> Result<(), OperationError> {
     execute_ddl(
         &mut *conn,
         &format!(
@@ -276,7 +278,7 @@ pub(crate) async fn drop_rebuild(
     registry::delete_rebuild(conn, &rebuild.projection).await?;
     if let Some(run) = rebuild.drift_run {
         // A drift check still replaying fails; a finished one no longer lists its shadow.
-        crate::recovery::runs::shadow_gone(
+        crate::recovery_runs::shadow_gone(
             &mut *conn,
             run,
             "its shadow was dropped (replaced, cancelled or deleted)",

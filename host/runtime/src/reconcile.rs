@@ -18,7 +18,7 @@ use crate::registry::{self, Deployment, DeploymentState, Rebuild};
 use crate::sandbox::engine::LoadedComponent;
 use crate::schema::ProjectionSchema;
 use crate::worker::{Active, Desired, RebuildTarget};
-use crate::{config, ComponentError, DeployError};
+use crate::{config, ComponentError, OperationError};
 use crate::{LoadError, Projections};
 
 impl Projections {
@@ -222,7 +222,7 @@ impl Projections {
             )
             .await
             .map_err(|error| match error {
-                DeployError::Component(e) => LoadError::Component(e),
+                OperationError::Component(e) => LoadError::Component(e),
                 other => LoadError::Deploy {
                     origin: name.to_owned(),
                     source: other,

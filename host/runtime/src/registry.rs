@@ -511,7 +511,10 @@ pub async fn fail_rebuild(
         "UPDATE projection_rebuilds SET status = 'failed', last_error = $2 WHERE projection = $1",
     )
     .bind(projection)
-    .bind(crate::text::clip(error, crate::text::MAX_ERROR_BYTES))
+    .bind(crate::guest_text::clip(
+        error,
+        crate::guest_text::MAX_ERROR_BYTES,
+    ))
     .execute(conn)
     .await?;
     Ok(())

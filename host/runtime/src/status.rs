@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Policy, ProjectionSettings};
-use crate::operation::DeployError;
+use crate::operation::OperationError;
 use crate::registry::{self, Deployment, DeploymentState, Rebuild};
 use crate::worker::Projector;
 use crate::Projections;
@@ -27,7 +27,7 @@ pub enum ReportedStatus {
     /// A blue/green rebuild is filling new tables; the live version keeps serving.
     Rebuilding,
     /// Events wait, yet its checkpoint has not moved for `RECOVERY_STALL_SECS` without a failure
-    /// (see [`crate::recovery::stall`]); its worker is being restarted.
+    /// (see [`crate::stall`]); its worker is being restarted.
     Stalled,
 }
 
@@ -91,7 +91,7 @@ pub struct ProjectionStatus {
     /// The rebuild in progress or failed, if any.
     pub rebuild: Option<RebuildProgress>,
     /// The stall, while the projection is stalled.
-    pub stall: Option<crate::recovery::stall::Stall>,
+    pub stall: Option<crate::stall::Stall>,
 }
 
 /// What this process runs of a projection.
@@ -179,12 +179,12 @@ pub struct ProjectionLag {
 
 impl Projections {
     /// What an operator sees of one projection.
-    pub async fn admin_status(&self, name: &str) -> Result<ProjectionStatus, DeployError> {
+    pub async fn admin_status(&self, name: &str) -> Result<ProjectionStatus, OperationError> {
         let deployment = self.deployed(name).await?;
         self.status_of(&deployment).await
     }
 
-    async fn status_of(&self, deployment: &Deployment) -> Result<ProjectionStatus, DeployError> {
+    async fn status_of(&self, deployment: &Deployment) -> Result<ProjectionStatus, OperationError> {
         let pool = self.pool();
         let name = deployment.projection.as_str();
         // The rebuild row first, then the deployment again: a cut-over deletes the one and
@@ -206,7 +206,7 @@ impl Projections {
             Some(c) => Some(wallex_core::outbox::lag_after(pool, c.cursor).await?.0),
             None => None,
         };
-        let stall = crate::recovery::stall::stall_of(pool, name).await?;
+        let stall = crate::stall::stall_of(pool, name).await?;
         Ok(status(
             deployment,
             self.get(name).as_deref(),
@@ -220,7 +220,7 @@ impl Projections {
     }
 
     /// What an operator sees of every deployed projection.
-    pub async fn admin_list(&self) -> Result<Vec<ProjectionStatus>, DeployError> {
+    pub async fn admin_list(&self) -> Result<Vec<ProjectionStatus>, OperationError> {
         let mut items = Vec::new();
         for deployment in registry::deployments(self.pool()).await? {
             if deployment.state() == DeploymentState::Deleted {
@@ -232,7 +232,7 @@ impl Projections {
     }
 
     /// The log's size and how far behind each projection is.
-    pub async fn outbox_stats(&self) -> Result<OutboxStats, DeployError> {
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, OperationError> {
         let pool = self.pool();
         let (events, last_position) = wallex_core::outbox::size(pool).await?;
         let mut projections = Vec::new();
@@ -275,7 +275,7 @@ fn status(
     checkpoint: Option<&Checkpoint>,
     lag: Option<(i64, Option<DateTime<Utc>>)>,
     rebuild: Option<(&Rebuild, Option<&Checkpoint>, Option<i64>)>,
-    stall: Option<crate::recovery::stall::Stall>,
+    stall: Option<crate::stall::Stall>,
 ) -> ProjectionStatus {
     let checkpoint_status = checkpoint.map(|c| c.status);
     let status = if deployment.state() == DeploymentState::Paused {

@@ -2,9 +2,9 @@
 //!
 //! Why it exists: the names are a contract with dashboards and alert rules
 //! (`host/ops/prometheus/wallex-alerts.yml`); keeping them in one place keeps the code, the
-//! README's "Monitoring" table and the rules in step. Names follow the reference design where it
-//! has one (`wallet_create_duration_ms`, `wallet_create_total`, `outbox_lag_events`,
-//! `projector_*`). Labels are bounded sets: no wallet ids, keys or raw paths.
+//! metrics table of host/docs/monitoring.md and the rules in step. Names follow the reference
+//! design where it has one (`wallet_create_duration_ms`, `wallet_create_total`,
+//! `outbox_lag_events`, `projector_*`). Labels are bounded sets: no wallet ids, keys or raw paths.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

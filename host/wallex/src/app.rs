@@ -18,7 +18,7 @@ use wallex_core::eventstore::kurrent::{EventStoreSetupError, KurrentEventStore};
 use wallex_core::eventstore::postgres::PgEventStore;
 use wallex_core::eventstore::StreamReader;
 use wallex_core::redis_assist::{RedisAssist, RedisSetupError};
-use wallex_core::write_path::reconcile::Reconciler;
+use wallex_core::write_path::orphans::OrphanCompleter;
 use wallex_core::write_path::WritePath;
 use wallex_core::{db, idempotency};
 use wallex_http::{AppState, HttpConfig};
@@ -62,7 +62,7 @@ pub enum ServeError {
     /// The first start with this database could not read where KurrentDB's `$all` ends (the
     /// reconciliation's starting point).
     #[error("first start with this database: cannot read the end of KurrentDB's $all: {0}")]
-    KurrentDbFirstStart(#[source] wallex_core::write_path::reconcile::ReconcileError),
+    KurrentDbFirstStart(#[source] wallex_core::write_path::orphans::OrphanError),
 }
 
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
@@ -75,10 +75,13 @@ pub async fn serve(
     if admin_token.is_some_and(|t| t.len() < wallex_http::admin::MIN_TOKEN_LEN) {
         return Err(ServeError::WeakAdminToken);
     }
-    let redis = RedisAssist::from_config(&config.redis)?;
-    let kurrent = KurrentEventStore::from_config(&config.event_store)?;
-    db::ensure_database(&config.database).await?;
-    let pool = db::pool(&config.database)?;
+    let database = config.database.settings();
+    let idempotency = config.idempotency.settings();
+    let event_store = config.event_store.settings();
+    let redis = RedisAssist::from_config(&config.redis.settings())?;
+    let kurrent = KurrentEventStore::from_config(&event_store)?;
+    db::ensure_database(&database).await?;
+    let pool = db::pool(&database)?;
     db::migrate(&pool).await?;
     tracing::info!("migrations applied");
 
@@ -94,28 +97,28 @@ pub async fn serve(
     let background = shutdown.child_token();
     tasks.spawn(idempotency::run_cleanup(
         pool.clone(),
-        Duration::from_secs(config.idempotency.idempotency_cleanup_interval_secs),
-        config.idempotency.idempotency_cleanup_batch_size,
+        Duration::from_secs(idempotency.idempotency_cleanup_interval_secs),
+        idempotency.idempotency_cleanup_batch_size,
         background.clone(),
     ));
 
     let events = match &kurrent {
         Some(store) => {
             tracing::info!("event store: KurrentDB");
-            let reconciler = Reconciler::new(
+            let reconciler = OrphanCompleter::new(
                 pool.clone(),
                 store.clone(),
                 wallex_http::wallets::CREATE_WALLET_SCOPE,
                 wallex_http::wallets::render_create_result,
-                config.idempotency.ttl(),
-                Duration::from_secs(config.event_store.kurrentdb_reconcile_grace_secs),
+                idempotency.ttl(),
+                Duration::from_secs(event_store.kurrentdb_reconcile_grace_secs),
             );
             reconciler
                 .prepare()
                 .await
                 .map_err(ServeError::KurrentDbFirstStart)?;
             tasks.spawn(reconciler.run(
-                Duration::from_secs(config.event_store.kurrentdb_reconcile_interval_secs),
+                Duration::from_secs(event_store.kurrentdb_reconcile_interval_secs),
                 background.clone(),
             ));
             StreamReader::Kurrent(store.clone())
@@ -124,7 +127,8 @@ pub async fn serve(
     };
 
     let projections =
-        projection::Projections::load(pool.clone(), config.projections.resolve()?).await?;
+        projection::Projections::load(pool.clone(), config.projections.settings()?.resolve())
+            .await?;
     if projections.config().auto_start {
         for worker in projections.start(background.clone()) {
             tasks.spawn(async move {
@@ -136,7 +140,8 @@ pub async fn serve(
     } else {
         tracing::info!("PROJECTORS_AUTO_START=false: projection workers not started");
     }
-    let recovery = projection::recovery::Recovery::new(projections.clone(), config.recovery);
+    let recovery =
+        projection::recovery::Recovery::new(projections.clone(), config.recovery.settings());
     if projections.config().auto_start {
         // Stall detection watches the workers this process runs.
         tasks.spawn(recovery.clone().run(background.clone()));
@@ -155,8 +160,8 @@ pub async fn serve(
         projections,
         write_path: WritePath::start(
             pool.clone(),
-            &config.write_path,
-            config.idempotency.ttl(),
+            &config.write_path.settings(),
+            idempotency.ttl(),
             redis,
             kurrent,
         ),
@@ -164,7 +169,7 @@ pub async fn serve(
         pool: pool.clone(),
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout(),
-            idempotency_key_required: config.idempotency.idempotency_key_required,
+            idempotency_key_required: idempotency.idempotency_key_required,
         }),
     };
     let app = wallex_http::router(state);

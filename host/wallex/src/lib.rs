@@ -9,8 +9,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`] — typed configuration of `wallex serve` (clap arguments mirroring environment
-//!   variables; each part's own settings are flattened in from its crate).
+//! - [`config`] — typed configuration of `wallex serve`: every flag and environment variable, one
+//!   file per concern, each mapped onto its library crate's plain settings (whose `Default` the
+//!   flags' defaults come from).
 //! - [`app`] — `serve`: database, migrations, projections, HTTP server, background tasks,
 //!   graceful shutdown.
 //! - [`cli`] — `wallex projections …`: the operator's client of the admin API.
@@ -18,7 +19,7 @@
 //! - [`dev`] — `wallex dev DIR`: a local server that rebuilds, tests and redeploys a projection
 //!   on every change; [`local_postgres`] — the private PostgreSQL it (and `serve`) start when
 //!   none is configured or running.
-//! - [`bench`] — `wallex bench create|projections|deploy|rebuild|system`.
+//! - [`mod@bench`] — `wallex bench create|projections|deploy|rebuild|system`.
 
 #![deny(missing_docs)]
 

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use wallex::bench::create::CreateBenchArgs;
 use wallex::bench::projections::ProjectionBenchArgs;
-use wallex::config::{DatabaseConfig, LogFormat, ServeConfig};
+use wallex::config::{DatabaseArgs, GlobalArgs, LogFormat, ServeConfig};
 use wallex::{app, bench};
 use wallex_core::db;
 use wallex_telemetry::{Telemetry, TelemetryConfig};
@@ -21,15 +21,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "wallex", version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        env = "WALLEX_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    global: GlobalArgs,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -40,7 +33,7 @@ enum Command {
     /// Run the HTTP server (applies migrations first). The default command.
     Serve(Box<ServeConfig>),
     /// Apply database migrations and exit.
-    Migrate(DatabaseConfig),
+    Migrate(DatabaseArgs),
     /// A local server with a projection folder watched: every change rebuilds it, runs its
     /// golden tests and redeploys it.
     Dev(Box<wallex::dev::DevArgs>),
@@ -95,7 +88,7 @@ fn main() -> ExitCode {
         _ => (false, false),
     };
     let telemetry = match wallex_telemetry::init(TelemetryConfig {
-        log_format: match cli.log_format {
+        log_format: match cli.global.log_format {
             LogFormat::Text => wallex_telemetry::LogFormat::Text,
             LogFormat::Json => wallex_telemetry::LogFormat::Json,
         },
@@ -151,7 +144,8 @@ async fn run(command: Command, telemetry: Telemetry) -> anyhow::Result<()> {
             served?;
         }
         Command::Dev(args) => wallex::dev::run(*args, telemetry).await?,
-        Command::Migrate(config) => {
+        Command::Migrate(args) => {
+            let config = args.settings();
             db::ensure_database(&config).await?;
             let pool = db::pool(&config)?;
             db::migrate(&pool).await?;

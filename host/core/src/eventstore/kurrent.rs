@@ -7,7 +7,7 @@
 //! ([`super::deterministic_event_id`]), and KurrentDB treats an append whose ids are already at the
 //! expected place as done (it answers success and writes nothing). The write path appends first
 //! and commits PostgreSQL after; a retry re-appends the same ids, and
-//! [`crate::write_path::reconcile`] completes what no client retried.
+//! [`crate::write_path::orphans`] completes what no client retried.
 //!
 //! Mapping onto the seam's types:
 //! - a stream version is KurrentDB's revision + 1 (revisions count from 0, versions from 1);
@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, ValueEnum};
 use futures_util::future::join_all;
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, EventData, ReadAllOptions, ReadStreamOptions,
@@ -47,7 +46,7 @@ use super::{
 pub const READ_PAGE: usize = 1_000;
 
 /// Which store holds the event streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventStoreKind {
     /// The `events` table of the wallex database, in the write transaction (the default).
     Postgres,
@@ -56,35 +55,49 @@ pub enum EventStoreKind {
     Kurrentdb,
 }
 
+/// The event store, by default: PostgreSQL, which needs nothing besides the database.
+pub const DEFAULT_EVENT_STORE: EventStoreKind = EventStoreKind::Postgres;
+/// Longest a KurrentDB call may take, in milliseconds, by default.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// How often the reconciliation pass runs, in seconds, by default.
+pub const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 60;
+/// How old an event must be before the reconciliation pass completes it, in seconds, by default.
+pub const DEFAULT_RECONCILE_GRACE_SECS: u64 = 30;
+
 /// Where events are stored.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventStoreConfig {
-    /// `postgres` (default) or `kurrentdb`.
-    #[arg(long, env = "EVENT_STORE", value_enum, default_value_t = EventStoreKind::Postgres)]
+    /// Which store holds the streams: PostgreSQL (default) or KurrentDB, for teams that already
+    /// run KurrentDB as their source of truth.
     pub event_store: EventStoreKind,
 
     /// KurrentDB's connection string (`kurrentdb://host:2113?tls=false`, or
-    /// `kurrentdb+discover://…` for a cluster); required with `EVENT_STORE=kurrentdb`.
-    #[arg(long, env = "KURRENTDB_CONNECTION_STRING")]
+    /// `kurrentdb+discover://…` for a cluster); required with [`EventStoreKind::Kurrentdb`].
     pub kurrentdb_connection_string: Option<String>,
 
     /// Longest a KurrentDB call may take before the request is answered `503` (the gRPC deadline
-    /// and a local bound).
-    #[arg(long, env = "KURRENTDB_TIMEOUT_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    /// and a local bound), in milliseconds: an unreachable server must not hold requests.
     pub kurrentdb_timeout_ms: u64,
 
     /// How often the reconciliation pass looks for events in KurrentDB that PostgreSQL lacks
-    /// (besides once at start-up).
-    #[arg(long, env = "KURRENTDB_RECONCILE_INTERVAL_SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// (besides once at start-up), in seconds.
     pub kurrentdb_reconcile_interval_secs: u64,
 
-    /// How old an event must be before the reconciliation pass completes it: younger ones may
-    /// still be on their way through a running request.
-    #[arg(long, env = "KURRENTDB_RECONCILE_GRACE_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// How old an event must be before the reconciliation pass completes it, in seconds: younger
+    /// ones may still be on their way through a running request.
     pub kurrentdb_reconcile_grace_secs: u64,
+}
+
+impl Default for EventStoreConfig {
+    fn default() -> Self {
+        Self {
+            event_store: DEFAULT_EVENT_STORE,
+            kurrentdb_connection_string: None,
+            kurrentdb_timeout_ms: DEFAULT_TIMEOUT_MS,
+            kurrentdb_reconcile_interval_secs: DEFAULT_RECONCILE_INTERVAL_SECS,
+            kurrentdb_reconcile_grace_secs: DEFAULT_RECONCILE_GRACE_SECS,
+        }
+    }
 }
 
 impl EventStoreConfig {

@@ -9,21 +9,19 @@
 //! With KurrentDB as the event store (`EVENT_STORE=kurrentdb`) the event is appended there, with
 //! the request's deterministic event id, before anything is written to PostgreSQL; the rest is the
 //! same transaction. A failure between the two leaves an event a retry completes (KurrentDB
-//! deduplicates the append) or, if nobody retries, [`reconcile`] does.
+//! deduplicates the append) or, if nobody retries, [`orphans`] does.
 //!
-//! Group commit. Requests that are already waiting share one transaction (see [`batch`]), so one
-//! WAL flush serves many of them: each request still gets its own claim, its own conflicts and its
-//! own stored response, and one request's conflict never fails its neighbours. A request that
-//! finds an idle committer is not held back for company; batches only form from requests that
-//! queue while every committer is busy.
+//! Group commit. Requests that are already waiting share one transaction (see the `batch`
+//! module), so one WAL flush serves many of them: each request still gets its own claim, its own
+//! conflicts and its own stored response, and one request's conflict never fails its neighbours.
+//! A request that finds an idle committer is not held back for company; batches only form from
+//! requests that queue while every committer is busy.
 
 mod batch;
-pub mod read_model_check;
-pub mod reconcile;
+pub mod orphans;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -114,19 +112,31 @@ pub enum WriteError {
     Stopped,
 }
 
+/// Write transactions at a time, by default.
+pub const DEFAULT_COMMITTERS: u32 = 4;
+/// Most create requests one write transaction carries, by default.
+pub const DEFAULT_BATCH_MAX: u32 = 128;
+
 /// How many transactions write at once and how many requests one of them may carry.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WritePathConfig {
     /// Transactions that may write wallets at the same time (each holds a pooled connection while
-    /// it runs). Requests that arrive while all of them are busy wait and share the next one.
-    #[arg(long, env = "WRITE_COMMITTERS", default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// it runs). Requests that arrive while all of them are busy wait and share the next one, so
+    /// this bounds the write path's share of the pool.
     pub write_committers: u32,
 
-    /// Most create requests one transaction carries.
-    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 128,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Most create requests one transaction carries: a bound on the work one commit (and one
+    /// failure that splits a batch) can involve.
     pub write_batch_max: u32,
+}
+
+impl Default for WritePathConfig {
+    fn default() -> Self {
+        Self {
+            write_committers: DEFAULT_COMMITTERS,
+            write_batch_max: DEFAULT_BATCH_MAX,
+        }
+    }
 }
 
 /// The response renderer a request brings: turns its business result into what it is answered

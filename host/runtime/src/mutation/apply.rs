@@ -48,7 +48,7 @@ pub fn data_rejection(error: &sqlx::Error) -> Option<String> {
         .then(|| {
             format!(
                 "PostgreSQL rejected the mutations: {} (SQLSTATE {code})",
-                crate::text::clip(db.message(), crate::text::MAX_MESSAGE_BYTES)
+                crate::guest_text::clip(db.message(), crate::guest_text::MAX_MESSAGE_BYTES)
             )
         })
 }

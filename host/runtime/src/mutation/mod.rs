@@ -8,8 +8,8 @@
 //! mutations of the same shape are applied as one `UNNEST` statement, so a batch costs a few
 //! round trips, not one per row.
 //!
-//! Three steps, one module each: [`validate`] (a mutation against the declaration, into a typed
-//! row), [`mod@plan`] (rows into statements) and [`apply`] (statements on a connection, and the
+//! Three steps, one module each: `validate` (a mutation against the declaration, into a typed
+//! row), `plan` (rows into statements) and `apply` (statements on a connection, and the
 //! data errors PostgreSQL can still raise). This file holds what they share and the output budget.
 //!
 //! Architecture invariant: only declared tables of the projection's own namespace appear in the

@@ -162,7 +162,7 @@ impl Shape {
 /// repeat a key within one statement as long as each repetition's guard is higher than the
 /// previous one. Applying them one by one would add every increment above the stored guard and
 /// set the other columns from the last of them; the combined statement does exactly that (see
-/// [`combined_upsert_sql`]).
+/// `combined_upsert_sql`).
 pub fn plan(
     projection: &ProjectionSchema,
     mutations: &[wit::Mutation],

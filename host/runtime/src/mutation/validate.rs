@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{MutationError, Row, Shape, SqlValue, MAX_DECIMAL_LEN};
+use crate::guest_text::quoted;
 use crate::sandbox::engine::wit;
 use crate::schema::{ColumnType, ProjectionSchema};
-use crate::text::quoted;
 
 pub(super) fn op_name(mutation: &wit::Mutation) -> (&'static str, &str) {
     match mutation {
@@ -456,7 +456,7 @@ fn check_jsonb(document: &serde_json::Value) -> Result<(), String> {
             serde_json::Value::Number(number) if !numeric_fits(&number.to_string()) => {
                 return Err(format!(
                     "JSON number {} is outside PostgreSQL's numeric range",
-                    crate::text::clip(&number.to_string(), crate::text::MAX_NAME_BYTES)
+                    crate::guest_text::clip(&number.to_string(), crate::guest_text::MAX_NAME_BYTES)
                 ))
             }
             serde_json::Value::Array(items) => pending.extend(items),

@@ -11,7 +11,7 @@
 //!    (`…_b<n>`) from the start of the log with the live version, marked as a drift shadow
 //!    (`projection_rebuilds.purpose = 'drift'`). The worker holding the lease runs it as
 //!    [`crate::worker::Track::Shadow`]: never past the live checkpoint.
-//! 2. **Cut** ([`Projections::drift_cut`]): once the shadow stands at the live checkpoint, the
+//! 2. **Cut** (`Projections::drift_cut`): once the shadow stands at the live checkpoint, the
 //!    worker (which is the only one moving the live checkpoint) holds at that batch boundary just
 //!    long enough to open a repeatable-read snapshot; in it, both checkpoints must be equal, so
 //!    both sets of tables reflect exactly the same events. The shadow's checkpoint is renamed
@@ -39,15 +39,15 @@ use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 use tracing::Instrument;
 
-use super::runs::{self, TableDrift};
 use super::REPORT_SAMPLE;
-use crate::operation::{live_deployment, DeployError, SYSTEM_ACTOR};
+use crate::operation::{live_deployment, OperationError, SYSTEM_ACTOR};
 use crate::rebuild::drop_rebuild;
+use crate::recovery_runs::{self as runs, TableDrift};
 use crate::registry::{self, DeploymentState};
 use crate::schema::{quote, ProjectionSchema};
 use crate::worker::{Active, Projector};
 use crate::{checkpoint, Projections};
-use wallex_core::write_path::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
+use wallex_core::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
 use wallex_telemetry::catalogue::RECOVERY_RUNS_TOTAL;
 
 /// Longest a drift check's comparison may take (its snapshot is held that long).
@@ -73,14 +73,14 @@ impl Projections {
         name: &str,
         keep_shadow: Option<bool>,
         actor: &str,
-    ) -> Result<runs::Run, DeployError> {
+    ) -> Result<runs::Run, OperationError> {
         let pool = self.pool();
         let mut conn = pool.acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;
         let current = live_deployment(&mut tx, name).await?;
         if current.state() == DeploymentState::Paused {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "{name} is paused: its worker would not replay the log; resume it first"
             )));
         }
@@ -111,7 +111,7 @@ impl Projections {
         self.reconcile_one(name).await?;
         runs::get(pool, run)
             .await?
-            .ok_or_else(|| DeployError::NotFound(format!("run {run}")))
+            .ok_or_else(|| OperationError::NotFound(format!("run {run}")))
     }
 
     /// The consistent cut of a drift check (see the module docs), on the worker's lease
@@ -121,7 +121,7 @@ impl Projections {
         conn: &mut PgConnection,
         projector: &Projector,
         target: &Active,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let name = projector.name();
         let live_schema = projector.active().schema;
         let mut snapshot = open_snapshot(self.pool()).await?;
@@ -129,7 +129,7 @@ impl Projections {
         let live = checkpoint::read_in(&mut snapshot, name).await?;
         let shadow = checkpoint::read_in(&mut snapshot, &checkpoint::rebuild_key(name)).await?;
         let (Some(live), Some(shadow)) = (live, shadow) else {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "the drift check of {name} lost a checkpoint"
             )));
         };
@@ -148,7 +148,7 @@ impl Projections {
             || live.namespace != live_schema.namespace
             || shadow.namespace != target.schema.namespace
         {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "the shadow of {name} is not at the live checkpoint yet"
             )));
         }
@@ -158,7 +158,7 @@ impl Projections {
             .await?
             .filter(|r| r.is_drift() && r.in_progress() && r.namespace == target.schema.namespace)
             .ok_or_else(|| {
-                DeployError::Conflict(format!("the drift check of {name} was replaced"))
+                OperationError::Conflict(format!("the drift check of {name} was replaced"))
             })?;
         let run = rebuild.drift_run.unwrap_or_default();
         checkpoint::rename(
@@ -205,7 +205,7 @@ impl Projections {
         name: &str,
         run: i64,
         result: Result<(ReadModelReport, Vec<TableDrift>), sqlx::Error>,
-    ) -> Result<(), DeployError> {
+    ) -> Result<(), OperationError> {
         let pool = self.pool();
         let stored = runs::get(pool, run).await?;
         let keep_asked = stored.as_ref().and_then(|r| r.keep_shadow);
@@ -301,7 +301,7 @@ impl Projections {
         &self,
         name: &str,
         actor: &str,
-    ) -> Result<ProjectionRepair, DeployError> {
+    ) -> Result<ProjectionRepair, OperationError> {
         let mut conn = self.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         registry::lock(&mut tx).await?;

@@ -19,26 +19,25 @@
 //!
 //! The read-model check (the reference design's `detectDataDrift`) compares the write model's
 //! `wallets` with the bundled read model's `projection_read_model.wallets`, in SQL, in chunks
-//! ([`wallex_core::write_path::read_model_check`]); it runs on demand (admin API, CLI).
+//! ([`wallex_core::read_model_check`]); it runs on demand (admin API, CLI).
 //!
 //! API boundary: typed values only; the HTTP layer decides their JSON shape.
 
 pub mod drift;
-pub mod runs;
-pub mod stall;
 pub mod stream_repair;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::recovery_runs as runs;
 use crate::registry;
 use crate::schema::stable_namespace;
+use crate::stall;
 use crate::Projections;
-use wallex_core::write_path::read_model_check::{
+use wallex_core::read_model_check::{
     ReadModelCheck, ReadModelCheckError, ReadModelReport, ReadModelShape,
 };
 use wallex_telemetry::catalogue::RECOVERY_RUNS_TOTAL;
@@ -77,38 +76,53 @@ pub enum Repair {
     Stream(stream_repair::StreamRepair),
 }
 
+/// Seconds between two rounds of stall detection, by default (the reference design's 5 minutes).
+pub const DEFAULT_INTERVAL_SECS: u64 = 300;
+/// Seconds without checkpoint progress after which a projection is stalled, by default.
+pub const DEFAULT_STALL_SECS: u64 = 120;
+/// Wallet ids per transaction of the read-model check, by default.
+pub const DEFAULT_CHECK_CHUNK: i64 = 10_000;
+/// How recent a wallet the read-model check skips, in seconds, by default.
+pub const DEFAULT_CHECK_MARGIN_SECS: u64 = 30;
+/// Seconds between scheduled drift checks, by default: 0, only on demand.
+pub const DEFAULT_DRIFT_INTERVAL_SECS: u64 = 0;
+
 /// When and how the recovery service runs.
-#[derive(Debug, Clone, Copy, Args)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecoveryConfig {
-    /// Seconds between two rounds of stall detection (the reference design's 5 minutes).
-    #[arg(long, env = "RECOVERY_INTERVAL_SECS", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// Seconds between two rounds of stall detection: how long a silently stopped worker may go
+    /// unnoticed at most (besides [`Self::recovery_stall_secs`]).
     pub recovery_interval_secs: u64,
 
     /// A running projection whose checkpoint has not moved for this many seconds while older
     /// events wait after it is stalled: its worker is restarted from its checkpoint.
-    #[arg(long, env = "RECOVERY_STALL_SECS", default_value_t = 120,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub recovery_stall_secs: u64,
 
-    /// Wallet ids per transaction of the read-model check.
-    #[arg(long, env = "RECOVERY_CHECK_CHUNK", default_value_t = 10_000,
-          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    /// Wallet ids per transaction of the read-model check, so that each of the check's
+    /// transactions stays short on a large table.
     pub recovery_check_chunk: i64,
 
     /// The read-model check does not compare wallets written less than this many seconds before
     /// the read model's oldest unapplied event (or before the check, when it is caught up): a
     /// write transaction that began earlier may still commit while the check runs. Longer than
     /// any write transaction; they are counted as `inFlight`.
-    #[arg(long, env = "RECOVERY_CHECK_MARGIN_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(0..=3_600))]
     pub recovery_check_margin_secs: u64,
 
     /// Seconds between scheduled drift checks of each running projection (a full replay of
     /// the log each): 0 runs them only on demand.
-    #[arg(long, env = "RECOVERY_DRIFT_INTERVAL_SECS", default_value_t = 0,
-          value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     pub recovery_drift_interval_secs: u64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            recovery_interval_secs: DEFAULT_INTERVAL_SECS,
+            recovery_stall_secs: DEFAULT_STALL_SECS,
+            recovery_check_chunk: DEFAULT_CHECK_CHUNK,
+            recovery_check_margin_secs: DEFAULT_CHECK_MARGIN_SECS,
+            recovery_drift_interval_secs: DEFAULT_DRIFT_INTERVAL_SECS,
+        }
+    }
 }
 
 impl RecoveryConfig {
@@ -139,7 +153,7 @@ pub enum RecoveryError {
     /// An operation on a projection failed or does not fit its state (not found, a check or
     /// rebuild already running, not repairable one stream at a time, …).
     #[error(transparent)]
-    Operation(#[from] crate::DeployError),
+    Operation(#[from] crate::OperationError),
 }
 
 /// What `GET /admin/recovery` shows.
@@ -275,7 +289,8 @@ impl Recovery {
                     tracing::info!(projection = %status.name, run = run.id, "scheduled drift check started")
                 }
                 Err(
-                    crate::DeployError::Conflict(reason) | crate::DeployError::NotFound(reason),
+                    crate::OperationError::Conflict(reason)
+                    | crate::OperationError::NotFound(reason),
                 ) => {
                     tracing::debug!(projection = %status.name, %reason, "scheduled drift check skipped")
                 }
@@ -350,7 +365,7 @@ impl Recovery {
         let started_at = Utc::now();
         let status = match self.projections.admin_status(READ_MODEL_PROJECTION).await {
             Ok(status) => status,
-            Err(crate::DeployError::NotFound(_)) => {
+            Err(crate::OperationError::NotFound(_)) => {
                 return Err(RecoveryError::NoReadModel(READ_MODEL_PROJECTION.to_owned()))
             }
             Err(error) => return Err(error.into()),

@@ -6,7 +6,7 @@
 //! stream owns: a component of the `wallex:projection@0.2.0` world exports `stream-owners`, a
 //! text column per table (leading its key or an index) whose value, after a prefix, is the
 //! owning stream's id. Components of 0.1.0 keep working; a repair of one of their streams answers
-//! with the reason ([`DeployError::Conflict`], `409` over HTTP).
+//! with the reason ([`OperationError::Conflict`], `409` over HTTP).
 //!
 //! How, in one transaction: lock the live checkpoint (no batch commits meanwhile, and the repair
 //! sees the tables at exactly that checkpoint), read the stream's events up to it, run them
@@ -24,7 +24,7 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::mutation;
-use crate::operation::DeployError;
+use crate::operation::OperationError;
 use crate::sandbox::engine::{to_guest_event, wit};
 use crate::schema::{quote, ProjectionSchema};
 use crate::worker::BatchError;
@@ -72,19 +72,19 @@ impl Projections {
         name: &str,
         stream: &str,
         actor: &str,
-    ) -> Result<StreamRepair, DeployError> {
+    ) -> Result<StreamRepair, OperationError> {
         if stream.is_empty() || stream.len() > MAX_STREAM_ID_BYTES {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "a stream id has 1 to {MAX_STREAM_ID_BYTES} bytes"
             )));
         }
         let deployment = self.deployed(name).await?;
         let projector = self
             .get(name)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+            .ok_or_else(|| OperationError::NotFound(name.to_owned()))?;
         let version = projector.active();
         if version.sha256 != deployment.sha256 {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "{name} is changing version; try again in a moment"
             )));
         }
@@ -98,7 +98,7 @@ impl Projections {
                     tokio::time::sleep(LOCK_TIMEOUT).await;
                 }
                 Err(RepairFailure::LockTimeout) => {
-                    return Err(DeployError::Conflict(format!(
+                    return Err(OperationError::Conflict(format!(
                         "the rows of {stream} stayed locked by {name}'s batches through {ATTEMPTS} tries; try again"
                     )))
                 }
@@ -156,9 +156,9 @@ impl Projections {
         let live = checkpoint::lock_in(&mut tx, name)
             .await
             .map_err(RepairFailure::checkpoint)?
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+            .ok_or_else(|| OperationError::NotFound(name.to_owned()))?;
         if live.namespace != schema.namespace {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "{name} is changing tables; try again in a moment"
             ))
             .into());
@@ -166,9 +166,9 @@ impl Projections {
         let events =
             outbox::read_stream_until(&mut *tx, stream, live.cursor, MAX_STREAM_EVENTS + 1)
                 .await
-                .map_err(DeployError::from)?;
+                .map_err(OperationError::from)?;
         if events.len() > MAX_STREAM_EVENTS as usize {
-            return Err(DeployError::Conflict(format!(
+            return Err(OperationError::Conflict(format!(
                 "{stream} has more than {MAX_STREAM_EVENTS} events: repair the whole projection"
             ))
             .into());
@@ -187,7 +187,7 @@ impl Projections {
                 .map_err(|e| component_refused(name, stream, &e))?
         };
         check_ownership(schema, owned, &mutations)
-            .map_err(|message| DeployError::Conflict(format!(
+            .map_err(|message| OperationError::Conflict(format!(
                 "{name}'s component wrote outside the rows of {stream} while replaying it: {message}"
             )))?;
         let mut rows_deleted = 0;
@@ -224,7 +224,7 @@ impl Projections {
 enum RepairFailure {
     /// A row stayed locked past [`LOCK_TIMEOUT`]: give way and try again.
     LockTimeout,
-    Other(DeployError),
+    Other(OperationError),
 }
 
 impl RepairFailure {
@@ -248,22 +248,22 @@ impl RepairFailure {
     }
 }
 
-impl From<DeployError> for RepairFailure {
-    fn from(error: DeployError) -> Self {
+impl From<OperationError> for RepairFailure {
+    fn from(error: OperationError) -> Self {
         Self::Other(error)
     }
 }
 
 fn component_refused(name: &str, stream: &str, error: &BatchError) -> RepairFailure {
-    RepairFailure::Other(DeployError::Conflict(format!(
+    RepairFailure::Other(OperationError::Conflict(format!(
         "{name}'s component fails on the events of {stream}: {error}"
     )))
 }
 
 /// Which rows of each table `stream` owns, or why the projection cannot say.
-fn owned_rows(schema: &ProjectionSchema, stream: &str) -> Result<Vec<Owned>, DeployError> {
+fn owned_rows(schema: &ProjectionSchema, stream: &str) -> Result<Vec<Owned>, OperationError> {
     let Some(owners) = &schema.stream_owners else {
-        return Err(DeployError::Conflict(format!(
+        return Err(OperationError::Conflict(format!(
             "{} cannot be repaired one stream at a time: its component implements \
              wallex:projection@0.1.0, which does not say which rows a stream owns (a 0.2.0 \
              component exports stream-owners); repair the whole projection instead",
@@ -278,7 +278,7 @@ fn owned_rows(schema: &ProjectionSchema, stream: &str) -> Result<Vec<Owned>, Dep
         .map(|(_, t)| t.name.as_str())
         .collect();
     if !unowned.is_empty() {
-        return Err(DeployError::Conflict(format!(
+        return Err(OperationError::Conflict(format!(
             "{} cannot be repaired one stream at a time: its component does not say which \
              stream owns the rows of {}; repair the whole projection instead",
             schema.name,

@@ -1,5 +1,5 @@
 //! The WebAssembly side of projections: one wasmtime [`Engine`], components compiled once, a
-//! pre-linked [`ProjectionPre`] per component and a fresh [`Store`] for every call.
+//! pre-linked `ProjectionPre` per component and a fresh [`Store`] for every call.
 //!
 //! Why it exists: projection code is written by other teams and must not be able to hurt the
 //! host. Each call runs in a new store (no state survives a batch, so replays are deterministic)
@@ -19,7 +19,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::text::{clip, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
+use crate::guest_text::{clip, MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
 use wallex_core::outbox::OutboxEvent;
 
 // Generated from `wit/projection.wit` by wasmtime's `bindgen!`; the contract is documented there
@@ -41,8 +41,9 @@ use bindings::{Projection, ProjectionPre};
 /// column of each table holds the stream that owns its rows. Components of 0.1.0 lack it and
 /// work as before (they cannot be repaired one stream at a time).
 pub const STREAM_OWNERS_EXPORT: &str = "stream-owners";
-/// Most `stream-owners` entries the host reads (one per table at most).
-pub const MAX_STREAM_OWNERS: usize = crate::schema::MAX_TABLES;
+/// Most `stream-owners` entries the host reads (one per table at most: the schema's
+/// `MAX_TABLES` is checked to be this, since the sandbox does not know the schema).
+pub const MAX_STREAM_OWNERS: usize = 32;
 
 /// One entry of `stream-owners` (`wit/v0.2.0/projection.wit`): the rows of `table` whose
 /// `column` holds `v` belong to the stream `stream-prefix ++ v`.

@@ -17,9 +17,9 @@ use super::{
     QUARANTINE_WINDOW,
 };
 use crate::mutation;
+use crate::poison_search::Search;
 use crate::sandbox::engine::{to_guest_event, wit, ComponentError, RuntimeLimits};
 use crate::schema::ProjectionSchema;
-use crate::search::Search;
 use crate::{checkpoint, dead_letters};
 use wallex_core::outbox;
 use wallex_telemetry::catalogue::{

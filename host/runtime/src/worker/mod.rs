@@ -99,7 +99,7 @@ pub enum BatchError {
     /// The guest thread pool shut down, or guest code panicked a host thread.
     #[error(transparent)]
     Guest(#[from] GuestPoolError),
-    /// PostgreSQL refused data of validated mutations (see [`mutation::data_rejection`]); the
+    /// PostgreSQL refused data of validated mutations (see [`crate::mutation::data_rejection`]); the
     /// worker then applies the batch range by range to attribute it.
     #[error("{0}")]
     Data(String),
@@ -111,7 +111,7 @@ pub enum BatchError {
 
 impl BatchError {
     /// Whether the component (not the database or the host) caused the failure: the kind a
-    /// single poison event explains, found by searching the batch (see `search.rs`).
+    /// single poison event explains, found by searching the batch (see `poison_search.rs`).
     pub(crate) fn is_component_failure(&self) -> bool {
         matches!(
             self,

@@ -24,8 +24,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use sqlx::Connection;
 
+use crate::config::ProjectionArgs;
 use wallex_core::db::DEFAULT_DATABASE_URL;
-use wallex_runtime::config::ProjectionArgs;
 use wallex_runtime::sandbox::engine::ProjectionRuntime;
 use wallex_runtime::schema::ProjectionSchema;
 
@@ -165,11 +165,11 @@ fn serve_limits() -> Result<wallex_runtime::sandbox::engine::RuntimeLimits, Auth
     }
     let defaults = <Defaults as clap::Parser>::try_parse_from(["wallex"])
         .map_err(|e| AuthorError::Invalid(format!("projection settings: {e}")))?;
-    let config = defaults
+    let options = defaults
         .projection
-        .resolve()
+        .settings()
         .map_err(|e| AuthorError::Invalid(format!("projection settings: {e}")))?;
-    Ok(config.limits)
+    Ok(options.resolve().limits)
 }
 
 /// Runs `wallex projections test`: builds a project folder first, then every case.

@@ -92,7 +92,7 @@ pub enum DeployBenchError {
     Load(#[from] wallex_runtime::LoadError),
     /// A deploy or rebuild in the bench process was refused.
     #[error(transparent)]
-    Deploy(#[from] wallex_runtime::DeployError),
+    Deploy(#[from] wallex_runtime::OperationError),
     /// What the bench waited for did not happen within its time limit; names what.
     #[error("timed out: {0}")]
     Timeout(&'static str),

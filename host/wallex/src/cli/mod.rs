@@ -90,7 +90,7 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         name: Option<String>,
         /// A limit or the poison policy for this deploy, e.g. `--set on_poison=skip
-        /// --set call_timeout_ms=500` (repeatable; see README "Security model").
+        /// --set call_timeout_ms=500` (repeatable; see host/docs/security.md).
         #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "dry_run")]
         settings: Vec<String>,
         /// Do not deploy: replay the component over the live log into a shadow of its own and

@@ -10,15 +10,22 @@
 //! - `GET /admin/projections`, `GET /admin/projections/{name}`: status.
 //! - `PUT /admin/projections/{name}` (`application/wasm`, optional `Content-Digest`): deploy;
 //!   `POST /admin/projections`: deploy under the name the component declares;
-//!   `GET /admin/deploys/{id}`: a deploy answered `202` (see [`crate::deploys`]).
+//!   `GET /admin/deploys/{id}`: a deploy answered `202` (see [`deploys`]).
 //! - `DELETE /admin/projections/{name}[?drop_tables=true]`: stop it everywhere.
 //! - `POST /admin/projections/{name}/{reload|rebuild|pause|resume|rollback}`.
 //! - `DELETE /admin/projections/{name}/rebuild`: cancel a rebuild.
 //! - `GET /admin/projections/{name}/dead-letters[?all=true]`, `POST …/dead-letters/replay`.
 //! - `POST /admin/dry-runs[?name=&keep=&max_events=]` (`application/wasm`): a dry run of a
 //!   candidate over the live log; `GET /admin/dry-runs[/{id}]`; `DELETE /admin/dry-runs/{id}`
-//!   cancels it or drops its kept shadow (see [`crate::dry_runs`]).
+//!   cancels it or drops its kept shadow (see [`dry_runs`]).
 //! - `GET /admin/outbox/stats`, `GET /admin/actions[?projection=&limit=]`.
+//!
+//! The deploys that outlive their request, the dry runs and the recovery routes are submodules:
+//! they share this module's state, authorisation and upload checks.
+
+pub mod deploys;
+pub mod dry_runs;
+pub mod recovery;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -32,7 +39,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
-use wallex_runtime::text::{clip, MAX_ERROR_BYTES};
+use wallex_runtime::guest_text::{clip, MAX_ERROR_BYTES};
 
 use crate::problem::Problem;
 use crate::wallets::read_body_within;
@@ -42,7 +49,7 @@ use crate::wire::{
 };
 use wallex_runtime::config::ProjectionSettings;
 use wallex_runtime::schema::is_projection_name;
-use wallex_runtime::{registry, DeployError, Projections};
+use wallex_runtime::{registry, OperationError, Projections};
 
 /// Media type of a component upload.
 pub const WASM_CONTENT_TYPE: &str = "application/wasm";
@@ -65,7 +72,7 @@ pub struct AdminState {
     /// SHA-256 of the configured token (`None`: admin is off).
     token_digest: Option<[u8; 32]>,
     /// The deploys this instance ran recently (`GET /admin/deploys/{id}`).
-    pub(crate) deploys: crate::deploys::Deploys,
+    pub(crate) deploys: deploys::Deploys,
     /// The server's request timeout: a deploy request answers `202` before it.
     pub(crate) request_timeout: std::time::Duration,
 }
@@ -82,13 +89,13 @@ impl AdminState {
             projections,
             recovery,
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
-            deploys: crate::deploys::Deploys::default(),
+            deploys: deploys::Deploys::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
     /// The state with the server's request timeout (a deploy request answers `202 Accepted`
-    /// before it; see [`crate::deploys`]).
+    /// before it; see [`deploys`]).
     pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -102,7 +109,7 @@ const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> {
     Router::new()
         .route("/admin/projections", get(list).post(deploy_unnamed))
-        .route("/admin/deploys/{id}", get(crate::deploys::status))
+        .route("/admin/deploys/{id}", get(deploys::status))
         .route(
             "/admin/projections/{name}",
             get(status).put(deploy).delete(delete),
@@ -117,27 +124,21 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> 
             "/admin/projections/{name}/dead-letters/replay",
             post(replay_dead_letters),
         )
-        .route(
-            "/admin/dry-runs",
-            get(crate::dry_runs::list).post(crate::dry_runs::start),
-        )
+        .route("/admin/dry-runs", get(dry_runs::list).post(dry_runs::start))
         .route(
             "/admin/dry-runs/{id}",
-            get(crate::dry_runs::get).delete(crate::dry_runs::discard),
+            get(dry_runs::get).delete(dry_runs::discard),
         )
         .route("/admin/outbox/stats", get(outbox_stats))
         .route("/admin/actions", get(actions))
-        .route("/admin/recovery", get(crate::recovery::status))
+        .route("/admin/recovery", get(recovery::status))
         .route(
             "/admin/recovery/read-model-check",
-            post(crate::recovery::check_read_model),
+            post(recovery::check_read_model),
         )
-        .route("/admin/recovery/runs/{id}", get(crate::recovery::run))
-        .route("/admin/recovery/drift/{name}", post(crate::recovery::drift))
-        .route(
-            "/admin/recovery/repair/{name}",
-            post(crate::recovery::repair),
-        )
+        .route("/admin/recovery/runs/{id}", get(recovery::run))
+        .route("/admin/recovery/drift/{name}", post(recovery::drift))
+        .route("/admin/recovery/repair/{name}", post(recovery::repair))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -207,10 +208,10 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 
 /// Maps an operation's error onto the API's problems. The detail is clipped: an operation's error
 /// can quote what a component declared.
-pub(crate) fn problem(error: DeployError) -> Problem {
+pub(crate) fn problem(error: OperationError) -> Problem {
     let detail = || clip(&error.to_string(), MAX_ERROR_BYTES);
     match &error {
-        DeployError::TooLarge { .. } => Problem::new(
+        OperationError::TooLarge { .. } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "component-too-large",
             "Component too large",
@@ -222,20 +223,20 @@ pub(crate) fn problem(error: DeployError) -> Problem {
             "Invalid component",
             detail(),
         ),
-        DeployError::MemoryLimit { .. } => Problem::new(
+        OperationError::MemoryLimit { .. } => Problem::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "component-memory-exceeded",
             "Compiled components over their memory limit",
             detail(),
         ),
-        DeployError::NotFound(_) => Problem::not_found(detail()),
-        DeployError::Conflict(_) => Problem::new(
+        OperationError::NotFound(_) => Problem::not_found(detail()),
+        OperationError::Conflict(_) => Problem::new(
             StatusCode::CONFLICT,
             "conflict",
             "Conflicting operation",
             detail(),
         ),
-        DeployError::Database(e) => Problem::from_sqlx(e),
+        OperationError::Database(e) => Problem::from_sqlx(e),
         _ => Problem::internal(&error),
     }
 }
@@ -284,7 +285,7 @@ async fn done(
     actor: &str,
     action: &str,
     name: &str,
-    result: Result<Outcome, DeployError>,
+    result: Result<Outcome, OperationError>,
 ) -> Result<Response, Problem> {
     settle(state, actor, action, Some(name), result)
         .await
@@ -298,7 +299,7 @@ pub(crate) async fn settle(
     actor: &str,
     action: &str,
     name: Option<&str>,
-    result: Result<Outcome, DeployError>,
+    result: Result<Outcome, OperationError>,
 ) -> Result<ActionAnswer, Problem> {
     match (result, name) {
         (Ok(outcome), Some(name)) => {
@@ -350,7 +351,7 @@ async fn deploy(
     let arrived = std::time::Instant::now();
     check_name(&name)?;
     let upload = upload(&state, Some(name), settings, &headers, body).await?;
-    Ok(crate::deploys::start(state, upload, &headers, arrived).await)
+    Ok(deploys::start(state, upload, &headers, arrived).await)
 }
 
 /// `POST /admin/projections`: a deploy under the name the component declares (so a client need
@@ -363,7 +364,7 @@ async fn deploy_unnamed(
 ) -> Result<Response, Problem> {
     let arrived = std::time::Instant::now();
     let upload = upload(&state, None, settings, &headers, body).await?;
-    Ok(crate::deploys::start(state, upload, &headers, arrived).await)
+    Ok(deploys::start(state, upload, &headers, arrived).await)
 }
 
 /// The cheap checks of a deploy request (settings, media type, size, digest), before anything
@@ -374,7 +375,7 @@ async fn upload(
     settings: Result<Query<ProjectionSettings>, QueryRejection>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<crate::deploys::Upload, Problem> {
+) -> Result<deploys::Upload, Problem> {
     let settings = settings
         .map_err(|rejection| {
             bad_request(
@@ -389,7 +390,7 @@ async fn upload(
         .0;
     let settings = (!settings.is_empty()).then_some(settings);
     let bytes = read_component(state, headers, body).await?;
-    Ok(crate::deploys::Upload {
+    Ok(deploys::Upload {
         name,
         bytes,
         settings,
@@ -417,7 +418,7 @@ pub(crate) async fn read_component(
     }
     let limit = state.projections.config().max_component_bytes;
     let bytes = read_body_within(headers, body, limit, || {
-        problem(DeployError::TooLarge {
+        problem(OperationError::TooLarge {
             size: limit.saturating_add(1),
             limit,
         })

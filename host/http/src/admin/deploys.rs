@@ -29,7 +29,7 @@ use wallex_runtime::config::ProjectionSettings;
 use wallex_runtime::operation::UPLOAD_SOURCE;
 use wallex_runtime::registry;
 
-use crate::admin::{actor, settle, AdminState};
+use super::{actor, settle, AdminState};
 use crate::problem::Problem;
 use crate::wire::{ActionAnswer, DeployJobBody, Outcome};
 

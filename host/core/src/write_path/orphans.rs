@@ -19,7 +19,7 @@
 //!
 //! One pass runs at a time across instances (a session advisory lock on a connection of its
 //! own). On the first start with a database the checkpoint is set to the end of `$all`
-//! ([`Reconciler::prepare`], before the server listens): events written before wallex used this
+//! ([`OrphanCompleter::prepare`], before the server listens): events written before wallex used this
 //! database (another deployment's, or another system's) are not this database's to complete.
 //! Owns `kurrentdb_reconciliation`.
 
@@ -50,7 +50,7 @@ pub const LOCK_ID: i64 = 0x7761_6c6c_6578_7263; // "wallexrc"
 
 /// Errors of a pass (it is tried again at the next interval).
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub enum OrphanError {
     /// PostgreSQL failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -103,7 +103,7 @@ enum Settled {
 
 /// The reconciliation of KurrentDB into PostgreSQL.
 #[derive(Debug, Clone)]
-pub struct Reconciler {
+pub struct OrphanCompleter {
     pool: PgPool,
     store: KurrentEventStore,
     /// The idempotency scope of wallet creation (the keys in events are stored under it).
@@ -116,7 +116,7 @@ pub struct Reconciler {
     grace: Duration,
 }
 
-impl Reconciler {
+impl OrphanCompleter {
     /// A reconciler of `store` into the database of `pool`.
     pub fn new(
         pool: PgPool,
@@ -173,7 +173,7 @@ impl Reconciler {
     /// Sets the checkpoint to the end of `$all` on the first start with this database (before the
     /// server takes requests, so that no create of this database can land before it); `true` if
     /// it did. Needs KurrentDB only then.
-    pub async fn prepare(&self) -> Result<bool, ReconcileError> {
+    pub async fn prepare(&self) -> Result<bool, OrphanError> {
         if self.checkpoint().await?.is_some() {
             return Ok(false);
         }
@@ -184,7 +184,7 @@ impl Reconciler {
     }
 
     /// One pass (see the module docs).
-    pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
+    pub async fn pass(&self) -> Result<PassReport, OrphanError> {
         // A connection of its own: the session lock dies with it, whatever happens.
         let mut lock = PgConnection::connect_with(&self.pool.connect_options()).await?;
         let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
@@ -202,7 +202,7 @@ impl Reconciler {
         report
     }
 
-    async fn pass_locked(&self) -> Result<PassReport, ReconcileError> {
+    async fn pass_locked(&self) -> Result<PassReport, OrphanError> {
         let mut report = PassReport::default();
         let Some(mut after) = self.checkpoint().await? else {
             report.started = self.prepare().await?;
@@ -283,8 +283,8 @@ impl Reconciler {
     }
 
     /// Writes what the request of `event` would have written.
-    async fn complete(&self, event: &RecordedEvent) -> Result<Settled, ReconcileError> {
-        let invalid = |reason: String| ReconcileError::Event {
+    async fn complete(&self, event: &RecordedEvent) -> Result<Settled, OrphanError> {
+        let invalid = |reason: String| OrphanError::Event {
             event_id: event.event_id,
             reason,
         };
@@ -342,7 +342,7 @@ impl Reconciler {
     }
 
     /// The checkpoint: `None` before the first pass, `Some(None)` at the start of `$all`.
-    async fn checkpoint(&self) -> Result<Option<Option<LogPosition>>, ReconcileError> {
+    async fn checkpoint(&self) -> Result<Option<Option<LogPosition>>, OrphanError> {
         let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
             "SELECT commit_position, prepare_position FROM kurrentdb_reconciliation WHERE id = 1",
         )
@@ -363,8 +363,8 @@ impl Reconciler {
         at: Option<LogPosition>,
         checked: u64,
         completed: u64,
-    ) -> Result<(), ReconcileError> {
-        let bigint = |n: u64| i64::try_from(n).map_err(|_| ReconcileError::Position(n));
+    ) -> Result<(), OrphanError> {
+        let bigint = |n: u64| i64::try_from(n).map_err(|_| OrphanError::Position(n));
         let (commit, prepare) = match at {
             Some(at) => (Some(bigint(at.commit)?), Some(bigint(at.prepare)?)),
             None => (None, None),

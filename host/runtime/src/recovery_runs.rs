@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
-use wallex_core::write_path::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
+use wallex_core::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
 
 /// What kind of check a run was: the write model against the read model.
 pub const READ_MODEL_CHECK: &str = "read-model-check";
@@ -400,7 +400,7 @@ pub async fn finish<'e>(
     .bind(to_json(&report.sample))
     .bind(tables)
     .bind(shadow)
-    .bind(error.map(|e| crate::text::clip(e, crate::text::MAX_ERROR_BYTES)))
+    .bind(error.map(|e| crate::guest_text::clip(e, crate::guest_text::MAX_ERROR_BYTES)))
     .execute(executor)
     .await?
     .rows_affected();

@@ -7,7 +7,7 @@
 //! `202 Accepted` with `Location: /admin/dry-runs/{id}` (or, with `Prefer: wait=N`, the ended run
 //! if it ends within N seconds); runs are stored, so any instance answers `GET`.
 //!
-//! Routes (mounted by [`crate::admin`], under its authorisation):
+//! Routes (mounted by [`super`], under its authorisation):
 //! - `POST /admin/dry-runs[?name=&keep=&max_events=]`, body `application/wasm`;
 //! - `GET /admin/dry-runs[?limit=]`, `GET /admin/dry-runs/{id}`;
 //! - `DELETE /admin/dry-runs/{id}`: cancels a running one, or drops a finished one's kept shadow.
@@ -22,12 +22,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::admin::{actor, check_name, problem, read_component, AdminState};
 use super::deploys::requested_wait;
-use super::problem::Problem;
-use super::wire::{DryRunBody, DryRunList};
+use super::{actor, check_name, problem, read_component, AdminState};
+use crate::problem::Problem;
+use crate::wire::{DryRunBody, DryRunList};
 use wallex_runtime::dry_run::DryRunRequest;
-use wallex_runtime::DeployError;
+use wallex_runtime::OperationError;
 
 /// How often a request waiting for a run (`Prefer: wait=N`) looks at it.
 pub const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -170,7 +170,7 @@ pub(crate) async fn discard(
         .discard_dry_run(id, &actor(&headers))
         .await
         .map_err(|e| match e {
-            DeployError::NotFound(_) => Problem::not_found(format!("no dry run {id}")),
+            OperationError::NotFound(_) => Problem::not_found(format!("no dry run {id}")),
             other => problem(other),
         })?;
     Ok(Json(run.into()))

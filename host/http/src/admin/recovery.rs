@@ -3,7 +3,7 @@
 //!
 //! Why it exists: operators ask "is the read side still what the write side says?" and "is any
 //! projection stuck?" over the same authenticated admin API as every other operation (same
-//! token, same problem types, same audit trail). The routes are mounted by [`crate::admin`] and
+//! token, same problem types, same audit trail). The routes are mounted by [`super`] and
 //! share its authorisation.
 
 use axum::extract::rejection::QueryRejection;
@@ -12,16 +12,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 
-use super::admin::{actor, check_name, AdminState};
-use super::problem::Problem;
-use super::wire::{RecoveryRunBody, RecoveryStatusBody, RepairBody};
+use super::{actor, check_name, AdminState};
+use crate::problem::Problem;
+use crate::wire::{RecoveryRunBody, RecoveryStatusBody, RepairBody};
+use wallex_runtime::guest_text::quoted;
 use wallex_runtime::recovery::{Recovery, RecoveryError};
-use wallex_runtime::text::quoted;
 
 fn problem(error: RecoveryError) -> Problem {
     let error = match error {
         // Operations on a projection answer as the rest of `/admin` does.
-        RecoveryError::Operation(e) => return super::admin::problem(e),
+        RecoveryError::Operation(e) => return super::problem(e),
         other => other,
     };
     match &error {

@@ -4,7 +4,7 @@
 //! batch with and the lines it logs, and any of them can be megabytes long or full of control
 //! characters. Every such string goes through [`clip`] (or [`quoted`] for a name inside a message)
 //! before the host keeps it anywhere: errors, `lastError`, dead letters, the audit trail, problem
-//! details and log lines. The bounds are documented in the README's security model.
+//! details and log lines. The bounds are documented in host/docs/security.md.
 //!
 //! Architecture invariant: what leaves this module is at most its bound (plus [`MARKER_MAX_BYTES`])
 //! and holds no control character: line breaks, NUL and escape sequences are written as `\u{..}`.
