@@ -11,7 +11,7 @@ pub struct DatabaseArgs {
     pub database_url: String,
 
     /// Maximum connections in the pool. Few connections commit faster than many on a small
-    /// machine (README: Performance); raise it with the database's cores.
+    /// machine (host/docs/configuration.md, "Pool size"); raise it with the database's cores.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = db::DEFAULT_POOL_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,

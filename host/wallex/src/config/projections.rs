@@ -40,7 +40,7 @@ pub struct ProjectionArgs {
     pub projector_min_batch_interval_ms: u64,
     /// Commit live batches with `synchronous_commit = on`. Off by default: projection tables are
     /// derived from the durable outbox, so a batch lost in a PostgreSQL crash is applied again
-    /// (README: "Read-after-write and asynchronous commit" has the exact guarantee).
+    /// (README.md, "Read-after-write", has the exact guarantee).
     #[arg(long, env = "PROJECTOR_SYNCHRONOUS_COMMIT",
           default_value_t = config::DEFAULT_SYNCHRONOUS_COMMIT, action = ArgAction::Set)]
     pub projector_synchronous_commit: bool,
