@@ -31,7 +31,7 @@ use tracing::Instrument;
 use super::artifacts;
 use super::checkpoint;
 use super::config::ProjectionSettings;
-use super::registry::{self, Deployment, DeploymentState};
+use super::registry::{self, Deployment, DeploymentState, Rebuild};
 use super::schema::{namespace_base, ProjectionSchema};
 use super::Projections;
 use crate::operation::{execute_ddl, Activation, OperationError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
@@ -409,71 +409,23 @@ impl Projections {
             .map_err(|e| OperationError::Conflict(format!("unusable settings: {e}")))?;
         let activation = match current {
             Some(current) if current.state() != DeploymentState::Deleted => {
-                if let Some(shadow) = rebuild.as_ref().filter(|r| r.is_drift()) {
-                    // A drift check replays the version being replaced: it goes. (The same
-                    // bytes again — every start-up deploys the bundled ones — change nothing.)
-                    if shadow.sha256 != candidate.sha256 {
-                        drop_rebuild(&mut tx, shadow).await?;
-                    }
-                }
-                let rebuild = rebuild.filter(|r| !r.is_drift());
-                if let Some(rebuild) = &rebuild {
-                    if rebuild.sha256 == candidate.sha256 && !rebuild.failed() {
+                let change = Change {
+                    candidate: &candidate,
+                    source,
+                    actor,
+                    settings: settings_json.as_ref(),
+                };
+                match self
+                    .replace_live(&mut tx, &current, rebuild, change)
+                    .await?
+                {
+                    Replaced::Activated(activation) => activation,
+                    Replaced::RebuildingIt => return Ok(Activation::Unchanged),
+                    Replaced::SameBytes => {
+                        tx.commit().await?;
+                        self.reconcile_one(&name).await?;
                         return Ok(Activation::Unchanged);
                     }
-                    if !rebuild.failed() {
-                        return Err(OperationError::Conflict(format!(
-                            "a rebuild of {name} is in progress; wait for it or cancel it first"
-                        )));
-                    }
-                    drop_rebuild(&mut tx, rebuild).await?;
-                }
-                if current.sha256 == candidate.sha256 {
-                    // Same bytes: nothing to activate (a failed rebuild was cleared above), but
-                    // new settings apply.
-                    let new_settings = settings_json.as_ref().filter(|s| **s != current.settings);
-                    if let Some(settings) = new_settings {
-                        registry::set_settings(&mut tx, &name, settings).await?;
-                    }
-                    if rebuild.is_some() || new_settings.is_some() {
-                        registry::bump(&mut tx, &name).await?;
-                    }
-                    tx.commit().await?;
-                    self.reconcile_one(&name).await?;
-                    return Ok(Activation::Unchanged);
-                }
-                let live = self.compiled(&name, &current.sha256).await?;
-                let live_schema = self.schema_of(&live, current.namespace.clone())?;
-                if i64::from(version) == current.schema_version {
-                    if !live_schema.same_tables(&candidate.schema) {
-                        return Err(OperationError::TablesChanged {
-                            schema_version: version,
-                        });
-                    }
-                    registry::swap_version(
-                        &mut tx,
-                        &name,
-                        &candidate.sha256,
-                        source,
-                        actor,
-                        settings_json.as_ref(),
-                    )
-                    .await?;
-                    Activation::Swapped
-                } else {
-                    if let Some(settings) = &settings_json {
-                        registry::set_settings(&mut tx, &name, settings).await?;
-                    }
-                    start_rebuild(
-                        &mut tx,
-                        &current,
-                        &candidate.schema,
-                        &candidate.sha256,
-                        source,
-                        actor,
-                    )
-                    .await?;
-                    Activation::RebuildStarted
                 }
             }
             previous => {
@@ -513,6 +465,90 @@ impl Projections {
         Ok(activation)
     }
 
+    /// A new version for a live projection, in the deploy's transaction under the registry lock:
+    /// a drift shadow of the version replaced is dropped, a failed rebuild cleared (one in
+    /// progress refuses the deploy), then the same bytes change only settings, the same schema
+    /// version swaps in place and a new one starts a rebuild.
+    async fn replace_live(
+        &self,
+        tx: &mut PgConnection,
+        current: &Deployment,
+        rebuild: Option<Rebuild>,
+        change: Change<'_>,
+    ) -> Result<Replaced, OperationError> {
+        let Change {
+            candidate,
+            source,
+            actor,
+            settings: settings_json,
+        } = change;
+        let name = current.projection.as_str();
+        let version = candidate.schema.schema_version;
+        if let Some(shadow) = rebuild.as_ref().filter(|r| r.is_drift()) {
+            // A drift check replays the version being replaced: it goes. (The same bytes again
+            // — every start-up deploys the bundled ones — change nothing.)
+            if shadow.sha256 != candidate.sha256 {
+                drop_rebuild(&mut *tx, shadow).await?;
+            }
+        }
+        let rebuild = rebuild.filter(|r| !r.is_drift());
+        if let Some(rebuild) = &rebuild {
+            if rebuild.sha256 == candidate.sha256 && !rebuild.failed() {
+                return Ok(Replaced::RebuildingIt);
+            }
+            if !rebuild.failed() {
+                return Err(OperationError::Conflict(format!(
+                    "a rebuild of {name} is in progress; wait for it or cancel it first"
+                )));
+            }
+            drop_rebuild(&mut *tx, rebuild).await?;
+        }
+        if current.sha256 == candidate.sha256 {
+            // Same bytes: nothing to activate (a failed rebuild was cleared above), but new
+            // settings apply.
+            let new_settings = settings_json.filter(|s| **s != current.settings);
+            if let Some(settings) = new_settings {
+                registry::set_settings(&mut *tx, name, settings).await?;
+            }
+            if rebuild.is_some() || new_settings.is_some() {
+                registry::bump(&mut *tx, name).await?;
+            }
+            return Ok(Replaced::SameBytes);
+        }
+        let live = self.compiled(name, &current.sha256).await?;
+        let live_schema = self.schema_of(&live, current.namespace.clone())?;
+        if i64::from(version) == current.schema_version {
+            if !live_schema.same_tables(&candidate.schema) {
+                return Err(OperationError::TablesChanged {
+                    schema_version: version,
+                });
+            }
+            registry::swap_version(
+                &mut *tx,
+                name,
+                &candidate.sha256,
+                source,
+                actor,
+                settings_json,
+            )
+            .await?;
+            return Ok(Replaced::Activated(Activation::Swapped));
+        }
+        if let Some(settings) = settings_json {
+            registry::set_settings(&mut *tx, name, settings).await?;
+        }
+        start_rebuild(
+            &mut *tx,
+            current,
+            &candidate.schema,
+            &candidate.sha256,
+            source,
+            actor,
+        )
+        .await?;
+        Ok(Replaced::Activated(Activation::RebuildStarted))
+    }
+
     /// Goes back to the version that ran before the live one.
     pub async fn rollback(&self, name: &str, actor: &str) -> Result<Activation, OperationError> {
         let current = self.deployed(name).await?;
@@ -545,6 +581,25 @@ impl Projections {
             .filter(|d| d.state() != DeploymentState::Deleted)
             .ok_or_else(|| OperationError::NotFound(name.to_owned()))
     }
+}
+
+/// What a deploy changes, as [`Projections::replace_live`] needs it.
+struct Change<'a> {
+    candidate: &'a Candidate,
+    source: &'a str,
+    actor: &'a str,
+    /// The deploy's settings, as the registry stores them.
+    settings: Option<&'a serde_json::Value>,
+}
+
+/// How a live projection took a new version.
+enum Replaced {
+    /// Swapped in place or a rebuild started: to announce and audit.
+    Activated(Activation),
+    /// The same bytes: at most new settings, committed and reconciled by the caller.
+    SameBytes,
+    /// A rebuild of these very bytes is in progress: nothing to do (rolled back).
+    RebuildingIt,
 }
 
 /// Creates a projection's first tables, stable views and checkpoint, and its deployment row
