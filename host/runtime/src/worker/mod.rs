@@ -633,57 +633,21 @@ async fn process(
             .filter(|t| !t.failed)
             .filter(|t| !(t.drift && shadow_waits))
         {
-            let track = if target.drift {
-                Track::Shadow
-            } else {
-                Track::Rebuild
-            };
             if !rebuild.gave_up {
-                let shadow_started = tokio::time::Instant::now();
-                let result = projector
-                    .apply_track(conn, &ctx.pool, track, &target.active, rebuild_batch)
-                    .await;
-                if target.drift {
-                    shadow_not_before =
-                        tokio::time::Instant::now() + shadow_started.elapsed() * SHADOW_YIELD;
-                }
-                match result {
-                    Ok(outcome) if !outcome.more => {
-                        rebuild = Failures::default();
-                        // Caught up: a rebuild switches readers and the live checkpoint over; a
-                        // drift shadow, at the live checkpoint, is compared with the live tables.
-                        let done = if target.drift {
-                            ctx.supervisor
-                                .drift_cut(conn, projector, &target.active)
-                                .await
-                        } else {
-                            ctx.supervisor
-                                .cut_over(conn, projector, &target.active)
-                                .await
-                        };
-                        match done {
-                            Ok(()) => busy = true,
-                            Err(error) => {
-                                tracing::warn!(%error, ?track, "cut-over failed; retrying");
-                                errored = true;
-                                if let Err(error) = ctx.supervisor.reconcile(projector.name()).await
-                                {
-                                    tracing::warn!(%error, "cannot reconcile with the registry");
-                                }
-                            }
-                        }
-                    }
-                    Ok(_) => {
-                        rebuild = Failures::default();
-                        busy = true;
-                    }
-                    Err(error) => {
-                        match handle_failure(projector, conn, ctx, track, &mut rebuild, error).await
-                        {
-                            Some(outcome) => return outcome,
-                            None => errored = true,
-                        }
-                    }
+                let step = rebuild_step(
+                    projector,
+                    conn,
+                    ctx,
+                    &target,
+                    rebuild_batch,
+                    &mut rebuild,
+                    &mut shadow_not_before,
+                )
+                .await;
+                match step {
+                    Ok(Step::Busy) => busy = true,
+                    Ok(Step::Errored) => errored = true,
+                    Err(outcome) => return outcome,
                 }
             }
         }
@@ -696,23 +660,14 @@ async fn process(
         if busy && !errored && !penalised {
             continue;
         }
-        let delay = if errored || penalised {
-            let backoff = if errored {
-                config.backoff(live.count.max(rebuild.count).max(1))
-            } else {
-                Duration::ZERO
-            };
-            backoff.max(burned.saturating_mul(FAILED_GUEST_TIME_PENALTY))
-        } else {
-            match has_hidden_rows(&ctx.pool, projector).await {
-                Ok(true) => HIDDEN_ROWS_RETRY,
-                Ok(false) => config.poll_interval,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot check for pending outbox rows");
-                    config.poll_interval
-                }
-            }
-        };
+        let delay = idle_delay(
+            projector,
+            ctx,
+            errored,
+            live.count.max(rebuild.count),
+            burned,
+        )
+        .await;
         let delay = if shadow_waits {
             // The replay's turn comes back even if no event wakes the worker.
             delay.min(shadow_not_before.saturating_duration_since(tokio::time::Instant::now()))
@@ -740,6 +695,107 @@ async fn process(
 }
 
 /// Records a failed batch of `track`. Returns an outcome if the worker must leave the loop.
+/// What one batch of the rebuild (or drift shadow) track left to do.
+enum Step {
+    /// It moved or cut over: the next batch comes at once.
+    Busy,
+    /// It failed (counted in the track's [`Failures`]), or its cut-over did: the worker backs off.
+    Errored,
+}
+
+/// One batch of `target`'s track (a rebuild, or a drift check's shadow) and, once it has caught
+/// up, its cut-over (readers and the live checkpoint switch) or its drift cut (compared with the
+/// live tables). A shadow's replay yields to the live track: `shadow_not_before` is pushed back
+/// by [`SHADOW_YIELD`] times the batch's duration. `Err` ends the worker's loop.
+async fn rebuild_step(
+    projector: &Projector,
+    conn: &mut PgConnection,
+    ctx: &WorkerContext,
+    target: &RebuildTarget,
+    batch_size: u32,
+    failures: &mut Failures,
+    shadow_not_before: &mut tokio::time::Instant,
+) -> Result<Step, Outcome> {
+    let track = if target.drift {
+        Track::Shadow
+    } else {
+        Track::Rebuild
+    };
+    let shadow_started = tokio::time::Instant::now();
+    let result = projector
+        .apply_track(conn, &ctx.pool, track, &target.active, batch_size)
+        .await;
+    if target.drift {
+        *shadow_not_before = tokio::time::Instant::now() + shadow_started.elapsed() * SHADOW_YIELD;
+    }
+    match result {
+        Ok(outcome) if !outcome.more => {
+            *failures = Failures::default();
+            // Caught up: a rebuild switches readers and the live checkpoint over; a drift
+            // shadow, at the live checkpoint, is compared with the live tables.
+            let done = if target.drift {
+                ctx.supervisor
+                    .drift_cut(conn, projector, &target.active)
+                    .await
+            } else {
+                ctx.supervisor
+                    .cut_over(conn, projector, &target.active)
+                    .await
+            };
+            match done {
+                Ok(()) => Ok(Step::Busy),
+                Err(error) => {
+                    tracing::warn!(%error, ?track, "cut-over failed; retrying");
+                    if let Err(error) = ctx.supervisor.reconcile(projector.name()).await {
+                        tracing::warn!(%error, "cannot reconcile with the registry");
+                    }
+                    Ok(Step::Errored)
+                }
+            }
+        }
+        Ok(_) => {
+            *failures = Failures::default();
+            Ok(Step::Busy)
+        }
+        Err(error) => match handle_failure(projector, conn, ctx, track, failures, error).await {
+            Some(outcome) => Err(outcome),
+            None => Ok(Step::Errored),
+        },
+    }
+}
+
+/// How long an idle or failing worker waits before its next batch (unless an outbox
+/// notification wakes it first). After a failure, the configured backoff for `failures` in a
+/// row; calls that failed burned guest time (under `skip` too, where the batch itself succeeds),
+/// and the worker waits [`FAILED_GUEST_TIME_PENALTY`] times that long, so a component failing at
+/// its limit gets at most 1/(1+penalty) of a guest thread whatever the backoff. Idle: the poll
+/// interval, or [`HIDDEN_ROWS_RETRY`] while outbox rows wait behind an open transaction.
+async fn idle_delay(
+    projector: &Projector,
+    ctx: &WorkerContext,
+    errored: bool,
+    failures: u32,
+    burned: Duration,
+) -> Duration {
+    let config = projector.config;
+    if errored || !burned.is_zero() {
+        let backoff = if errored {
+            config.backoff(failures.max(1))
+        } else {
+            Duration::ZERO
+        };
+        return backoff.max(burned.saturating_mul(FAILED_GUEST_TIME_PENALTY));
+    }
+    match has_hidden_rows(&ctx.pool, projector).await {
+        Ok(true) => HIDDEN_ROWS_RETRY,
+        Ok(false) => config.poll_interval,
+        Err(error) => {
+            tracing::warn!(%error, "cannot check for pending outbox rows");
+            config.poll_interval
+        }
+    }
+}
+
 async fn handle_failure(
     projector: &Projector,
     conn: &mut PgConnection,
