@@ -217,7 +217,7 @@ async fn read_row(
         ReadError::Database(e) => Problem::internal(&e),
         refused => bad_request(refused.to_string()),
     };
-    read::key_column(table).map_err(read_error)?;
+    let key_column = read::key_column(table).map_err(read_error)?;
     let min_position = match query.min_position {
         Some(p) => Some(p),
         None => headers
@@ -247,7 +247,7 @@ async fn read_row(
             .map(|c| c.cursor.position)
             .unwrap_or(0),
     };
-    let row = read::row_by_key(projections.pool(), schema, table, &key)
+    let row = read::row_by_key(projections.pool(), schema, table, key_column, &key)
         .await
         .map_err(read_error)?
         .ok_or_else(|| {

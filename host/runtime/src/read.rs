@@ -44,15 +44,15 @@ pub fn key_column(table: &TableSchema) -> Result<&ColumnSchema, ReadError> {
     }
 }
 
-/// The row of `table` (of `schema`, read through its stable view) whose key is `key`, as
-/// PostgreSQL's `to_jsonb` of it; `None` when there is none.
+/// The row of `table` (of `schema`, read through its stable view) whose key `column` (see
+/// [`key_column`]) is `key`, as PostgreSQL's `to_jsonb` of it; `None` when there is none.
 pub async fn row_by_key(
     pool: &PgPool,
     schema: &ProjectionSchema,
     table: &TableSchema,
+    column: &ColumnSchema,
     key: &str,
 ) -> Result<Option<serde_json::Value>, ReadError> {
-    let column = key_column(table)?;
     let sql = format!(
         "SELECT to_jsonb(t) FROM {} AS t WHERE {} = $1",
         schema.stable_qualified(table),

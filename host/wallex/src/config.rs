@@ -192,15 +192,17 @@ mod tests {
 
     use super::*;
 
+    /// The configuration reference the tests hold to the flags.
+    const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+
+    fn reference() -> String {
+        std::fs::read_to_string(REFERENCE).expect(REFERENCE)
+    }
+
     /// The names in the first cell of every table row of host/docs/configuration.md
     /// (`| `NAME`, `OTHER` | …`).
     fn documented() -> BTreeSet<String> {
-        let readme = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../docs/configuration.md"
-        ))
-        .expect("host/docs/configuration.md");
-        readme
+        reference()
             .lines()
             .filter_map(|line| line.strip_prefix("| "))
             .filter_map(|rest| rest.split(" |").next())
@@ -221,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn every_variable_of_serve_has_a_row_in_the_readme_and_every_row_a_variable() {
+    fn every_variable_of_serve_has_a_row_in_the_reference_and_every_row_a_variable() {
         let documented = documented();
         let serve = serve_env();
         let missing: Vec<&String> = serve.iter().filter(|n| !documented.contains(*n)).collect();
@@ -461,9 +463,7 @@ mod tests {
 
     #[test]
     fn the_reference_tables_give_each_variable_its_flag_and_default() {
-        const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
-        let text = std::fs::read_to_string(REFERENCE).expect(REFERENCE);
-        let (wrong, checked) = reference_disagreements(&text);
+        let (wrong, checked) = reference_disagreements(&reference());
         assert!(
             wrong.is_empty(),
             "{REFERENCE} disagrees with the flags:\n{}",

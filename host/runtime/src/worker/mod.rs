@@ -651,10 +651,7 @@ async fn process(
                 }
             }
         }
-        // Calls that failed burned guest time (under `skip` too, where the batch itself
-        // succeeds): the worker waits several times that long before its next batch, so a
-        // component failing at its limit gets at most 1/(1+penalty) of a guest thread, whatever
-        // the configured backoff.
+        // Guest time burned by failed calls is paid for with a wait (see `idle_delay`).
         let burned = projector.take_burned();
         let penalised = !burned.is_zero();
         if busy && !errored && !penalised {
