@@ -18,7 +18,7 @@
 //! - [`read_model_check`] — a recovery check: the write model against a read model of it.
 //! - [`eventstore`] — the `EventStore` seam and its PostgreSQL implementation. Owns `events`.
 //! - [`outbox`] — enqueue and the gap-safe reader. Owns `outbox`.
-//! - [`redis_assist`] — Redis beside PostgreSQL, for efficiency only: the per-wallet lock and the
+//! - [`redis_lock_cache`] — Redis beside PostgreSQL, for efficiency only: the per-wallet lock and the
 //!   replay cache (owns no table; owns the `wallex:*` Redis keys).
 //! - [`db`] — the pool, database creation and the embedded migrations.
 //! - [`failpoint`] — test-only crash injection (`failpoints` feature).
@@ -33,7 +33,7 @@ pub mod failpoint;
 pub mod idempotency;
 pub mod outbox;
 pub mod read_model_check;
-pub mod redis_assist;
+pub mod redis_lock_cache;
 pub mod seed;
 pub mod wallet;
 pub mod write_path;

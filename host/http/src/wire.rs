@@ -3,7 +3,7 @@
 //! construction.
 //!
 //! Why it exists: the runtime reports typed values (`wallex_runtime::status`, `dead_letters`,
-//! `operation::Activation`) and knows no JSON; this module is the only place that decides field
+//! `outcome::Activation`) and knows no JSON; this module is the only place that decides field
 //! names and formats. Every body converts from the runtime's value with `From`.
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use wallex_core::read_model_check::DriftedRow;
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
 use wallex_runtime::dry_run::{DryRun, TableChange};
-use wallex_runtime::operation::Activation;
+use wallex_runtime::outcome::Activation;
 use wallex_runtime::recovery::drift::ProjectionRepair;
 use wallex_runtime::recovery::RecoveryStatus;
 use wallex_runtime::recovery::Repair;

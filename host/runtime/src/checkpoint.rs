@@ -4,9 +4,9 @@
 //! after any crash the checkpoint says exactly which events the tables include. The cursor is an
 //! [`OutboxCursor`] (transaction id, global position), the order of the gap-safe reader.
 
-use super::guest_text::{clip, MAX_ERROR_BYTES};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
+use wallex_sandbox::guest_text::{clip, MAX_ERROR_BYTES};
 
 use wallex_core::outbox::OutboxCursor;
 

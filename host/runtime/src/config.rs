@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::engine::{
+use wallex_sandbox::engine::{
     EngineLimits, RuntimeLimits, DEFAULT_CALL_TIMEOUT, DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES,
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_MUTATIONS,
     DEFAULT_MAX_STACK_BYTES, DEFAULT_MEMORY_LIMIT_BYTES,
 };
-use crate::sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
+use wallex_sandbox::guest_pool::{DEFAULT_GUEST_NICE, DEFAULT_GUEST_THREADS};
 
 /// Events per batch of a live worker, by default.
 pub const DEFAULT_BATCH_SIZE: u32 = 1_000;

@@ -10,8 +10,8 @@
 
 use sqlx::PgConnection;
 
-use crate::guest_text::{clip, MAX_ERROR_BYTES};
-use crate::sandbox::engine::wit;
+use wallex_sandbox::engine::wit;
+use wallex_sandbox::guest_text::{clip, MAX_ERROR_BYTES};
 
 /// Most dead letters one replay request re-runs.
 pub const MAX_REPLAYED_DEAD_LETTERS: i64 = 1_000;

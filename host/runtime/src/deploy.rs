@@ -34,9 +34,9 @@ use super::config::ProjectionSettings;
 use super::registry::{self, Deployment, DeploymentState, Rebuild};
 use super::schema::{namespace_base, ProjectionSchema};
 use super::Projections;
-use crate::operation::{execute_ddl, Activation, OperationError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
+use crate::outcome::{execute_ddl, Activation, OperationError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
 use crate::rebuild::{drop_rebuild, start_rebuild};
-use crate::sandbox::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
+use wallex_sandbox::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
 
 /// A validated component, not yet live.
 #[derive(Clone)]

@@ -48,7 +48,7 @@ use tracing::Instrument;
 
 use crate::checkpoint;
 pub use crate::config::DryRunLimits;
-use crate::operation::{execute_ddl, OperationError};
+use crate::outcome::{execute_ddl, OperationError};
 use crate::recovery::drift::{open_snapshot, TableDiff};
 use crate::registry::{self, DeploymentState};
 use crate::schema::{is_identifier, quote, ProjectionSchema, TableSchema};
@@ -959,7 +959,7 @@ impl Projections {
         .await?;
         let projection = stored.as_ref().and_then(|r| r.projection.clone());
         let requested_by = stored.as_ref().map_or_else(
-            || crate::operation::SYSTEM_ACTOR.to_owned(),
+            || crate::outcome::SYSTEM_ACTOR.to_owned(),
             |r| r.requested_by.clone(),
         );
         let differing: i64 = report

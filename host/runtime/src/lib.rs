@@ -10,13 +10,14 @@
 //!
 //! # Layout
 //!
-//! - [`sandbox`] — how the runtime narrows wasmtime: engine, per-call limits, guest threads, the
-//!   bundled components.
+//! - [`guest_event`] — an outbox row as the WIT record a component is called with; the calls
+//!   themselves run in `wallex-sandbox` (how wallex narrows wasmtime), which knows no database.
 //! - [`schema`] — a declaration validated, its namespace and DDL.
 //! - [`mutation`] — a component's output validated (`mutation::validate`), planned into
 //!   statements ([`mutation::plan()`]) and applied ([`mutation::apply`]).
 //! - [`poison_search`] — which part of a failing batch to call next, within a budget.
-//! - [`guest_text`] — component text bounded before it is kept anywhere.
+//! - [`guest_text`] — `wallex-sandbox`'s bounds on component text, re-exported for the HTTP layer
+//!   (which does not depend on the sandbox).
 //! - [`worker`] — one leased worker per projection: the batch, the lease, the listener.
 //! - [`checkpoint`], [`registry`], [`dead_letters`], [`artifacts`] — the owners of their tables
 //!   (`projector_checkpoints`; `projection_components`, `projection_deployments`,
@@ -29,7 +30,8 @@
 //! - [`status`] — what an operator sees, as typed values; [`read`] — one row by its key.
 //! - [`recovery`] — stall detection ([`stall`]), drift checks and repairs, the read-model check;
 //!   [`recovery_runs`] keeps their history.
-//! - [`operation`] — the errors and outcomes every operation shares ([`OperationError`]).
+//! - [`outcome`] — how an operation by name ends: refused ([`OperationError`], [`LoadError`]) or an
+//!   [`outcome::Activation`]; the actors and sources it records.
 //! - [`reconcile`] — every instance runs what the registry says.
 //! - [`watch`] — the projections directory deploys what changes in it.
 //! - [`config`] — settings, per-projection overrides and the resolved policy.
@@ -44,10 +46,10 @@ pub mod config;
 pub mod dead_letters;
 pub mod deploy;
 pub mod dry_run;
-pub mod guest_text;
+pub mod guest_event;
 pub mod lifecycle;
 pub mod mutation;
-pub mod operation;
+pub mod outcome;
 pub mod poison_search;
 pub mod read;
 pub mod rebuild;
@@ -55,7 +57,6 @@ pub mod reconcile;
 pub mod recovery;
 pub mod recovery_runs;
 pub mod registry;
-pub mod sandbox;
 pub mod schema;
 pub mod stall;
 pub mod status;
@@ -72,9 +73,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ProjectionConfig, ProjectionOptions};
-pub use operation::{LoadError, OperationError, MAX_COMPONENTS};
-use sandbox::engine::{ComponentError, LoadedComponent, ProjectionRuntime};
+pub use outcome::{LoadError, OperationError, MAX_COMPONENTS};
 use schema::ProjectionSchema;
+use wallex_sandbox::engine::{ComponentError, LoadedComponent, ProjectionRuntime};
+pub use wallex_sandbox::guest_text;
 use worker::{Active, BatchHandler, Desired, Projector, WorkerContext};
 
 /// Extension of component files in `WALLEX_PROJECTIONS_DIR`.
@@ -100,7 +102,7 @@ struct Inner {
     /// [`ProjectionRuntime::engine_key`]: which stored artifacts this engine can load.
     engine_key: String,
     /// The low-priority threads every guest call runs on.
-    guests: Arc<sandbox::guest_pool::GuestPool>,
+    guests: Arc<wallex_sandbox::guest_pool::GuestPool>,
     /// One reconciliation at a time, so an older registry state never overwrites a newer one.
     reconciling: tokio::sync::Mutex<()>,
     /// SHA-256 of each directory file as start-up read it (by `directory:<file>` source): the
@@ -127,8 +129,9 @@ impl std::fmt::Debug for Projections {
 impl Projections {
     fn empty(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
         let runtime = ProjectionRuntime::with_engine_limits(config.limits, config.engine)?;
-        let guests = sandbox::guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
-            .map_err(|e| ComponentError::Engine(e.into()))?;
+        let guests =
+            wallex_sandbox::guest_pool::GuestPool::new(config.guest_threads, config.guest_nice)
+                .map_err(|e| ComponentError::Engine(e.into()))?;
         let engine_key = runtime.engine_key();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -155,7 +158,7 @@ impl Projections {
     pub async fn load(pool: PgPool, config: ProjectionConfig) -> Result<Self, LoadError> {
         let sources = match &config.dir {
             Some(dir) => read_dir(dir)?,
-            None => sandbox::bundled::BUNDLED
+            None => wallex_sandbox::bundled::BUNDLED
                 .iter()
                 .map(|(origin, bytes)| ((*origin).to_owned(), bytes.to_vec()))
                 .collect(),
@@ -197,7 +200,7 @@ impl Projections {
                 return Err(LoadError::DuplicateName(candidate.schema.name.clone()));
             }
             projections
-                .sync_source(candidate, &source, operation::STARTUP_ACTOR)
+                .sync_source(candidate, &source, outcome::STARTUP_ACTOR)
                 .await
                 .map_err(deploy)?;
         }

@@ -9,14 +9,14 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::dead_letters::{self, DeadLetter, ReplayOutcome};
-use crate::guest_text::{clip, MAX_ERROR_BYTES};
-use crate::operation::{execute_ddl, live_deployment, OperationError};
+use crate::guest_event::to_guest_event;
+use crate::outcome::{execute_ddl, live_deployment, OperationError};
 use crate::rebuild::drop_rebuild;
 use crate::registry::DeploymentState;
-use crate::sandbox::engine::to_guest_event;
 use crate::schema::quote;
 use crate::worker::BatchError;
 use crate::{checkpoint, registry, Projections};
+use wallex_sandbox::guest_text::{clip, MAX_ERROR_BYTES};
 
 impl Projections {
     /// Pauses (`paused = true`) or resumes a projection on every instance.

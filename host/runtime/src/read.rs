@@ -9,8 +9,8 @@
 
 use sqlx::PgPool;
 
-use crate::guest_text::quoted;
 use crate::schema::{quote, ColumnSchema, ColumnType, ProjectionSchema, TableSchema};
+use wallex_sandbox::guest_text::quoted;
 
 /// Why a row cannot be read by the key given (all but [`ReadError::Database`] are the caller's
 /// mistake).

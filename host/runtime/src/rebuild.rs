@@ -9,7 +9,7 @@
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use crate::operation::{execute_ddl, live_deployment, Activation, OperationError, SYSTEM_ACTOR};
+use crate::outcome::{execute_ddl, live_deployment, Activation, OperationError, SYSTEM_ACTOR};
 use crate::registry::{Deployment, Rebuild};
 use crate::schema::{build_namespace, namespace_base, quote, ProjectionSchema, MAX_BUILD_NUMBER};
 use crate::worker::{Active, Projector};

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{self, Deployment, DeploymentState, Rebuild};
-use crate::sandbox::engine::LoadedComponent;
 use crate::schema::ProjectionSchema;
 use crate::worker::{Active, Desired, RebuildTarget};
 use crate::{config, ComponentError, OperationError};
 use crate::{LoadError, Projections};
+use wallex_sandbox::engine::LoadedComponent;
 
 impl Projections {
     /// Re-reads the registry whenever it announces a change, and every resync interval.

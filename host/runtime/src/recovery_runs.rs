@@ -385,25 +385,28 @@ pub async fn finish<'e>(
         Err(error) => (RunOutcome::Failed, &empty, &[][..], Some(error)),
     };
     let tables = serde_json::to_value(tables).unwrap_or_else(|_| serde_json::json!([]));
-    let updated = sqlx::query(
-        "UPDATE recovery_runs
+    let updated =
+        sqlx::query(
+            "UPDATE recovery_runs
          SET outcome = $2, finished_at = now(), checked = $3, missing = $4, extra = $5,
              different = $6, sample = $7, tables = $8, shadow = $9, error = $10
          WHERE id = $1 AND outcome = 'running'",
-    )
-    .bind(id)
-    .bind(outcome.as_str())
-    .bind(report.checked)
-    .bind(report.missing)
-    .bind(report.extra)
-    .bind(report.different)
-    .bind(to_json(&report.sample))
-    .bind(tables)
-    .bind(shadow)
-    .bind(error.map(|e| crate::guest_text::clip(e, crate::guest_text::MAX_ERROR_BYTES)))
-    .execute(executor)
-    .await?
-    .rows_affected();
+        )
+        .bind(id)
+        .bind(outcome.as_str())
+        .bind(report.checked)
+        .bind(report.missing)
+        .bind(report.extra)
+        .bind(report.different)
+        .bind(to_json(&report.sample))
+        .bind(tables)
+        .bind(shadow)
+        .bind(error.map(|e| {
+            wallex_sandbox::guest_text::clip(e, wallex_sandbox::guest_text::MAX_ERROR_BYTES)
+        }))
+        .execute(executor)
+        .await?
+        .rows_affected();
     Ok(updated == 1)
 }
 

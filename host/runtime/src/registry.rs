@@ -311,7 +311,7 @@ pub struct AdminAction {
     /// The projection it concerned, if one.
     pub projection: Option<String>,
     /// How it ended: `ok`, `failed`, `rejected`, or a deploy's
-    /// [`crate::operation::Activation::as_str`].
+    /// [`crate::outcome::Activation::as_str`].
     pub outcome: String,
     /// What else the action recorded, as a JSON object (for a deploy: digest, schema version,
     /// source, size, settings).
@@ -511,9 +511,9 @@ pub async fn fail_rebuild(
         "UPDATE projection_rebuilds SET status = 'failed', last_error = $2 WHERE projection = $1",
     )
     .bind(projection)
-    .bind(crate::guest_text::clip(
+    .bind(wallex_sandbox::guest_text::clip(
         error,
-        crate::guest_text::MAX_ERROR_BYTES,
+        wallex_sandbox::guest_text::MAX_ERROR_BYTES,
     ))
     .execute(conn)
     .await?;

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Connection, PgConnection};
 
-use super::guest_text::quoted;
-use crate::sandbox::engine::wit;
+use wallex_sandbox::engine::wit;
+use wallex_sandbox::guest_text::quoted;
 
 /// Longest SQL identifier PostgreSQL keeps.
 pub const IDENTIFIER_MAX_LEN: usize = 63;
@@ -19,7 +19,7 @@ pub const PROJECTION_NAME_MAX_LEN: usize = 41;
 /// Most tables one projection may declare.
 pub const MAX_TABLES: usize = 32;
 // A table has at most one stream owner, and the sandbox reads at most this many.
-const _: () = assert!(MAX_TABLES == crate::sandbox::engine::MAX_STREAM_OWNERS);
+const _: () = assert!(MAX_TABLES == wallex_sandbox::engine::MAX_STREAM_OWNERS);
 /// Most columns one table may declare.
 pub const MAX_COLUMNS: usize = 128;
 /// Most indexes one table may declare.
@@ -34,7 +34,7 @@ pub const ALL_EVENT_TYPES: &str = "*";
 const DDL_LOCK_KEY: i64 = 0x7761_6c6c_6578_0001;
 
 /// A declaration the host refuses. Names in it are already quoted and clipped
-/// ([`super::guest_text::quoted`]): a component chooses them and they can be of any size.
+/// ([`wallex_sandbox::guest_text::quoted`]): a component chooses them and they can be of any size.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
     /// The projection's name is not `[a-z][a-z0-9_-]{0,40}`.
@@ -372,7 +372,7 @@ impl ProjectionSchema {
     /// validated against the tables.
     pub fn with_stream_owners(
         mut self,
-        owners: Option<&[crate::sandbox::engine::StreamOwner]>,
+        owners: Option<&[wallex_sandbox::engine::StreamOwner]>,
     ) -> Result<Self, SchemaError> {
         let Some(owners) = owners else {
             self.stream_owners = None;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Policy, ProjectionSettings};
-use crate::operation::OperationError;
+use crate::outcome::OperationError;
 use crate::registry::{self, Deployment, DeploymentState, Rebuild};
 use crate::worker::Projector;
 use crate::Projections;

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{registry, Projections, COMPONENT_EXTENSION, MAX_COMPONENTS};
-use crate::operation::WATCH_ACTOR;
+use crate::outcome::WATCH_ACTOR;
 
 /// What the watch last saw of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::config::ServeConfig;
 use wallex_core::eventstore::kurrent::{EventStoreSetupError, KurrentEventStore};
 use wallex_core::eventstore::postgres::PgEventStore;
 use wallex_core::eventstore::StreamReader;
-use wallex_core::redis_assist::{RedisAssist, RedisSetupError};
+use wallex_core::redis_lock_cache::{RedisLockCache, RedisSetupError};
 use wallex_core::write_path::orphans::OrphanCompleter;
 use wallex_core::write_path::WritePath;
 use wallex_core::{db, idempotency};
@@ -78,7 +78,7 @@ pub async fn serve(
     let database = config.database.settings();
     let idempotency = config.idempotency.settings();
     let event_store = config.event_store.settings();
-    let redis = RedisAssist::from_config(&config.redis.settings())?;
+    let redis = RedisLockCache::from_config(&config.redis.settings())?;
     let kurrent = KurrentEventStore::from_config(&event_store)?;
     db::ensure_database(&database).await?;
     let pool = db::pool(&database)?;

@@ -271,7 +271,7 @@ mod tests {
         );
         assert_eq!(
             serve.redis.settings(),
-            wallex_core::redis_assist::RedisConfig::default()
+            wallex_core::redis_lock_cache::RedisConfig::default()
         );
         assert_eq!(
             serve.write_path.settings(),

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::join_all;
 use serde_json::json;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -47,7 +47,7 @@ use crate::eventstore::{
 use crate::failpoint;
 use crate::idempotency::{self, Completion, ScopedKey};
 use crate::outbox;
-use crate::redis_assist::{Completed, RedisAssist, WalletLock};
+use crate::redis_lock_cache::{Completed, RedisLockCache, WalletLock};
 use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
 use wallex_telemetry::catalogue::{
     DB_POOL_ACQUIRE_DURATION_SECONDS, WALLET_WRITE_BATCH_SIZE, WALLET_WRITE_BATCH_SPLITS_TOTAL,
@@ -74,7 +74,7 @@ pub(super) struct Committer {
     idempotency_ttl: chrono::Duration,
     max_batch: usize,
     /// The replay cache, when Redis is configured.
-    redis: Option<RedisAssist>,
+    redis: Option<RedisLockCache>,
 }
 
 /// What a transaction settled.
@@ -159,7 +159,7 @@ impl Committer {
         pool: PgPool,
         idempotency_ttl: chrono::Duration,
         max_batch: usize,
-        redis: Option<RedisAssist>,
+        redis: Option<RedisLockCache>,
         kurrent: Option<KurrentEventStore>,
     ) -> Self {
         Self {
@@ -334,6 +334,37 @@ impl Committer {
     }
 
     /// One transaction for `requests`; their outcomes in the same order.
+    /// Step 1 of [`Self::write`]: the keys not looked up yet whose record is completed are
+    /// settled from it (a replay, or `KeyReused` for another body).
+    async fn answer_completed(
+        &self,
+        requests: &[Request],
+        keyed: &[(usize, &ScopedKey)],
+        settled: &mut [Option<WriteOutcome>],
+    ) -> Result<(), Failure> {
+        let unknown: Vec<(usize, &ScopedKey)> = keyed
+            .iter()
+            .copied()
+            .filter(|(i, _)| !requests[*i].looked_up)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&ScopedKey> = unknown.iter().map(|(_, key)| *key).collect();
+        let completed = idempotency::find_completed_many(&self.pool, &keys)
+            .instrument(tracing::debug_span!(
+                "idempotency.lookup",
+                keys = keys.len()
+            ))
+            .await?;
+        for ((i, _), completed) in unknown.iter().zip(completed) {
+            if let Some(stored) = completed {
+                settled[*i] = Some(replay_or_reject(stored, requests[*i].fingerprint()));
+            }
+        }
+        Ok(())
+    }
+
     async fn write(&self, requests: &[Request]) -> Result<Written, Failure> {
         let alone = requests.len() == 1;
         let mut settled: Vec<Option<WriteOutcome>> = vec![None; requests.len()];
@@ -344,25 +375,8 @@ impl Committer {
             .enumerate()
             .filter_map(|(i, request)| Some((i, &request.context.idempotency.as_ref()?.key)))
             .collect();
-        let unknown: Vec<(usize, &ScopedKey)> = keyed
-            .iter()
-            .copied()
-            .filter(|(i, _)| !requests[*i].looked_up)
-            .collect();
-        if !unknown.is_empty() {
-            let keys: Vec<&ScopedKey> = unknown.iter().map(|(_, key)| *key).collect();
-            let completed = idempotency::find_completed_many(&self.pool, &keys)
-                .instrument(tracing::debug_span!(
-                    "idempotency.lookup",
-                    keys = keys.len()
-                ))
-                .await?;
-            for ((i, _), completed) in unknown.iter().zip(completed) {
-                if let Some(stored) = completed {
-                    settled[*i] = Some(replay_or_reject(stored, requests[*i].fingerprint()));
-                }
-            }
-        }
+        self.answer_completed(requests, &keyed, &mut settled)
+            .await?;
         if settled.iter().all(Option::is_some) {
             return Ok(Written::uncommitted(
                 settled.into_iter().flatten().collect(),
@@ -375,41 +389,12 @@ impl Committer {
         let mut tx = self.pool.begin().await?;
         metrics::histogram!(DB_POOL_ACQUIRE_DURATION_SECONDS)
             .record(waited.elapsed().as_secs_f64());
-        let claiming: Vec<(usize, &ScopedKey)> = keyed
-            .into_iter()
-            .filter(|(i, _)| settled[*i].is_none())
-            .collect();
-        if !claiming.is_empty() {
-            let keys: Vec<&ScopedKey> = claiming.iter().map(|(_, key)| *key).collect();
-            let claimed = idempotency::try_claim_many(&mut *tx, &keys)
-                .instrument(tracing::debug_span!("idempotency.claim", keys = keys.len()))
-                .await?;
-            for ((i, _), claimed) in claiming.iter().zip(claimed) {
-                if !claimed {
-                    settled[*i] = Some(WriteOutcome::KeyInFlight);
-                }
-            }
-        }
+        claim_keys(&mut tx, keyed, &mut settled).await?;
 
         // 3. and 4. The wallets (in id order; the first request of each id writes it) and their
         //    events, then the events' outbox rows.
         let now = Utc::now().trunc_subsecs(3);
-        let mut order: Vec<usize> = (0..requests.len())
-            .filter(|i| settled[*i].is_none())
-            .collect();
-        order.sort_by(|a, b| {
-            requests[*a]
-                .command
-                .wallet_id
-                .cmp(&requests[*b].command.wallet_id)
-        });
-        let mut writers = Vec::with_capacity(order.len());
-        let mut taken = HashSet::with_capacity(order.len());
-        for &i in &order {
-            if taken.insert(requests[i].command.wallet_id.as_str()) {
-                writers.push(i);
-            }
-        }
+        let writers = writers_in_id_order(requests, &settled);
         let created = match &self.kurrent {
             None => {
                 self.create_in_postgres(&mut tx, requests, &writers, now)
@@ -442,23 +427,7 @@ impl Committer {
         outbox::enqueue(&mut *tx, &recorded).await?;
 
         // 5. Responses, stored for the keys.
-        let mut rendered = Vec::with_capacity(requests.len());
-        for (i, request) in requests.iter().enumerate() {
-            if settled[i].is_some() {
-                continue;
-            }
-            let result = match &positions[i] {
-                Some((position, wallet)) => CreateResult::Created {
-                    wallet: wallet.clone(),
-                    position: *position,
-                },
-                None => CreateResult::WalletExists {
-                    wallet_id: request.command.wallet_id.clone(),
-                },
-            };
-            settled[i] = Some(WriteOutcome::Completed((request.render)(&result)?));
-            rendered.push(i);
-        }
+        let rendered = render_responses(requests, &positions, &mut settled)?;
         let expires_at = now + self.idempotency_ttl;
         let completions: Vec<Completion<'_>> = rendered
             .iter()
@@ -506,6 +475,81 @@ impl Committer {
             expires_at: Some(expires_at),
         })
     }
+}
+
+/// Step 2 of [`Committer::write`]: the keys of requests not settled yet are claimed in the
+/// transaction; one another transaction holds is `KeyInFlight`.
+async fn claim_keys(
+    tx: &mut PgConnection,
+    keyed: Vec<(usize, &ScopedKey)>,
+    settled: &mut [Option<WriteOutcome>],
+) -> Result<(), Failure> {
+    let claiming: Vec<(usize, &ScopedKey)> = keyed
+        .into_iter()
+        .filter(|(i, _)| settled[*i].is_none())
+        .collect();
+    if claiming.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&ScopedKey> = claiming.iter().map(|(_, key)| *key).collect();
+    let claimed = idempotency::try_claim_many(&mut *tx, &keys)
+        .instrument(tracing::debug_span!("idempotency.claim", keys = keys.len()))
+        .await?;
+    for ((i, _), claimed) in claiming.iter().zip(claimed) {
+        if !claimed {
+            settled[*i] = Some(WriteOutcome::KeyInFlight);
+        }
+    }
+    Ok(())
+}
+
+/// The requests that write a wallet, in wallet id order (so two batches cannot deadlock on
+/// them): of the requests not settled yet, the first of each id.
+fn writers_in_id_order(requests: &[Request], settled: &[Option<WriteOutcome>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..requests.len())
+        .filter(|i| settled[*i].is_none())
+        .collect();
+    order.sort_by(|a, b| {
+        requests[*a]
+            .command
+            .wallet_id
+            .cmp(&requests[*b].command.wallet_id)
+    });
+    let mut writers = Vec::with_capacity(order.len());
+    let mut taken = HashSet::with_capacity(order.len());
+    for &i in &order {
+        if taken.insert(requests[i].command.wallet_id.as_str()) {
+            writers.push(i);
+        }
+    }
+    writers
+}
+
+/// Each request not settled yet gets its response rendered: `201` with its wallet where it
+/// wrote one, the existing wallet's answer otherwise. Returns which requests were rendered.
+fn render_responses(
+    requests: &[Request],
+    positions: &[Option<(i64, WalletSnapshot)>],
+    settled: &mut [Option<WriteOutcome>],
+) -> Result<Vec<usize>, Failure> {
+    let mut rendered = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        if settled[i].is_some() {
+            continue;
+        }
+        let result = match &positions[i] {
+            Some((position, wallet)) => CreateResult::Created {
+                wallet: wallet.clone(),
+                position: *position,
+            },
+            None => CreateResult::WalletExists {
+                wallet_id: request.command.wallet_id.clone(),
+            },
+        };
+        settled[i] = Some(WriteOutcome::Completed((request.render)(&result)?));
+        rendered.push(i);
+    }
+    Ok(rendered)
 }
 
 /// A create request as the committers take it.

@@ -31,7 +31,7 @@ use crate::eventstore::EventStoreError;
 use crate::failpoint;
 use crate::idempotency::{self, CompletedRequest, ScopedKey, StoredResponse};
 use crate::outbox::OutboxError;
-use crate::redis_assist::RedisAssist;
+use crate::redis_lock_cache::RedisLockCache;
 use crate::wallet::{CreateWallet, WalletSnapshot};
 
 /// The idempotency part of a write request.
@@ -149,7 +149,7 @@ pub struct WritePath {
     pool: PgPool,
     queue: mpsc::Sender<batch::Pending>,
     /// Locks and the replay cache, when Redis is configured.
-    redis: Option<RedisAssist>,
+    redis: Option<RedisLockCache>,
 }
 
 /// Stream of a wallet's events.
@@ -164,7 +164,7 @@ impl WritePath {
         pool: PgPool,
         config: &WritePathConfig,
         idempotency_ttl: chrono::Duration,
-        redis: Option<RedisAssist>,
+        redis: Option<RedisLockCache>,
         kurrent: Option<KurrentEventStore>,
     ) -> Self {
         let max_batch = config.write_batch_max.max(1) as usize;

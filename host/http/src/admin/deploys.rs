@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use uuid::Uuid;
 use wallex_runtime::config::ProjectionSettings;
-use wallex_runtime::operation::UPLOAD_SOURCE;
+use wallex_runtime::outcome::UPLOAD_SOURCE;
 use wallex_runtime::registry;
 
 use super::{actor, settle, AdminState};

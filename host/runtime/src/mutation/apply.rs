@@ -48,7 +48,10 @@ pub fn data_rejection(error: &sqlx::Error) -> Option<String> {
         .then(|| {
             format!(
                 "PostgreSQL rejected the mutations: {} (SQLSTATE {code})",
-                crate::guest_text::clip(db.message(), crate::guest_text::MAX_MESSAGE_BYTES)
+                wallex_sandbox::guest_text::clip(
+                    db.message(),
+                    wallex_sandbox::guest_text::MAX_MESSAGE_BYTES
+                )
             )
         })
 }

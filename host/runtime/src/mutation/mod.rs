@@ -27,8 +27,8 @@ pub use validate::{NUMERIC_MAX_FRACTION_DIGITS, NUMERIC_MAX_INTEGER_DIGITS};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::sandbox::engine::wit;
 use crate::schema::ColumnType;
+use wallex_sandbox::engine::wit;
 
 /// Most mutations one `handle` call may return.
 pub const MAX_MUTATIONS_PER_BATCH: usize = 100_000;

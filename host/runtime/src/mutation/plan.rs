@@ -8,8 +8,8 @@ use super::{
     ColumnArray, MutationError, Plan, Row, Shape, Statement, MAX_MUTATIONS_PER_BATCH,
     MAX_ROWS_PER_STATEMENT,
 };
-use crate::sandbox::engine::wit;
 use crate::schema::{quote, ColumnType, ProjectionSchema, TableSchema};
+use wallex_sandbox::engine::wit;
 
 /// The array type a parameter of this column type is bound and cast as.
 pub(super) fn param_cast(ty: ColumnType) -> &'static str {

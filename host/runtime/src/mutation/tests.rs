@@ -282,7 +282,7 @@ mod unit {
 
     #[test]
     fn key_values_bind_in_the_declared_key_order() {
-        // Found by tests/component_output_fuzz.rs: a key declared (n, id) against columns
+        // Found by host/runtime/tests/component_output_fuzz.rs: a key declared (n, id) against columns
         // (id, n) bound the values crosswise (a panic, or the wrong row with equal types).
         let s = one_table(
             "t",

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{MutationError, Row, Shape, SqlValue, MAX_DECIMAL_LEN};
-use crate::guest_text::quoted;
-use crate::sandbox::engine::wit;
-use crate::schema::{ColumnType, ProjectionSchema};
+use crate::schema::{ColumnType, ProjectionSchema, TableSchema};
+use wallex_sandbox::engine::wit;
+use wallex_sandbox::guest_text::quoted;
 
 pub(super) fn op_name(mutation: &wit::Mutation) -> (&'static str, &str) {
     match mutation {
@@ -26,49 +26,77 @@ pub(super) fn validate(
     mutation: &wit::Mutation,
 ) -> Result<Row, MutationError> {
     let (op, table_name) = op_name(mutation);
-    let fail = |problem: String| MutationError::Invalid {
+    let Some(table_index) = projection.tables.iter().position(|t| t.name == table_name) else {
+        let declared: Vec<&str> = projection.tables.iter().map(|t| t.name.as_str()).collect();
+        return Err(MutationError::Invalid {
+            index,
+            op,
+            table: quoted(table_name),
+            problem: format!("unknown table (declared: {})", declared.join(", ")),
+        });
+    };
+    let checker = Checker {
+        table: &projection.tables[table_index],
+        table_index,
         index,
         op,
-        table: quoted(table_name),
-        problem,
+        table_name,
     };
-    let table_index = projection
-        .tables
-        .iter()
-        .position(|t| t.name == table_name)
-        .ok_or_else(|| {
-            fail(format!(
-                "unknown table (declared: {})",
-                projection
-                    .tables
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-    let table = &projection.tables[table_index];
-    let check = |values: &[wit::ColumnValue]| -> Result<Vec<(usize, SqlValue)>, MutationError> {
+    match mutation {
+        wit::Mutation::Insert(op) => checker.insert(op),
+        wit::Mutation::Upsert(op) => checker.upsert(op),
+        wit::Mutation::Update(op) => checker.update(op),
+        wit::Mutation::Delete(op) => checker.delete(op),
+    }
+}
+
+/// One mutation of one declared table being checked: what its errors name, and the checks the
+/// four operations share.
+struct Checker<'a> {
+    table: &'a TableSchema,
+    /// The table's position in the declaration (what a [`Shape`] names).
+    table_index: usize,
+    /// The mutation's position in the call's output.
+    index: usize,
+    op: &'static str,
+    /// The table's name as the component gave it.
+    table_name: &'a str,
+}
+
+impl Checker<'_> {
+    fn fail(&self, problem: String) -> MutationError {
+        MutationError::Invalid {
+            index: self.index,
+            op: self.op,
+            table: quoted(self.table_name),
+            problem,
+        }
+    }
+
+    /// The given columns, each known, given once, of its declared type and not null where it
+    /// may not be; sorted by column.
+    fn values(&self, values: &[wit::ColumnValue]) -> Result<Vec<(usize, SqlValue)>, MutationError> {
+        let table = self.table;
         let mut seen = HashSet::new();
         let mut out: Vec<(usize, SqlValue)> = values
             .iter()
             .map(|cv| {
                 let c = table
                     .column(&cv.column)
-                    .ok_or_else(|| fail(format!("unknown column {}", quoted(&cv.column))))?;
+                    .ok_or_else(|| self.fail(format!("unknown column {}", quoted(&cv.column))))?;
                 if !seen.insert(c) {
-                    return Err(fail(format!("column {} given twice", quoted(&cv.column))));
+                    return Err(self.fail(format!("column {} given twice", quoted(&cv.column))));
                 }
                 let column = &table.columns[c];
                 let value = validate_value(column.ty, &cv.value).map_err(|problem| {
-                    fail(format!(
+                    self.fail(format!(
                         "column {} ({}): {problem}",
                         quoted(&column.name),
                         column.ty.name()
                     ))
                 })?;
                 if is_null(&value) && (!column.nullable || table.is_key(c)) {
-                    return Err(fail(format!(
+                    return Err(self.fail(format!(
                         "column {} is NOT NULL but got null",
                         quoted(&column.name)
                     )));
@@ -78,12 +106,15 @@ pub(super) fn validate(
             .collect::<Result<_, _>>()?;
         out.sort_by_key(|(c, _)| *c);
         Ok(out)
-    };
-    let key_of = |values: &[(usize, SqlValue)]| -> Result<String, MutationError> {
+    }
+
+    /// The row's key as compared within a batch; every primary key column must be given.
+    fn key_of(&self, values: &[(usize, SqlValue)]) -> Result<String, MutationError> {
+        let table = self.table;
         let mut key = String::new();
         for &k in &table.primary_key {
             let (_, value) = values.iter().find(|(c, _)| *c == k).ok_or_else(|| {
-                fail(format!(
+                self.fail(format!(
                     "missing primary key column {}",
                     quoted(&table.columns[k].name)
                 ))
@@ -92,219 +123,255 @@ pub(super) fn validate(
             key.push('\u{1f}');
         }
         Ok(key)
-    };
-    let require_complete_row = |values: &[(usize, SqlValue)]| -> Result<(), MutationError> {
-        for (c, column) in table.columns.iter().enumerate() {
+    }
+
+    fn require_complete_row(&self, values: &[(usize, SqlValue)]) -> Result<(), MutationError> {
+        for (c, column) in self.table.columns.iter().enumerate() {
             if !column.nullable && !values.iter().any(|(given, _)| *given == c) {
-                return Err(fail(format!(
+                return Err(self.fail(format!(
                     "missing value for NOT NULL column {}",
                     quoted(&column.name)
                 )));
             }
         }
         Ok(())
-    };
-    let resolve_names = |names: &[String], what: &str| -> Result<Vec<usize>, MutationError> {
+    }
+
+    /// A key given to update or delete names exactly the primary key's columns.
+    fn require_exact_key(
+        &self,
+        key_values: &[(usize, SqlValue)],
+        problem: impl FnOnce() -> String,
+    ) -> Result<(), MutationError> {
+        if key_values.len() == self.table.primary_key.len() {
+            Ok(())
+        } else {
+            Err(self.fail(problem()))
+        }
+    }
+
+    /// Column names of an `accumulate` or `guard` list: known, not in the key, each once.
+    fn resolve_names(&self, names: &[String], what: &str) -> Result<Vec<usize>, MutationError> {
+        let table = self.table;
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let c = table
-                .column(name)
-                .ok_or_else(|| fail(format!("{what} names unknown column {}", quoted(name))))?;
+            let c = table.column(name).ok_or_else(|| {
+                self.fail(format!("{what} names unknown column {}", quoted(name)))
+            })?;
             if table.is_key(c) {
-                return Err(fail(format!(
-                    "{what} names primary key column {}",
-                    quoted(name)
-                )));
+                return Err(self.fail(format!("{what} names primary key column {}", quoted(name))));
             }
             if out.contains(&c) {
-                return Err(fail(format!("{what} names column {} twice", quoted(name))));
+                return Err(self.fail(format!("{what} names column {} twice", quoted(name))));
             }
             out.push(c);
         }
         Ok(out)
-    };
-    // The statements bind key values in the primary key's declared order, which need not be
-    // the columns' order (a key declared as (b, a)). `key_of` has checked they are all there.
-    let in_key_order = |values: Vec<(usize, SqlValue)>| -> Vec<SqlValue> {
-        table
+    }
+
+    /// The statements bind key values in the primary key's declared order, which need not be
+    /// the columns' order (a key declared as (b, a)). `key_of` has checked they are all there.
+    fn in_key_order(&self, values: Vec<(usize, SqlValue)>) -> Vec<SqlValue> {
+        self.table
             .primary_key
             .iter()
             .filter_map(|k| values.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone()))
             .collect()
-    };
-    match mutation {
-        wit::Mutation::Insert(op) => {
-            let values = check(&op.values)?;
-            let key = key_of(&values)?;
-            require_complete_row(&values)?;
-            let (columns, values) = values.into_iter().unzip();
-            Ok(Row {
-                shape: Shape::Insert {
-                    table: table_index,
-                    columns,
-                },
-                values,
-                key,
-                guard: None,
-            })
-        }
-        wit::Mutation::Upsert(op) => {
-            let values = check(&op.values)?;
-            let key = key_of(&values)?;
-            require_complete_row(&values)?;
-            let mut accumulate = resolve_names(&op.accumulate, "accumulate")?;
-            let mut guard = resolve_names(&op.guard, "guard")?;
-            for &c in &accumulate {
-                let column = &table.columns[c];
-                if !column.ty.is_numeric() {
-                    return Err(fail(format!(
-                        "accumulate on non-numeric column {} ({})",
-                        quoted(&column.name),
-                        column.ty.name()
-                    )));
-                }
-                if !values.iter().any(|(given, v)| *given == c && !is_null(v)) {
-                    return Err(fail(format!(
-                        "accumulate column {} has no value",
-                        quoted(&column.name)
-                    )));
-                }
-            }
-            for &c in &guard {
-                let column = &table.columns[c];
-                if column.nullable || !values.iter().any(|(given, _)| *given == c) {
-                    return Err(fail(format!(
-                        "guard column {} must be NOT NULL and given",
-                        quoted(&column.name)
-                    )));
-                }
-                if accumulate.contains(&c) {
-                    return Err(fail(format!(
-                        "guard column {} is also accumulated",
-                        quoted(&column.name)
-                    )));
-                }
-            }
-            accumulate.sort_unstable();
-            // The guard compares as a row: its order matters and is kept.
-            guard.shrink_to_fit();
-            let guard_values = if guard.is_empty() || accumulate.is_empty() {
-                None
-            } else {
-                guard
-                    .iter()
-                    .map(|&g| match values.iter().find(|(c, _)| *c == g) {
-                        Some((_, SqlValue::I64(Some(n)))) => Some(*n),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<i64>>>()
-            };
-            let (columns, values) = values.into_iter().unzip();
-            Ok(Row {
-                shape: Shape::Upsert {
-                    table: table_index,
-                    columns,
-                    accumulate,
-                    guard,
-                },
-                values,
-                key,
-                guard: guard_values,
-            })
-        }
-        wit::Mutation::Update(op) => {
-            let key_values = check(&op.key)?;
-            if key_values.len() != table.primary_key.len() {
-                return Err(fail(format!(
-                    "the key must give exactly the primary key columns ({})",
-                    table
-                        .primary_key
-                        .iter()
-                        .map(|&c| table.columns[c].name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+    }
+
+    fn insert(&self, op: &wit::InsertOp) -> Result<Row, MutationError> {
+        let values = self.values(&op.values)?;
+        let key = self.key_of(&values)?;
+        self.require_complete_row(&values)?;
+        let (columns, values) = values.into_iter().unzip();
+        Ok(Row {
+            shape: Shape::Insert {
+                table: self.table_index,
+                columns,
+            },
+            values,
+            key,
+            guard: None,
+        })
+    }
+
+    fn upsert(&self, op: &wit::UpsertOp) -> Result<Row, MutationError> {
+        let values = self.values(&op.values)?;
+        let key = self.key_of(&values)?;
+        self.require_complete_row(&values)?;
+        let mut accumulate = self.resolve_names(&op.accumulate, "accumulate")?;
+        let mut guard = self.resolve_names(&op.guard, "guard")?;
+        self.check_accumulate_and_guard(&values, &accumulate, &guard)?;
+        accumulate.sort_unstable();
+        // The guard compares as a row: its order matters and is kept.
+        guard.shrink_to_fit();
+        let guard_values = if guard.is_empty() || accumulate.is_empty() {
+            None
+        } else {
+            guard
+                .iter()
+                .map(|&g| match values.iter().find(|(c, _)| *c == g) {
+                    Some((_, SqlValue::I64(Some(n)))) => Some(*n),
+                    _ => None,
+                })
+                .collect::<Option<Vec<i64>>>()
+        };
+        let (columns, values) = values.into_iter().unzip();
+        Ok(Row {
+            shape: Shape::Upsert {
+                table: self.table_index,
+                columns,
+                accumulate,
+                guard,
+            },
+            values,
+            key,
+            guard: guard_values,
+        })
+    }
+
+    /// Accumulated columns are numeric and given a value; guard columns are NOT NULL, given, and
+    /// not accumulated.
+    fn check_accumulate_and_guard(
+        &self,
+        values: &[(usize, SqlValue)],
+        accumulate: &[usize],
+        guard: &[usize],
+    ) -> Result<(), MutationError> {
+        for &c in accumulate {
+            let column = &self.table.columns[c];
+            if !column.ty.is_numeric() {
+                return Err(self.fail(format!(
+                    "accumulate on non-numeric column {} ({})",
+                    quoted(&column.name),
+                    column.ty.name()
                 )));
             }
-            let key = key_of(&key_values)?;
-            if op.changes.is_empty() {
-                return Err(fail("no changes".to_owned()));
+            if !values.iter().any(|(given, v)| *given == c && !is_null(v)) {
+                return Err(self.fail(format!(
+                    "accumulate column {} has no value",
+                    quoted(&column.name)
+                )));
             }
-            let mut sets = Vec::new();
-            let mut adds = Vec::new();
-            let mut seen = HashSet::new();
-            for change in &op.changes {
-                let (cv, is_add) = match change {
-                    wit::Change::Set(cv) => (cv, false),
-                    wit::Change::Add(cv) => (cv, true),
-                };
-                let [(c, value)]: [(usize, SqlValue); 1] = check(std::slice::from_ref(cv))?
-                    .try_into()
-                    .map_err(|_| fail("internal: one change, one value".to_owned()))?;
-                let column = &table.columns[c];
-                if table.is_key(c) {
-                    return Err(fail(format!(
-                        "cannot change primary key column {}",
-                        quoted(&column.name)
-                    )));
-                }
-                if !seen.insert(c) {
-                    return Err(fail(format!(
-                        "column {} changed twice",
-                        quoted(&column.name)
-                    )));
-                }
-                if is_add {
-                    if !column.ty.is_numeric() {
-                        return Err(fail(format!(
-                            "add on non-numeric column {} ({})",
-                            quoted(&column.name),
-                            column.ty.name()
-                        )));
-                    }
-                    if is_null(&value) {
-                        return Err(fail(format!(
-                            "add of null to column {}",
-                            quoted(&column.name)
-                        )));
-                    }
-                    adds.push((c, value));
-                } else {
-                    sets.push((c, value));
-                }
-            }
-            sets.sort_by_key(|(c, _)| *c);
-            adds.sort_by_key(|(c, _)| *c);
-            let mut values = in_key_order(key_values);
-            let (set, set_values): (Vec<usize>, Vec<SqlValue>) = sets.into_iter().unzip();
-            let (add, add_values): (Vec<usize>, Vec<SqlValue>) = adds.into_iter().unzip();
-            values.extend(set_values);
-            values.extend(add_values);
-            Ok(Row {
-                shape: Shape::Update {
-                    table: table_index,
-                    set,
-                    add,
-                },
-                values,
-                key,
-                guard: None,
-            })
         }
-        wit::Mutation::Delete(op) => {
-            let key_values = check(&op.key)?;
-            if key_values.len() != table.primary_key.len() {
-                return Err(fail(
-                    "the key must give exactly the primary key columns".to_owned(),
-                ));
+        for &c in guard {
+            let column = &self.table.columns[c];
+            if column.nullable || !values.iter().any(|(given, _)| *given == c) {
+                return Err(self.fail(format!(
+                    "guard column {} must be NOT NULL and given",
+                    quoted(&column.name)
+                )));
             }
-            let key = key_of(&key_values)?;
-            Ok(Row {
-                shape: Shape::Delete { table: table_index },
-                values: in_key_order(key_values),
-                key,
-                guard: None,
-            })
+            if accumulate.contains(&c) {
+                return Err(self.fail(format!(
+                    "guard column {} is also accumulated",
+                    quoted(&column.name)
+                )));
+            }
         }
+        Ok(())
+    }
+
+    fn update(&self, op: &wit::UpdateOp) -> Result<Row, MutationError> {
+        let table = self.table;
+        let key_values = self.values(&op.key)?;
+        self.require_exact_key(&key_values, || {
+            let names: Vec<&str> = table
+                .primary_key
+                .iter()
+                .map(|&c| table.columns[c].name.as_str())
+                .collect();
+            format!(
+                "the key must give exactly the primary key columns ({})",
+                names.join(", ")
+            )
+        })?;
+        let key = self.key_of(&key_values)?;
+        if op.changes.is_empty() {
+            return Err(self.fail("no changes".to_owned()));
+        }
+        let (mut sets, mut adds) = self.changes(&op.changes)?;
+        sets.sort_by_key(|(c, _)| *c);
+        adds.sort_by_key(|(c, _)| *c);
+        let mut values = self.in_key_order(key_values);
+        let (set, set_values): (Vec<usize>, Vec<SqlValue>) = sets.into_iter().unzip();
+        let (add, add_values): (Vec<usize>, Vec<SqlValue>) = adds.into_iter().unzip();
+        values.extend(set_values);
+        values.extend(add_values);
+        Ok(Row {
+            shape: Shape::Update {
+                table: self.table_index,
+                set,
+                add,
+            },
+            values,
+            key,
+            guard: None,
+        })
+    }
+
+    /// An update's changes, as (sets, adds): each a column outside the key, changed once; an add
+    /// is numeric and not null.
+    #[allow(clippy::type_complexity)]
+    fn changes(
+        &self,
+        changes: &[wit::Change],
+    ) -> Result<(Vec<(usize, SqlValue)>, Vec<(usize, SqlValue)>), MutationError> {
+        let mut sets = Vec::new();
+        let mut adds = Vec::new();
+        let mut seen = HashSet::new();
+        for change in changes {
+            let (cv, is_add) = match change {
+                wit::Change::Set(cv) => (cv, false),
+                wit::Change::Add(cv) => (cv, true),
+            };
+            let [(c, value)]: [(usize, SqlValue); 1] = self
+                .values(std::slice::from_ref(cv))?
+                .try_into()
+                .map_err(|_| self.fail("internal: one change, one value".to_owned()))?;
+            let column = &self.table.columns[c];
+            if self.table.is_key(c) {
+                return Err(self.fail(format!(
+                    "cannot change primary key column {}",
+                    quoted(&column.name)
+                )));
+            }
+            if !seen.insert(c) {
+                return Err(self.fail(format!("column {} changed twice", quoted(&column.name))));
+            }
+            if !is_add {
+                sets.push((c, value));
+                continue;
+            }
+            if !column.ty.is_numeric() {
+                return Err(self.fail(format!(
+                    "add on non-numeric column {} ({})",
+                    quoted(&column.name),
+                    column.ty.name()
+                )));
+            }
+            if is_null(&value) {
+                return Err(self.fail(format!("add of null to column {}", quoted(&column.name))));
+            }
+            adds.push((c, value));
+        }
+        Ok((sets, adds))
+    }
+
+    fn delete(&self, op: &wit::DeleteOp) -> Result<Row, MutationError> {
+        let key_values = self.values(&op.key)?;
+        self.require_exact_key(&key_values, || {
+            "the key must give exactly the primary key columns".to_owned()
+        })?;
+        let key = self.key_of(&key_values)?;
+        Ok(Row {
+            shape: Shape::Delete {
+                table: self.table_index,
+            },
+            values: self.in_key_order(key_values),
+            key,
+            guard: None,
+        })
     }
 }
 
@@ -456,7 +523,10 @@ fn check_jsonb(document: &serde_json::Value) -> Result<(), String> {
             serde_json::Value::Number(number) if !numeric_fits(&number.to_string()) => {
                 return Err(format!(
                     "JSON number {} is outside PostgreSQL's numeric range",
-                    crate::guest_text::clip(&number.to_string(), crate::guest_text::MAX_NAME_BYTES)
+                    wallex_sandbox::guest_text::clip(
+                        &number.to_string(),
+                        wallex_sandbox::guest_text::MAX_NAME_BYTES
+                    )
                 ))
             }
             serde_json::Value::Array(items) => pending.extend(items),

@@ -40,7 +40,7 @@ use sqlx::{Connection, PgConnection, Row};
 use tracing::Instrument;
 
 use super::REPORT_SAMPLE;
-use crate::operation::{live_deployment, OperationError, SYSTEM_ACTOR};
+use crate::outcome::{live_deployment, OperationError, SYSTEM_ACTOR};
 use crate::rebuild::drop_rebuild;
 use crate::recovery_runs::{self as runs, TableDrift};
 use crate::registry::{self, DeploymentState};

@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::Connection;
 
+use crate::guest_event::to_guest_event;
 use crate::mutation;
-use crate::operation::OperationError;
-use crate::sandbox::engine::{to_guest_event, wit};
+use crate::outcome::OperationError;
 use crate::schema::{quote, ProjectionSchema};
 use crate::worker::BatchError;
 use crate::{checkpoint, registry, Projections};
 use wallex_core::outbox;
+use wallex_sandbox::engine::wit;
 
 /// Most events of one stream a repair replays (they go to the component in one call).
 pub const MAX_STREAM_EVENTS: u32 = 10_000;
@@ -337,7 +338,7 @@ fn check_ownership(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::engine::StreamOwner;
+    use wallex_sandbox::engine::StreamOwner;
 
     fn schema(owners: Option<Vec<StreamOwner>>) -> Result<ProjectionSchema, String> {
         let col = |name: &str, type_| wit::Column {

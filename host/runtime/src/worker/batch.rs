@@ -16,18 +16,107 @@ use super::{
     Active, BatchError, BatchHandler, BatchOutcome, PoisonEvent, Projector, Track, QUARANTINE_BURN,
     QUARANTINE_WINDOW,
 };
+use crate::guest_event::to_guest_event;
 use crate::mutation;
 use crate::poison_search::Search;
-use crate::sandbox::engine::{to_guest_event, wit, ComponentError, RuntimeLimits};
 use crate::schema::ProjectionSchema;
 use crate::{checkpoint, dead_letters};
 use wallex_core::outbox;
+use wallex_sandbox::engine::{wit, ComponentError, RuntimeLimits};
 use wallex_telemetry::catalogue::{
     PROJECTOR_BATCHES_APPLIED_TOTAL, PROJECTOR_BATCH_DURATION_SECONDS, PROJECTOR_BATCH_EVENTS,
     PROJECTOR_DEAD_LETTERS_TOTAL, PROJECTOR_EVENTS_APPLIED_TOTAL,
     PROJECTOR_GUEST_CALL_DURATION_SECONDS,
 };
 use wallex_telemetry::context;
+
+/// The events of a track's next batch, after `cursor`: a shadow's never past the live
+/// checkpoint, a dry run's never past its cut.
+async fn read_events(
+    tx: &mut PgConnection,
+    name: &str,
+    track: Track,
+    cursor: outbox::OutboxCursor,
+    limit: u32,
+) -> Result<Vec<outbox::OutboxEvent>, BatchError> {
+    Ok(match track {
+        Track::Shadow => {
+            // Never past the live checkpoint: the worker holds it still (it runs both tracks),
+            // so the shadow reaches exactly the live tables' state — the drift check's cut.
+            let live = checkpoint::cursor(&mut *tx, name).await?;
+            outbox::read_batch_until(&mut *tx, cursor, live, limit).await?
+        }
+        Track::DryRun(until) => outbox::read_batch_until(&mut *tx, cursor, until, limit).await?,
+        Track::Live | Track::Rebuild => outbox::read_batch(&mut *tx, cursor, limit).await?,
+    })
+}
+
+/// The guest batch of the outbox rows read: the events the projection subscribes to, and where
+/// each of them is among the rows.
+fn guest_batch(
+    schema: &ProjectionSchema,
+    events: &[outbox::OutboxEvent],
+) -> (Vec<wit::Event>, Vec<usize>) {
+    let mut rows_of = Vec::new();
+    let batch = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| schema.subscriptions.includes(&e.event_type))
+        .map(|(row, e)| {
+            rows_of.push(row);
+            to_guest_event(e)
+        })
+        .collect();
+    (batch, rows_of)
+}
+
+/// A root span per batch that read events: it links to the requests whose events it applies
+/// (their `traceparent`, kept in the events' metadata).
+fn batch_span(
+    name: &str,
+    track: Track,
+    cursor: outbox::OutboxCursor,
+    events: &[outbox::OutboxEvent],
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        parent: None,
+        "projection.batch",
+        projection = name,
+        track = ?track,
+        from_position = cursor.position,
+        to_position = tracing::field::Empty,
+        events = tracing::field::Empty,
+        linked_traces = tracing::field::Empty,
+    );
+    if context::exporting() {
+        let linked = context::link_all(
+            &span,
+            events.iter().filter_map(|e| {
+                e.metadata
+                    .get(context::TRACEPARENT)
+                    .and_then(serde_json::Value::as_str)
+            }),
+        );
+        span.record("linked_traces", linked);
+    }
+    span
+}
+
+/// The size hint of the next batch: one event after a pause, as narrowed by the search, or
+/// growing back (doubling) to the configured size, where the hint is 0 again (no hint).
+fn next_size_hint(paused: bool, narrowed: Option<usize>, hint: usize, batch_size: u32) -> usize {
+    let next = match (paused, narrowed, hint) {
+        (true, _, _) => 1,
+        (false, Some(size), _) => size.max(1),
+        (false, None, 0) => 0,
+        (false, None, hint) => hint.saturating_mul(2),
+    };
+    if next >= batch_size as usize {
+        0
+    } else {
+        next
+    }
+}
 
 /// Runs the handler on (part of) a batch and validates its output against the limits and the
 /// declaration.
@@ -158,19 +247,7 @@ impl Projector {
                 .await?;
         }
         let cursor = checkpoint::cursor(&mut tx, &key).await?;
-        let events = match track {
-            Track::Shadow => {
-                // Never past the live checkpoint: the worker holds it still (it runs both
-                // tracks), so the shadow reaches exactly the live tables' state — the drift
-                // check's cut.
-                let live = checkpoint::cursor(&mut tx, name).await?;
-                outbox::read_batch_until(&mut *tx, cursor, live, limit).await?
-            }
-            Track::DryRun(until) => {
-                outbox::read_batch_until(&mut *tx, cursor, until, limit).await?
-            }
-            Track::Live | Track::Rebuild => outbox::read_batch(&mut *tx, cursor, limit).await?,
-        };
+        let events = read_events(&mut tx, name, track, cursor, limit).await?;
         let read = started.elapsed();
 
         if events.is_empty() {
@@ -189,41 +266,9 @@ impl Projector {
             // Tests freeze a worker here (holding its checkpoint) to check stall detection.
             wallex_core::failpoint::hit_for("projector-batch", name).await;
         }
-        // A root span per batch that read events: it links to the requests whose events it
-        // applies (their `traceparent`, kept in the events' metadata).
-        let span = tracing::debug_span!(
-            parent: None,
-            "projection.batch",
-            projection = name,
-            track = ?track,
-            from_position = cursor.position,
-            to_position = tracing::field::Empty,
-            events = tracing::field::Empty,
-            linked_traces = tracing::field::Empty,
-        );
-        if context::exporting() {
-            let linked = context::link_all(
-                &span,
-                events.iter().filter_map(|e| {
-                    e.metadata
-                        .get(context::TRACEPARENT)
-                        .and_then(serde_json::Value::as_str)
-                }),
-            );
-            span.record("linked_traces", linked);
-        }
+        let span = batch_span(name, track, cursor, &events);
         async move {
-            // The guest batch, and where each of its events is in the outbox rows read.
-            let mut rows_of = Vec::new();
-            let batch: Vec<_> = events
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| schema.subscriptions.includes(&e.event_type))
-                .map(|(row, e)| {
-                    rows_of.push(row);
-                    to_guest_event(e)
-                })
-                .collect();
+            let (batch, rows_of) = guest_batch(schema, &events);
             let mut rows = 0;
             let mut reported = Vec::new();
             let (mut handled, mut applied) = (read, read);
@@ -257,33 +302,9 @@ impl Projector {
                         })
                     }
                 };
-                for (index, error) in &evaluation.poison {
-                    let event = &batch[*index];
-                    if let Track::DryRun(_) = track {
-                        // A dry run reports what the candidate fails on; the live dead letters
-                        // stay the live version's.
-                        reported.push(PoisonEvent {
-                            position: event.global_position,
-                            event_id: event.event_id.clone(),
-                            event_type: event.event_type.clone(),
-                            error: error.clone(),
-                        });
-                        continue;
-                    }
-                    dead_letters::record(&mut tx, name, event, error).await?;
-                    tracing::warn!(
-                        projection = name,
-                        ?track,
-                        position = event.global_position,
-                        event_id = %event.event_id,
-                        %error,
-                        "poison event skipped and dead-lettered (on_poison = skip)"
-                    );
-                }
-                if !self.dry_run {
-                    metrics::counter!(PROJECTOR_DEAD_LETTERS_TOTAL, "projection" => name.to_owned())
-                        .increment(evaluation.poison.len() as u64);
-                }
+                reported = self
+                    .settle_poison(&mut tx, track, &batch, &evaluation.poison)
+                    .await?;
                 applied = started.elapsed();
             }
             let last = events[consumed - 1].cursor();
@@ -295,36 +316,11 @@ impl Projector {
             tx.commit().await?;
             wallex_core::failpoint::hit("projection-after-commit").await;
             let committed = started.elapsed();
-            let label = || ("projection", name.to_owned());
-            if !self.dry_run {
-                metrics::counter!(PROJECTOR_BATCHES_APPLIED_TOTAL, &[label()]).increment(1);
-                metrics::histogram!(PROJECTOR_BATCH_DURATION_SECONDS, &[label()])
-                    .record(committed.as_secs_f64());
-                metrics::histogram!(PROJECTOR_BATCH_EVENTS, &[label()]).record(consumed as f64);
-            }
-            let current = tracing::Span::current();
-            current.record("to_position", last.position);
-            current.record("events", consumed);
-            if track == Track::Live {
-                metrics::counter!(PROJECTOR_EVENTS_APPLIED_TOTAL, &[label()])
-                    .increment(consumed as u64);
-                self.events_applied
-                    .fetch_add(consumed as u64, Ordering::Relaxed);
-                self.progress.send_replace(last);
-            }
-            // The next batch: as narrowed by the search, or growing back to the configured size.
-            let next_hint = match (paused.is_some(), narrowed, hint) {
-                (true, _, _) => 1,
-                (false, Some(size), _) => size.max(1),
-                (false, None, 0) => 0,
-                (false, None, hint) => hint.saturating_mul(2),
-            };
-            let next_hint = if next_hint >= batch_size as usize {
-                0
-            } else {
-                next_hint
-            };
-            self.size_hint[track.index()].store(next_hint, Ordering::Relaxed);
+            self.record_committed(track, consumed, last, committed);
+            self.size_hint[track.index()].store(
+                next_size_hint(paused.is_some(), narrowed, hint, batch_size),
+                Ordering::Relaxed,
+            );
             tracing::debug!(
                 projection = name,
                 ?track,
@@ -350,6 +346,75 @@ impl Projector {
         }
         .instrument(span)
         .await
+    }
+
+    /// After a batch committed: its metrics (never a dry run's), its span's end position and
+    /// size, and on the live track the events applied and the progress readers wait on.
+    fn record_committed(
+        &self,
+        track: Track,
+        consumed: usize,
+        last: outbox::OutboxCursor,
+        committed: Duration,
+    ) {
+        let name = self.name();
+        let label = || ("projection", name.to_owned());
+        if !self.dry_run {
+            metrics::counter!(PROJECTOR_BATCHES_APPLIED_TOTAL, &[label()]).increment(1);
+            metrics::histogram!(PROJECTOR_BATCH_DURATION_SECONDS, &[label()])
+                .record(committed.as_secs_f64());
+            metrics::histogram!(PROJECTOR_BATCH_EVENTS, &[label()]).record(consumed as f64);
+        }
+        let current = tracing::Span::current();
+        current.record("to_position", last.position);
+        current.record("events", consumed);
+        if track == Track::Live {
+            metrics::counter!(PROJECTOR_EVENTS_APPLIED_TOTAL, &[label()])
+                .increment(consumed as u64);
+            self.events_applied
+                .fetch_add(consumed as u64, Ordering::Relaxed);
+            self.progress.send_replace(last);
+        }
+    }
+
+    /// The poison events a batch settled (under `skip`): dead-lettered in the batch's
+    /// transaction, or, on a dry run's track, returned to be reported (the live dead letters
+    /// stay the live version's).
+    async fn settle_poison(
+        &self,
+        tx: &mut PgConnection,
+        track: Track,
+        batch: &[wit::Event],
+        poison: &[(usize, String)],
+    ) -> Result<Vec<PoisonEvent>, BatchError> {
+        let name = self.name();
+        let mut reported = Vec::new();
+        for (index, error) in poison {
+            let event = &batch[*index];
+            if let Track::DryRun(_) = track {
+                reported.push(PoisonEvent {
+                    position: event.global_position,
+                    event_id: event.event_id.clone(),
+                    event_type: event.event_type.clone(),
+                    error: error.clone(),
+                });
+                continue;
+            }
+            dead_letters::record(&mut *tx, name, event, error).await?;
+            tracing::warn!(
+                projection = name,
+                ?track,
+                position = event.global_position,
+                event_id = %event.event_id,
+                %error,
+                "poison event skipped and dead-lettered (on_poison = skip)"
+            );
+        }
+        if !self.dry_run {
+            metrics::counter!(PROJECTOR_DEAD_LETTERS_TOTAL, "projection" => name.to_owned())
+                .increment(poison.len() as u64);
+        }
+        Ok(reported)
     }
 
     /// Whether the component's calls run on the quarantine thread now.

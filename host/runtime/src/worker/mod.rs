@@ -40,10 +40,10 @@ use crate::checkpoint;
 use crate::checkpoint::{CheckpointError, Status};
 use crate::config::{Policy, WorkerConfig};
 use crate::mutation::MutationError;
-use crate::sandbox::engine::{wit, ComponentError, LoadedComponent, RuntimeLimits};
-use crate::sandbox::guest_pool::{GuestPool, GuestPoolError};
 use crate::schema::ProjectionSchema;
 use wallex_core::outbox::{self, OutboxCursor, OutboxError};
+use wallex_sandbox::engine::{wit, ComponentError, LoadedComponent, RuntimeLimits};
+use wallex_sandbox::guest_pool::{GuestPool, GuestPoolError};
 
 /// While live events flow, a drift check's shadow batch waits this many times its own duration
 /// after the last one (the replay then takes at most 1/(1+`SHADOW_YIELD`) of the worker's time,

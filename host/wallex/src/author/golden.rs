@@ -46,8 +46,8 @@ use serde_json::{json, Map, Value as Json};
 use sqlx::{Connection, PgConnection};
 
 use wallex_runtime::mutation;
-use wallex_runtime::sandbox::engine::{wit, ComponentError, LoadedComponent, RuntimeLimits};
 use wallex_runtime::schema::{quote, ColumnType, ProjectionSchema, TableSchema};
+use wallex_sandbox::engine::{wit, ComponentError, LoadedComponent, RuntimeLimits};
 
 use super::AuthorError;
 

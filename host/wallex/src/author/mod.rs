@@ -26,8 +26,8 @@ use sqlx::Connection;
 
 use crate::config::ProjectionArgs;
 use wallex_core::db::DEFAULT_DATABASE_URL;
-use wallex_runtime::sandbox::engine::ProjectionRuntime;
 use wallex_runtime::schema::ProjectionSchema;
+use wallex_sandbox::engine::ProjectionRuntime;
 
 /// Errors of the author commands: each prints as one line.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ pub struct TestReport {
 }
 
 /// The limits a server started with the same environment would give a projection's calls.
-fn serve_limits() -> Result<wallex_runtime::sandbox::engine::RuntimeLimits, AuthorError> {
+fn serve_limits() -> Result<wallex_sandbox::engine::RuntimeLimits, AuthorError> {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
@@ -243,12 +243,12 @@ pub fn cache_dir() -> PathBuf {
 /// Loads a component, from the compiled artifact cached by an earlier run when there is one
 /// (written by this process only, under the bytes' SHA-256 and the engine's key).
 fn load_cached(
-    limits: wallex_runtime::sandbox::engine::RuntimeLimits,
+    limits: wallex_sandbox::engine::RuntimeLimits,
     origin: &str,
     bytes: &[u8],
-) -> Result<wallex_runtime::sandbox::engine::LoadedComponent, AuthorError> {
+) -> Result<wallex_sandbox::engine::LoadedComponent, AuthorError> {
     let component =
-        |e: wallex_runtime::sandbox::engine::ComponentError| AuthorError::Component(e.to_string());
+        |e: wallex_sandbox::engine::ComponentError| AuthorError::Component(e.to_string());
     let runtime = ProjectionRuntime::new(limits).map_err(component)?;
     let dir = cache_dir().join("artifacts").join(runtime.engine_key());
     let sha256 = wallex_runtime::registry::sha256_hex(bytes);

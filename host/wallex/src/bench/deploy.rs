@@ -20,8 +20,8 @@ use clap::Args;
 use super::{format_latencies, latency_histogram};
 use crate::config::DatabaseConfig;
 use wallex_core::db;
-use wallex_runtime::sandbox::bundled;
 use wallex_runtime::{checkpoint, registry, ProjectionConfig, Projections};
+use wallex_sandbox::bundled;
 
 /// How often the rebuild bench checks for the cut-over.
 const REBUILD_POLL: Duration = Duration::from_millis(20);

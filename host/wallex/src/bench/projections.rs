@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use super::{format_latencies, latency_histogram};
 use crate::config::DatabaseConfig;
 use wallex_core::db;
-use wallex_runtime::sandbox::bundled;
-use wallex_runtime::sandbox::engine::{wit, ComponentError, ProjectionRuntime};
 use wallex_runtime::schema::ProjectionSchema;
 use wallex_runtime::worker::BatchHandler;
 use wallex_runtime::{checkpoint, ProjectionConfig, Projections};
+use wallex_sandbox::bundled;
+use wallex_sandbox::engine::{wit, ComponentError, ProjectionRuntime};
 
 /// How often the bench checks whether the workers caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(5);
@@ -225,7 +225,7 @@ impl BatchHandler for NativeReadModel {
     fn handle(
         &self,
         batch: &[wit::Event],
-        _limits: &wallex_runtime::sandbox::engine::RuntimeLimits,
+        _limits: &wallex_sandbox::engine::RuntimeLimits,
     ) -> Result<Vec<wit::Mutation>, ComponentError> {
         batch.iter().map(native_wallet_created).collect()
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, ValueEnum};
 use wallex_runtime::config::{self, ConfigError, OnPoison, ProjectionOptions};
-use wallex_runtime::sandbox::{engine, guest_pool};
+use wallex_sandbox::{engine, guest_pool};
 
 /// Command-line / environment settings of the projection runtime.
 #[derive(Debug, Clone, Args)]

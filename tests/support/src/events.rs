@@ -1,0 +1,85 @@
+//! Writing events exactly as the write path does (event store + outbox in one transaction), and
+//! reading back the outbox's last cursor and a table's rows: the support of the tests that run
+//! parts of wallex in the test process instead of through the binary.
+
+use chrono::Utc;
+use sqlx::PgPool;
+use wallex_core::eventstore::postgres::PgEventStore;
+use wallex_core::eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use wallex_core::outbox::{self, OutboxCursor};
+
+/// Appends a `WalletCreated` and enqueues it in the outbox in one transaction; returns its position.
+pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i64 {
+    let store = PgEventStore::new(pool.clone());
+    let mut tx = pool.begin().await.expect("begin");
+    let data = serde_json::json!({
+        "walletId": id,
+        "ownerId": format!("owner-{id}"),
+        "initialBalance": initial_balance,
+        "currency": "USD",
+        "createdAt": "2026-11-26T12:00:00.000Z",
+    });
+    let event = NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "WalletCreated".into(),
+        data,
+        metadata: EventMetadata {
+            correlation_id: format!("corr-{id}"),
+            causation_id: format!("cause-{id}"),
+            idempotency_key: None,
+            traceparent: None,
+            request_fingerprint: None,
+            kurrentdb: None,
+        },
+    };
+    let recorded = store
+        .append(
+            &mut tx,
+            &format!("wallet-{id}"),
+            ExpectedVersion::NoStream,
+            &[event],
+            Utc::now(),
+        )
+        .await
+        .expect("append");
+    outbox::enqueue(&mut *tx, &recorded).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    recorded[0].global_position
+}
+
+/// The cursor of the last outbox row.
+pub async fn last_cursor(pool: &PgPool) -> OutboxCursor {
+    let (position,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(global_position), 0) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .expect("max position");
+    let mut best = OutboxCursor::START;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT xact_id::text, global_position FROM outbox ORDER BY xact_id DESC, global_position DESC LIMIT 1")
+            .fetch_all(pool)
+            .await
+            .expect("last row");
+    if let Some((xact, pos)) = rows.into_iter().next() {
+        best = OutboxCursor {
+            xact_id: xact.parse().expect("xid"),
+            position: pos,
+        };
+    }
+    let _ = position;
+    best
+}
+
+/// All rows of a table as JSON, in primary-key order (for comparisons).
+pub async fn table_snapshot(
+    pool: &PgPool,
+    qualified: &str,
+    order_by: &str,
+) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(&format!(
+        "SELECT to_jsonb(t) FROM {qualified} AS t ORDER BY {order_by}"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("snapshot")
+}
