@@ -13,6 +13,7 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// The token the admin helpers send.
 const TOKEN: &str = ADMIN_TOKEN;
 
+/// `GET` on the admin API, which must answer 200; its JSON body.
 pub async fn admin_get(server: &Server, path: &str) -> serde_json::Value {
     let reply = read(
         client()
@@ -27,6 +28,7 @@ pub async fn admin_get(server: &Server, path: &str) -> serde_json::Value {
     reply.json()
 }
 
+/// `PUT`s a component to an admin path (waiting for the compile as long as a request may).
 pub async fn admin_put(server: &Server, path: &str, component: Vec<u8>) -> Reply {
     read(
         client()
@@ -44,6 +46,7 @@ pub async fn admin_put(server: &Server, path: &str, component: Vec<u8>) -> Reply
     .await
 }
 
+/// `POST` on the admin API with no body.
 pub async fn admin_post(server: &Server, path: &str) -> Reply {
     read(
         client()
@@ -56,6 +59,7 @@ pub async fn admin_post(server: &Server, path: &str) -> Reply {
     .await
 }
 
+/// Polls `check` every 100 ms until it holds, or panics after [`PATIENCE`].
 pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !check().await {
@@ -109,6 +113,7 @@ pub async fn wait_caught_up(server: &Server, name: &str) -> serde_json::Value {
     .await
 }
 
+/// The wallet ids a fixture projection recorded in its `seen` table, in order.
 pub async fn seen(pool: &PgPool, projection: &str) -> Vec<String> {
     sqlx::query_scalar(&format!(
         "SELECT wallet_id FROM projection_{}.seen ORDER BY 1",

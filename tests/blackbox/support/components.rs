@@ -11,6 +11,7 @@ pub fn wasm(file: &str) -> Vec<u8> {
 pub struct ComponentDir(pub std::path::PathBuf);
 
 impl ComponentDir {
+    /// A new directory under the system's temporary one, holding copies of `files`.
     pub fn new(files: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("wallex-fault-{}", uuid::Uuid::new_v4().simple()));
@@ -21,6 +22,7 @@ impl ComponentDir {
         Self(dir)
     }
 
+    /// The directory, as `WALLEX_PROJECTIONS_DIR` takes it.
     pub fn path(&self) -> String {
         self.0.display().to_string()
     }

@@ -16,12 +16,16 @@ pub fn client() -> reqwest::Client {
 /// A response, fully read.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The status code.
     pub status: u16,
+    /// The response headers.
     pub headers: reqwest::header::HeaderMap,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 
 impl Reply {
+    /// The body as JSON (panics, showing the body, when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|error| {
             panic!(
@@ -31,10 +35,12 @@ impl Reply {
         })
     }
 
+    /// A header's value, if present and text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 
+    /// The body as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -96,6 +102,7 @@ pub async fn post_owned(
     read(request.send().await.expect("send")).await
 }
 
+/// Reads a response whole.
 pub async fn read(response: reqwest::Response) -> Reply {
     Reply {
         status: response.status().as_u16(),
@@ -104,6 +111,7 @@ pub async fn read(response: reqwest::Response) -> Reply {
     }
 }
 
+/// `GET` on the server, read whole.
 pub async fn get(client: &reqwest::Client, server: &Server, path: &str) -> Reply {
     read(client.get(server.url(path)).send().await.expect("send")).await
 }

@@ -13,6 +13,7 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `wallex serve` process.
 pub struct Server {
     child: Child,
+    /// `http://127.0.0.1:PORT`, the address it logged.
     pub base: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -121,10 +122,12 @@ impl Server {
         })
     }
 
+    /// The URL of `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -171,6 +174,7 @@ impl Server {
         None
     }
 
+    /// Everything it printed so far (stdout and stderr), one line per line.
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").join("\n")
     }
