@@ -4,23 +4,17 @@
 use chrono::Utc;
 use wallex_core::eventstore::postgres::PgEventStore;
 use wallex_core::eventstore::{
-    EventMetadata, EventStore, EventStoreError, ExpectedVersion, NewEvent, StreamAppend,
+    EventStore, EventStoreError, ExpectedVersion, NewEvent, StreamAppend,
 };
 use wallex_test_support::db::TestDb;
+use wallex_test_support::events::metadata;
 
 fn event(n: u32) -> NewEvent {
     NewEvent {
         event_id: uuid::Uuid::new_v4(),
         event_type: "Tested".into(),
         data: serde_json::json!({ "n": n }),
-        metadata: EventMetadata {
-            correlation_id: "c".into(),
-            causation_id: "c".into(),
-            idempotency_key: None,
-            traceparent: None,
-            request_fingerprint: None,
-            kurrentdb: None,
-        },
+        metadata: metadata("c", "c"),
     }
 }
 

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::{PgPool, Postgres, Transaction};
-use wallex_core::eventstore::{EventMetadata, RecordedEvent};
+use wallex_core::eventstore::RecordedEvent;
 use wallex_core::outbox::{self, OutboxCursor, OutboxEvent};
 use wallex_test_support::db::TestDb;
+use wallex_test_support::events::metadata;
 
 fn event(position: i64) -> RecordedEvent {
     RecordedEvent {
@@ -17,14 +18,7 @@ fn event(position: i64) -> RecordedEvent {
         stream_version: 1,
         event_type: "WalletCreated".into(),
         data: serde_json::json!({"n": position}),
-        metadata: EventMetadata {
-            correlation_id: "c".into(),
-            causation_id: "c".into(),
-            idempotency_key: None,
-            traceparent: None,
-            request_fingerprint: None,
-            kurrentdb: None,
-        },
+        metadata: metadata("c", "c"),
         recorded_at: Utc::now(),
     }
 }

@@ -8,6 +8,18 @@ use wallex_core::eventstore::postgres::PgEventStore;
 use wallex_core::eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
 use wallex_core::outbox::{self, OutboxCursor};
 
+/// Event metadata as a test writes it: the given correlation and causation ids, nothing else.
+pub fn metadata(correlation_id: &str, causation_id: &str) -> EventMetadata {
+    EventMetadata {
+        correlation_id: correlation_id.to_owned(),
+        causation_id: causation_id.to_owned(),
+        idempotency_key: None,
+        traceparent: None,
+        request_fingerprint: None,
+        kurrentdb: None,
+    }
+}
+
 /// Appends a `WalletCreated` and enqueues it in the outbox in one transaction; returns its position.
 pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i64 {
     let store = PgEventStore::new(pool.clone());
@@ -23,14 +35,7 @@ pub async fn create_wallet(pool: &PgPool, id: &str, initial_balance: &str) -> i6
         event_id: uuid::Uuid::new_v4(),
         event_type: "WalletCreated".into(),
         data,
-        metadata: EventMetadata {
-            correlation_id: format!("corr-{id}"),
-            causation_id: format!("cause-{id}"),
-            idempotency_key: None,
-            traceparent: None,
-            request_fingerprint: None,
-            kurrentdb: None,
-        },
+        metadata: metadata(&format!("corr-{id}"), &format!("cause-{id}")),
     };
     let recorded = store
         .append(

@@ -50,6 +50,9 @@ pub(super) fn validate(
     }
 }
 
+/// Values by column index, as the checks pass them on.
+type Columns = Vec<(usize, SqlValue)>;
+
 /// One mutation of one declared table being checked: what its errors name, and the checks the
 /// four operations share.
 struct Checker<'a> {
@@ -312,11 +315,7 @@ impl Checker<'_> {
 
     /// An update's changes, as (sets, adds): each a column outside the key, changed once; an add
     /// is numeric and not null.
-    #[allow(clippy::type_complexity)]
-    fn changes(
-        &self,
-        changes: &[wit::Change],
-    ) -> Result<(Vec<(usize, SqlValue)>, Vec<(usize, SqlValue)>), MutationError> {
+    fn changes(&self, changes: &[wit::Change]) -> Result<(Columns, Columns), MutationError> {
         let mut sets = Vec::new();
         let mut adds = Vec::new();
         let mut seen = HashSet::new();
