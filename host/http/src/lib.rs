@@ -1,9 +1,9 @@
 //! wallex-http: the HTTP layer — every route, RFC 9457 problems and the JSON shapes.
 //!
-//! Why it exists: it maps HTTP onto the write path ([`wallex_core`]) and the projection runtime
-//! ([`wallex_runtime`]) and nothing else; business rules live there. It is the only crate that
-//! knows JSON shapes of requests and answers ([`wire`] for the admin API, whose bodies the CLI
-//! reads too).
+//! Why it exists: it maps HTTP onto the write path ([`wallex_core`]), the projections' data plane
+//! ([`wallex_runtime`]) and their control plane ([`wallex_control`]) and nothing else; business
+//! rules live there. It is the only crate that knows JSON shapes of requests and answers ([`wire`]
+//! for the admin API, whose bodies the CLI reads too).
 //!
 //! # Layout
 //!
@@ -62,7 +62,7 @@ pub struct AppState {
     /// The HTTP layer's settings.
     pub config: Arc<HttpConfig>,
     /// The loaded projections (their workers may run in this process or another).
-    pub projections: wallex_runtime::Projections,
+    pub projections: wallex_control::Projections,
     /// State of the `/admin` routes.
     pub admin: crate::admin::AdminState,
     /// What telemetry was installed (the Prometheus handle `/metrics` renders).

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 
 use super::problem::Problem;
 use super::AppState;
-use wallex_runtime::status::ReportedStatus;
+use wallex_control::status::ReportedStatus;
 use wallex_telemetry::catalogue::{
     DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, OUTBOX_LAG_EVENTS, OUTBOX_LAG_SECONDS,
     OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS, PROJECTOR_COMPILED_BYTES,
@@ -64,7 +64,7 @@ async fn set_gauges(state: &AppState) -> Result<(), Problem> {
         .await
         .map_err(|error| Problem::internal(&error))?;
     metrics::gauge!(OUTBOX_OLDEST_UNPROCESSED_AGE_SECONDS).set(
-        wallex_runtime::status::oldest_unprocessed_seconds(&statuses),
+        wallex_control::status::oldest_unprocessed_seconds(&statuses),
     );
     for item in &statuses {
         let name = item.name.clone();

@@ -26,12 +26,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::problem::Problem;
+use wallex_control::Projections;
 use wallex_core::outbox;
 use wallex_runtime::checkpoint::{self, Checkpoint};
 use wallex_runtime::guest_text::quoted;
 use wallex_runtime::read::{self, ReadError};
 use wallex_runtime::worker::Projector;
-use wallex_runtime::Projections;
 
 /// How often a waiting read re-reads the checkpoint (another process may hold the lease).
 pub const READ_AFTER_WRITE_POLL: Duration = Duration::from_millis(20);

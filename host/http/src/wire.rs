@@ -2,26 +2,27 @@
 //! server and deserialised by the CLI (`wallex projections …`), so both sides agree by
 //! construction.
 //!
-//! Why it exists: the runtime reports typed values (`wallex_runtime::status`, `dead_letters`,
-//! `outcome::Activation`) and knows no JSON; this module is the only place that decides field
-//! names and formats. Every body converts from the runtime's value with `From`.
+//! Why it exists: the projection crates report typed values (`wallex_control::status`,
+//! `wallex_runtime::dead_letters`, `wallex_control::outcome::Activation`) and know no JSON; this
+//! module is the only place that decides field names and formats. Every body converts from the
+//! runtime's value with `From`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use wallex_control::dry_run::{DryRun, TableChange};
+use wallex_control::outcome::Activation;
+use wallex_control::recovery::drift::ProjectionRepair;
+use wallex_control::recovery::RecoveryStatus;
+use wallex_control::recovery::Repair;
+use wallex_control::recovery_runs::Run;
+use wallex_control::stall::Stall;
+use wallex_control::status::{
+    CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,
+};
 use wallex_core::read_model_check::DriftedRow;
 use wallex_runtime::config::{OnPoison, Policy, ProjectionSettings};
 use wallex_runtime::dead_letters::{DeadLetter, ReplayOutcome};
-use wallex_runtime::dry_run::{DryRun, TableChange};
-use wallex_runtime::outcome::Activation;
-use wallex_runtime::recovery::drift::ProjectionRepair;
-use wallex_runtime::recovery::RecoveryStatus;
-use wallex_runtime::recovery::Repair;
-use wallex_runtime::recovery_runs::Run;
 use wallex_runtime::registry::AdminAction;
-use wallex_runtime::stall::Stall;
-use wallex_runtime::status::{
-    CheckpointPosition, OutboxStats, ProjectionLag, ProjectionStatus, RebuildProgress, RunningHere,
-};
 
 /// `GET /admin/projections`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -142,8 +142,8 @@ pub fn shadow_key(projection: &str) -> String {
     format!("{projection}{SHADOW_SUFFIX}")
 }
 
-/// Suffix of the checkpoint key of a projection's dry run (see [`crate::dry_run`]): one at a
-/// time per projection.
+/// Suffix of the checkpoint key of a projection's dry run (see `wallex-control`'s `dry_run`): one
+/// at a time per projection.
 pub const DRY_RUN_SUFFIX: &str = "#dry-run";
 
 /// The checkpoint key of `projection`'s dry run.

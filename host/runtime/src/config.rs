@@ -620,7 +620,7 @@ impl WorkerConfig {
     }
 }
 
-/// Limits of every dry run (see [`crate::dry_run`]).
+/// Limits of every dry run (see `wallex-control`'s `dry_run`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DryRunLimits {
     /// Longest a run may take, compile included.

@@ -5,8 +5,8 @@
 //! it; an operator lists the open ones and re-runs them after a fix.
 //!
 //! Architecture invariant: the only module that reads or writes `projection_dead_letters`. API
-//! boundary: rows only; listing and replaying by name are operations in [`crate::lifecycle`],
-//! which also calls the component.
+//! boundary: rows only; listing and replaying by name are operations in `wallex-control`'s
+//! `lifecycle`, which also calls the component.
 
 use sqlx::PgConnection;
 

@@ -78,7 +78,7 @@ pub struct Deployment {
     pub build_seq: i64,
     /// When the live version was deployed.
     pub deployed_at: DateTime<Utc>,
-    /// Who deployed it (an operator, or the host's own actor names in [`crate::deploy`]).
+    /// Who deployed it (an operator, or the host's own actor names in `wallex-control`'s `deploy`).
     pub deployed_by: String,
     /// Limits and poison policy given with the deploy ([`super::config::ProjectionSettings`]).
     pub settings: serde_json::Value,
@@ -304,14 +304,14 @@ pub struct AdminAction {
     pub id: i64,
     /// When the action happened.
     pub at: DateTime<Utc>,
-    /// Who did it: an operator, or the host's own actor names in [`crate::deploy`].
+    /// Who did it: an operator, or the host's own actor names in `wallex-control`'s `deploy`.
     pub actor: String,
     /// What was done (`deploy`, `pause`, `rebuild`, …).
     pub action: String,
     /// The projection it concerned, if one.
     pub projection: Option<String>,
     /// How it ended: `ok`, `failed`, `rejected`, or a deploy's
-    /// [`crate::outcome::Activation::as_str`].
+    /// `wallex-control`'s `outcome::Activation::as_str`.
     pub outcome: String,
     /// What else the action recorded, as a JSON object (for a deploy: digest, schema version,
     /// source, size, settings).

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
+use wallex_control as projection;
 use wallex_core::eventstore::kurrent::{EventStoreSetupError, KurrentEventStore};
 use wallex_core::eventstore::postgres::PgEventStore;
 use wallex_core::eventstore::StreamReader;
@@ -22,7 +23,6 @@ use wallex_core::write_path::orphans::OrphanCompleter;
 use wallex_core::write_path::WritePath;
 use wallex_core::{db, idempotency};
 use wallex_http::{AppState, HttpConfig};
-use wallex_runtime as projection;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
     /// The projection settings are invalid.
     #[error(transparent)]
-    ProjectionConfig(#[from] projection::config::ConfigError),
+    ProjectionConfig(#[from] wallex_runtime::config::ConfigError),
     /// The projections could not be loaded or registered.
     #[error("cannot load the projections: {0}")]
     Projections(#[from] projection::LoadError),

@@ -279,7 +279,7 @@ mod tests {
         );
         assert_eq!(
             serve.recovery.settings(),
-            wallex_runtime::recovery::RecoveryConfig::default()
+            wallex_control::recovery::RecoveryConfig::default()
         );
         let projections = serve.projections.settings().expect("no overrides");
         assert_eq!(projections, wallex_runtime::ProjectionOptions::default());

@@ -14,7 +14,7 @@
 //! server named by `WALLEX_TEST_ADMIN_URL` (default: the local cluster); nothing is mocked.
 //!
 //! API boundary: it knows the schema only through `wallex-core` (its migrator and event store)
-//! and the runtime only through `wallex-runtime`'s public API. It knows no server process:
+//! and the projections only through the public APIs of `wallex-runtime` and `wallex-control`. It knows no server process:
 //! spawning the binary is the black-box suite's own support (`tests/blackbox/support/`), since
 //! only a test of the binary's package can name the binary.
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use wallex_control::Projections;
 use wallex_core::outbox::OutboxCursor;
-use wallex_runtime::{ProjectionConfig, Projections};
+use wallex_runtime::ProjectionConfig;
 
 use crate::db::PooledDb;
 

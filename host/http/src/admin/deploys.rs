@@ -25,8 +25,8 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use uuid::Uuid;
+use wallex_control::outcome::UPLOAD_SOURCE;
 use wallex_runtime::config::ProjectionSettings;
-use wallex_runtime::outcome::UPLOAD_SOURCE;
 use wallex_runtime::registry;
 
 use super::{actor, settle, AdminState};

@@ -1,5 +1,5 @@
 //! `/admin/dry-runs`: a candidate component replayed over the live log into a shadow of its own
-//! and compared with the live version, never put live (see [`wallex_runtime::dry_run`]).
+//! and compared with the live version, never put live (see [`wallex_control::dry_run`]).
 //!
 //! Why it exists: `wallex projections deploy FILE --dry-run` asks "what would this version write
 //! against the real log?" over the same authenticated admin API as a deploy (same token, upload
@@ -26,8 +26,8 @@ use super::deploys::requested_wait;
 use super::{actor, check_name, problem, read_component, AdminState};
 use crate::problem::Problem;
 use crate::wire::{DryRunBody, DryRunList};
-use wallex_runtime::dry_run::DryRunRequest;
-use wallex_runtime::OperationError;
+use wallex_control::dry_run::DryRunRequest;
+use wallex_control::OperationError;
 
 /// How often a request waiting for a run (`Prefer: wait=N`) looks at it.
 pub const WAIT_POLL: Duration = Duration::from_millis(100);

@@ -47,9 +47,10 @@ use crate::wire::{
     ActionAnswer, ActionList, DeadLetterList, DeleteAnswer, OutboxStatsBody, Outcome,
     ProjectionList, ProjectionStatusBody,
 };
+use wallex_control::{OperationError, Projections};
 use wallex_runtime::config::ProjectionSettings;
+use wallex_runtime::registry;
 use wallex_runtime::schema::is_projection_name;
-use wallex_runtime::{registry, OperationError, Projections};
 
 /// Media type of a component upload.
 pub const WASM_CONTENT_TYPE: &str = "application/wasm";
@@ -68,7 +69,7 @@ pub struct AdminState {
     /// The projections the admin routes operate on.
     pub projections: Projections,
     /// The recovery service (`/admin/recovery`), when this server runs one.
-    pub recovery: Option<wallex_runtime::recovery::Recovery>,
+    pub recovery: Option<wallex_control::recovery::Recovery>,
     /// SHA-256 of the configured token (`None`: admin is off).
     token_digest: Option<[u8; 32]>,
     /// The deploys this instance ran recently (`GET /admin/deploys/{id}`).
@@ -82,7 +83,7 @@ impl AdminState {
     /// turns the admin API off: 404).
     pub fn new(
         projections: Projections,
-        recovery: Option<wallex_runtime::recovery::Recovery>,
+        recovery: Option<wallex_control::recovery::Recovery>,
         token: Option<&str>,
     ) -> Self {
         Self {

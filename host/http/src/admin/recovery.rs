@@ -15,8 +15,8 @@ use serde::Deserialize;
 use super::{actor, check_name, AdminState};
 use crate::problem::Problem;
 use crate::wire::{RecoveryRunBody, RecoveryStatusBody, RepairBody};
+use wallex_control::recovery::{Recovery, RecoveryError};
 use wallex_runtime::guest_text::quoted;
-use wallex_runtime::recovery::{Recovery, RecoveryError};
 
 fn problem(error: RecoveryError) -> Problem {
     let error = match error {
@@ -114,8 +114,8 @@ pub(crate) async fn repair(
         .await
         .map_err(problem)?;
     let status = match repair {
-        wallex_runtime::recovery::Repair::Stream(_) => StatusCode::OK,
-        wallex_runtime::recovery::Repair::Projection(_) => StatusCode::ACCEPTED,
+        wallex_control::recovery::Repair::Stream(_) => StatusCode::OK,
+        wallex_control::recovery::Repair::Projection(_) => StatusCode::ACCEPTED,
     };
     Ok((status, Json(RepairBody::new(name, repair))))
 }

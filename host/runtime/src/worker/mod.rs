@@ -99,8 +99,8 @@ pub enum BatchError {
     /// The guest thread pool shut down, or guest code panicked a host thread.
     #[error(transparent)]
     Guest(#[from] GuestPoolError),
-    /// PostgreSQL refused data of validated mutations (see [`crate::mutation::data_rejection`]); the
-    /// worker then applies the batch range by range to attribute it.
+    /// PostgreSQL refused data of validated mutations (see [`crate::mutation::data_rejection`]);
+    /// the worker then applies the batch range by range to attribute it.
     #[error("{0}")]
     Data(String),
     /// The search for the failing event settled nothing (it always settles at least one event
@@ -231,8 +231,8 @@ pub enum Track {
     Rebuild,
     /// A drift check's shadow tables, under `<name>#rebuild`, never past the live checkpoint.
     Shadow,
-    /// A dry run's tables (see [`crate::dry_run`]), under `<name>#dry-run`, never past the
-    /// given cursor. Its poison events are reported in the outcome, never dead-lettered.
+    /// A dry run's tables (see `wallex-control`'s `dry_run`), under `<name>#dry-run`, never past
+    /// the given cursor. Its poison events are reported in the outcome, never dead-lettered.
     DryRun(OutboxCursor),
 }
 
@@ -456,8 +456,8 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// Why a [`Supervisor`] request failed (the worker logs it and retries).
 pub type SupervisorError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a worker asks of the runtime around it. [`crate::Projections`] implements it; through
-/// this seam the worker depends on neither the registry, reconciliation nor the rebuild
+/// What a worker asks of the runtime around it. `wallex-control`'s `Projections` implements it;
+/// through this seam the worker depends on neither the registry, reconciliation nor the rebuild
 /// machinery.
 pub trait Supervisor: Send + Sync + 'static {
     /// Makes this process run what the registry says for `projection` (after a lease is taken,

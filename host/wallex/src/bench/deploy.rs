@@ -19,8 +19,9 @@ use clap::Args;
 
 use super::{format_latencies, latency_histogram};
 use crate::config::DatabaseConfig;
+use wallex_control::Projections;
 use wallex_core::db;
-use wallex_runtime::{checkpoint, registry, ProjectionConfig, Projections};
+use wallex_runtime::{checkpoint, registry, ProjectionConfig};
 use wallex_sandbox::bundled;
 
 /// How often the rebuild bench checks for the cut-over.
@@ -89,10 +90,10 @@ pub enum DeployBenchError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     /// The projections could not be loaded in the bench process.
     #[error(transparent)]
-    Load(#[from] wallex_runtime::LoadError),
+    Load(#[from] wallex_control::LoadError),
     /// A deploy or rebuild in the bench process was refused.
     #[error(transparent)]
-    Deploy(#[from] wallex_runtime::OperationError),
+    Deploy(#[from] wallex_control::OperationError),
     /// What the bench waited for did not happen within its time limit; names what.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -281,7 +282,7 @@ pub async fn run_rebuild(args: RebuildBenchArgs) -> Result<(), DeployBenchError>
     let run = projections
         .start_dry_run(
             tagged_build(read_model_bytes(), "dry-run"),
-            wallex_runtime::dry_run::DryRunRequest {
+            wallex_control::dry_run::DryRunRequest {
                 name: Some(PROJECTION.to_owned()),
                 keep: false,
                 max_events: None,

@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{format_latencies, latency_histogram};
 use crate::config::DatabaseConfig;
+use wallex_control::Projections;
 use wallex_core::db;
 use wallex_runtime::schema::ProjectionSchema;
 use wallex_runtime::worker::BatchHandler;
-use wallex_runtime::{checkpoint, ProjectionConfig, Projections};
+use wallex_runtime::{checkpoint, ProjectionConfig};
 use wallex_sandbox::bundled;
 use wallex_sandbox::engine::{wit, ComponentError, ProjectionRuntime};
 
@@ -68,7 +69,7 @@ pub enum ProjectionBenchError {
     Sql(#[from] sqlx::Error),
     /// The projections could not be set up in the bench process.
     #[error(transparent)]
-    Load(#[from] wallex_runtime::LoadError),
+    Load(#[from] wallex_control::LoadError),
     /// A bundled component could not be loaded or described.
     #[error(transparent)]
     Component(#[from] ComponentError),

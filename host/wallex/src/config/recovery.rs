@@ -1,7 +1,7 @@
 //! `wallex serve`'s recovery flags → [`RecoveryConfig`].
 
 use clap::Args;
-use wallex_runtime::recovery::{self, RecoveryConfig};
+use wallex_control::recovery::{self, RecoveryConfig};
 
 /// When and how the recovery service runs.
 #[derive(Debug, Clone, Copy, Args)]

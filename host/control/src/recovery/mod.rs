@@ -33,13 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::recovery_runs as runs;
-use crate::registry;
-use crate::schema::stable_namespace;
 use crate::stall;
 use crate::Projections;
 use wallex_core::read_model_check::{
     ReadModelCheck, ReadModelCheckError, ReadModelReport, ReadModelShape,
 };
+use wallex_runtime::registry;
+use wallex_runtime::schema::stable_namespace;
 use wallex_telemetry::catalogue::RECOVERY_RUNS_TOTAL;
 
 /// The bundled read model's projection, which the read-model check compares with `wallets`.
@@ -332,14 +332,20 @@ impl Recovery {
             return Ok(run);
         };
         let pool = self.projections.pool();
-        let replaying = crate::checkpoint::read(pool, &crate::checkpoint::rebuild_key(&projection))
-            .await
-            .ok()
-            .flatten();
-        let comparing = crate::checkpoint::read(pool, &crate::checkpoint::shadow_key(&projection))
-            .await
-            .ok()
-            .flatten();
+        let replaying = wallex_runtime::checkpoint::read(
+            pool,
+            &wallex_runtime::checkpoint::rebuild_key(&projection),
+        )
+        .await
+        .ok()
+        .flatten();
+        let comparing = wallex_runtime::checkpoint::read(
+            pool,
+            &wallex_runtime::checkpoint::shadow_key(&projection),
+        )
+        .await
+        .ok()
+        .flatten();
         run.progress = match (replaying, comparing) {
             (Some(c), _) => Some(runs::DriftProgress {
                 phase: runs::DriftPhase::Replaying,

@@ -22,9 +22,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::checkpoint::{self, Status};
-use crate::registry;
-use crate::worker::Projector;
+use wallex_runtime::checkpoint::{self, Status};
+use wallex_runtime::registry;
+use wallex_runtime::worker::Projector;
 use wallex_telemetry::catalogue::PROJECTOR_STALL_RESTARTS_TOTAL;
 
 /// Longest wait between two restarts of a projection that stays stalled.

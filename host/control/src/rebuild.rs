@@ -10,10 +10,13 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 use crate::outcome::{execute_ddl, live_deployment, Activation, OperationError, SYSTEM_ACTOR};
-use crate::registry::{Deployment, Rebuild};
-use crate::schema::{build_namespace, namespace_base, quote, ProjectionSchema, MAX_BUILD_NUMBER};
-use crate::worker::{Active, Projector};
-use crate::{checkpoint, registry, Projections};
+use crate::Projections;
+use wallex_runtime::registry::{Deployment, Rebuild};
+use wallex_runtime::schema::{
+    build_namespace, namespace_base, quote, ProjectionSchema, MAX_BUILD_NUMBER,
+};
+use wallex_runtime::worker::{Active, Projector};
+use wallex_runtime::{checkpoint, registry};
 
 impl Projections {
     /// Rebuilds a projection's live version into fresh tables (blue/green).

@@ -10,7 +10,7 @@
 //! 1. **Replay** ([`Projections::start_drift`]): the rebuild machinery fills a shadow namespace
 //!    (`…_b<n>`) from the start of the log with the live version, marked as a drift shadow
 //!    (`projection_rebuilds.purpose = 'drift'`). The worker holding the lease runs it as
-//!    [`crate::worker::Track::Shadow`]: never past the live checkpoint.
+//!    [`wallex_runtime::worker::Track::Shadow`]: never past the live checkpoint.
 //! 2. **Cut** (`Projections::drift_cut`): once the shadow stands at the live checkpoint, the
 //!    worker (which is the only one moving the live checkpoint) holds at that batch boundary just
 //!    long enough to open a repeatable-read snapshot; in it, both checkpoints must be equal, so
@@ -43,11 +43,12 @@ use super::REPORT_SAMPLE;
 use crate::outcome::{live_deployment, OperationError, SYSTEM_ACTOR};
 use crate::rebuild::drop_rebuild;
 use crate::recovery_runs::{self as runs, TableDrift};
-use crate::registry::{self, DeploymentState};
-use crate::schema::{quote, ProjectionSchema};
-use crate::worker::{Active, Projector};
-use crate::{checkpoint, Projections};
+use crate::Projections;
 use wallex_core::read_model_check::{DriftedRow, ReadModelReport, RowDrift};
+use wallex_runtime::checkpoint;
+use wallex_runtime::registry::{self, DeploymentState};
+use wallex_runtime::schema::{quote, ProjectionSchema};
+use wallex_runtime::worker::{Active, Projector};
 use wallex_telemetry::catalogue::RECOVERY_RUNS_TOTAL;
 
 /// Longest a drift check's comparison may take (its snapshot is held that long).

@@ -6,12 +6,12 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::checkpoint::{self, Checkpoint};
-use crate::config::{Policy, ProjectionSettings};
 use crate::outcome::OperationError;
-use crate::registry::{self, Deployment, DeploymentState, Rebuild};
-use crate::worker::Projector;
 use crate::Projections;
+use wallex_runtime::checkpoint::{self, Checkpoint};
+use wallex_runtime::config::{Policy, ProjectionSettings};
+use wallex_runtime::registry::{self, Deployment, DeploymentState, Rebuild};
+use wallex_runtime::worker::Projector;
 
 /// What a projection is doing, as an operator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,7 +322,7 @@ fn status(
         previous_sha256: deployment.previous_sha256.clone(),
         source: deployment.source.clone(),
         namespace: deployment.namespace.clone(),
-        stable_namespace: crate::schema::stable_namespace(&deployment.projection),
+        stable_namespace: wallex_runtime::schema::stable_namespace(&deployment.projection),
         generation: deployment.generation,
         deployed_at: deployment.deployed_at,
         deployed_by: deployment.deployed_by.clone(),

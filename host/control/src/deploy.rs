@@ -28,14 +28,14 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tracing::Instrument;
 
-use super::artifacts;
-use super::checkpoint;
-use super::config::ProjectionSettings;
-use super::registry::{self, Deployment, DeploymentState, Rebuild};
-use super::schema::{namespace_base, ProjectionSchema};
 use super::Projections;
 use crate::outcome::{execute_ddl, Activation, OperationError, ROLLBACK_SOURCE, UPLOAD_SOURCE};
 use crate::rebuild::{drop_rebuild, start_rebuild};
+use wallex_runtime::artifacts;
+use wallex_runtime::checkpoint;
+use wallex_runtime::config::ProjectionSettings;
+use wallex_runtime::registry::{self, Deployment, DeploymentState, Rebuild};
+use wallex_runtime::schema::{namespace_base, ProjectionSchema};
 use wallex_sandbox::engine::{binary_kind, BinaryKind, ComponentError, LoadedComponent};
 
 /// A validated component, not yet live.
@@ -119,14 +119,13 @@ impl Projections {
         }
     }
 
-    /// The component with these bytes, compiled and described: loaded from its stored artifact
-    /// when there is one (see [`crate::artifacts`]), else compiled once for the whole cluster
-    /// (under the compile lock, the artifact stored for the others), on a blocking thread, at
-    /// most [`super::MAX_CONCURRENT_COMPILES`] at a time, within the compile time limit. (A
-    /// compile that overruns keeps its thread until it ends, but its result is dropped.) Refused
-    /// when it would take the process's compiled components over their memory limit. A fresh
-    /// compile's artifact is still being stored when this returns: the [`ArtifactStore`] says
-    /// when it is.
+    /// The component with these bytes, compiled and described: loaded from its stored artifact when
+    /// there is one (see [`wallex_runtime::artifacts`]), else compiled once for the whole cluster
+    /// (under the compile lock, the artifact stored for the others), on a blocking thread, at most
+    /// [`super::MAX_CONCURRENT_COMPILES`] at a time, within the compile time limit. (A compile that
+    /// overruns keeps its thread until it ends, but its result is dropped.) Refused when it would
+    /// take the process's compiled components over their memory limit. A fresh compile's artifact
+    /// is still being stored when this returns: the [`ArtifactStore`] says when it is.
     pub(super) async fn compile(
         &self,
         origin: String,

@@ -7,18 +7,19 @@
 //!
 //! Architecture invariant: what runs is what the registry says — compiled from the stored bytes,
 //! one reconciliation at a time per process. API boundary: reads the registry through its owner
-//! ([`crate::registry`]); never changes it.
+//! ([`wallex_runtime::registry`]); never changes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{self, Deployment, DeploymentState, Rebuild};
-use crate::schema::ProjectionSchema;
-use crate::worker::{Active, Desired, RebuildTarget};
-use crate::{config, ComponentError, OperationError};
+use crate::{ComponentError, OperationError};
 use crate::{LoadError, Projections};
+use wallex_runtime::config;
+use wallex_runtime::registry::{self, Deployment, DeploymentState, Rebuild};
+use wallex_runtime::schema::ProjectionSchema;
+use wallex_runtime::worker::{Active, Desired, RebuildTarget};
 use wallex_sandbox::engine::LoadedComponent;
 
 impl Projections {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::checkpoint;
-use crate::registry::{self, Deployment, DeploymentState};
+use wallex_runtime::checkpoint;
+use wallex_runtime::registry::{self, Deployment, DeploymentState};
 use wallex_sandbox::engine::ComponentError;
 use wallex_sandbox::guest_text::quoted;
 
@@ -63,7 +63,7 @@ pub enum OperationError {
     Component(#[from] ComponentError),
     /// The component's declaration is invalid.
     #[error("invalid declaration: {0}")]
-    Schema(#[from] crate::schema::SchemaError),
+    Schema(#[from] wallex_runtime::schema::SchemaError),
     /// The component declares another name than the projection the operation was for.
     #[error("the component is named {}, not {}", quoted(actual), quoted(expected))]
     NameMismatch {
@@ -202,7 +202,7 @@ pub enum LoadError {
         origin: String,
         /// What is wrong with the declaration.
         #[source]
-        source: crate::schema::SchemaError,
+        source: wallex_runtime::schema::SchemaError,
     },
     /// The projections directory or one of its files cannot be read.
     #[error("cannot read projection components from {path}: {source}")]
@@ -230,7 +230,7 @@ pub enum LoadError {
     },
     /// A checkpoint could not be created or read.
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] wallex_runtime::checkpoint::CheckpointError),
     /// A component given at start-up was refused, or registering it failed.
     #[error("{origin}: {source}")]
     Deploy {

@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::Connection;
 
-use crate::guest_event::to_guest_event;
-use crate::mutation;
 use crate::outcome::OperationError;
-use crate::schema::{quote, ProjectionSchema};
-use crate::worker::BatchError;
-use crate::{checkpoint, registry, Projections};
+use crate::Projections;
 use wallex_core::outbox;
+use wallex_runtime::guest_event::to_guest_event;
+use wallex_runtime::mutation;
+use wallex_runtime::schema::{quote, ProjectionSchema};
+use wallex_runtime::worker::BatchError;
+use wallex_runtime::{checkpoint, registry};
 use wallex_sandbox::engine::wit;
 
 /// Most events of one stream a repair replays (they go to the component in one call).
@@ -139,8 +140,8 @@ impl Projections {
         &self,
         name: &str,
         stream: &str,
-        projector: &crate::worker::Projector,
-        version: &crate::worker::Active,
+        projector: &wallex_runtime::worker::Projector,
+        version: &wallex_runtime::worker::Active,
         owned: &[Owned],
     ) -> Result<StreamRepair, RepairFailure> {
         let schema = &version.schema;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
-use wallex_runtime::{checkpoint, Projections};
+use wallex_control::Projections;
+use wallex_runtime::checkpoint;
 use wallex_sandbox::bundled;
 use wallex_test_support::db::PooledDb as TestDb;
 use wallex_test_support::events::{create_wallet, last_cursor, table_snapshot};

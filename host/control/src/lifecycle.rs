@@ -8,14 +8,15 @@
 use serde_json::json;
 use sqlx::Connection;
 
-use crate::dead_letters::{self, DeadLetter, ReplayOutcome};
-use crate::guest_event::to_guest_event;
 use crate::outcome::{execute_ddl, live_deployment, OperationError};
 use crate::rebuild::drop_rebuild;
-use crate::registry::DeploymentState;
-use crate::schema::quote;
-use crate::worker::BatchError;
-use crate::{checkpoint, registry, Projections};
+use crate::Projections;
+use wallex_runtime::dead_letters::{self, DeadLetter, ReplayOutcome};
+use wallex_runtime::guest_event::to_guest_event;
+use wallex_runtime::registry::DeploymentState;
+use wallex_runtime::schema::quote;
+use wallex_runtime::worker::BatchError;
+use wallex_runtime::{checkpoint, registry};
 use wallex_sandbox::guest_text::{clip, MAX_ERROR_BYTES};
 
 impl Projections {
@@ -99,7 +100,7 @@ impl Projections {
         if drop_tables {
             for namespace in [
                 current.namespace.clone(),
-                super::schema::stable_namespace(name),
+                wallex_runtime::schema::stable_namespace(name),
             ] {
                 execute_ddl(
                     &mut tx,
@@ -172,10 +173,12 @@ impl Projections {
             // PostgreSQL may still refuse the data: that is the event still failing, not an
             // error of the replay.
             let applied = match evaluated {
-                Ok(plan) => match crate::mutation::apply_or_reject(&mut tx, &plan).await? {
-                    None => Ok(()),
-                    Some(reason) => Err(BatchError::Data(reason)),
-                },
+                Ok(plan) => {
+                    match wallex_runtime::mutation::apply_or_reject(&mut tx, &plan).await? {
+                        None => Ok(()),
+                        Some(reason) => Err(BatchError::Data(reason)),
+                    }
+                }
                 Err(error) => Err(error),
             };
             match applied {

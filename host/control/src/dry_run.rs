@@ -46,16 +46,16 @@ use sqlx::{PgConnection, PgExecutor};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::checkpoint;
-pub use crate::config::DryRunLimits;
 use crate::outcome::{execute_ddl, OperationError};
 use crate::recovery::drift::{open_snapshot, TableDiff};
-use crate::registry::{self, DeploymentState};
-use crate::schema::{is_identifier, quote, ProjectionSchema, TableSchema};
-use crate::worker::{Active, Desired, PoisonEvent, Projector, Track};
 use crate::Projections;
 use wallex_core::outbox::{self, OutboxCursor};
 use wallex_core::read_model_check::RowDrift;
+use wallex_runtime::checkpoint;
+pub use wallex_runtime::config::DryRunLimits;
+use wallex_runtime::registry::{self, DeploymentState};
+use wallex_runtime::schema::{is_identifier, quote, ProjectionSchema, TableSchema};
+use wallex_runtime::worker::{Active, Desired, PoisonEvent, Projector, Track};
 
 /// Dry runs running at once in the cluster (each replays the whole log).
 pub const MAX_RUNNING: i64 = 4;
@@ -815,7 +815,7 @@ impl Projections {
         let settings = live.as_ref().map(|d| d.settings()).unwrap_or_default();
         let mut policy = self.inner.config.policy(&name, &settings);
         // Every poison event is skipped and reported: the run sees the whole log.
-        policy.on_poison = crate::config::OnPoison::Skip;
+        policy.on_poison = wallex_runtime::config::OnPoison::Skip;
         let active = Active {
             schema: Arc::new(target),
             handler: candidate.component.clone(),
