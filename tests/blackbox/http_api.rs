@@ -103,11 +103,12 @@ async fn correlation_id_is_generated_when_absent_and_validated_when_present() {
 async fn money_is_exact_and_currency_is_iso_4217() {
     let app = start(&[]).await;
     let client = client();
-    // 23 significant digits: an f64 would round them.
+    // 23 significant digits: an f64 would round them. (Gold has no ISO 4217 minor unit, so it
+    // takes the host's eight fractional digits.)
     let reply = post_wallet(
         &client,
         &app.server,
-        r#"{"walletId":"w-exact","ownerId":"o","initialBalance":123456789012345.12345678,"currency":"EUR"}"#,
+        r#"{"walletId":"w-exact","ownerId":"o","initialBalance":123456789012345.12345678,"currency":"XAU"}"#,
         &[],
     )
     .await;
@@ -115,7 +116,7 @@ async fn money_is_exact_and_currency_is_iso_4217() {
     assert!(
         reply
             .text()
-            .contains(r#""balance":123456789012345.12345678,"currency":"EUR""#),
+            .contains(r#""balance":123456789012345.12345678,"currency":"XAU""#),
         "{}",
         reply.text()
     );
@@ -156,6 +157,20 @@ async fn money_is_exact_and_currency_is_iso_4217() {
     )
     .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
+    // Each currency's own minor unit: yen are whole, dinars have three digits.
+    for (id, body) in [
+        ("w-jpy", r#""initialBalance":1500,"currency":"JPY""#),
+        ("w-bhd", r#""initialBalance":1.234,"currency":"BHD""#),
+    ] {
+        let reply = post_wallet(
+            &client,
+            &app.server,
+            &format!(r#"{{"walletId":"{id}","ownerId":"o",{body}}}"#),
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,6 +188,19 @@ async fn invalid_fields_get_422_with_every_field_listed_and_store_nothing() {
         ),
         (
             r#"{"walletId":"w","ownerId":"o","initialBalance":1000000000000000.01}"#,
+            &["initialBalance"],
+        ),
+        // Finer than the currency's ISO 4217 minor unit.
+        (
+            r#"{"walletId":"w","ownerId":"o","initialBalance":1.5,"currency":"JPY"}"#,
+            &["initialBalance"],
+        ),
+        (
+            r#"{"walletId":"w","ownerId":"o","initialBalance":"1.005"}"#,
+            &["initialBalance"],
+        ),
+        (
+            r#"{"walletId":"w","ownerId":"o","initialBalance":1.2345,"currency":"BHD"}"#,
             &["initialBalance"],
         ),
         (

@@ -10,7 +10,11 @@
 //!
 //! - [`wallet`] — the domain: `CreateWallet` validation (ids, exact money, currency), the
 //!   snapshot and its response body.
-//! - [`currency`] — the ISO 4217 codes accepted.
+//! - [`wallet_event`] — a wallet's events, typed, their JSON `data` (the projection contract), and
+//!   the snapshot as the fold of a stream.
+//! - [`movement`] — deposits, withdrawals and transfers: their bodies validated and the decision
+//!   each makes on the wallets it touches (the events to append, or a `Refusal`).
+//! - [`currency`] — the ISO 4217 codes accepted, with their minor units.
 //! - [`idempotency`] — key parsing, body fingerprint, the claim (advisory lock), stored responses,
 //!   the expiry task. Owns `idempotency_keys`.
 //! - [`write_path`] — the create-wallet transaction, and with KurrentDB the completion of the
@@ -31,9 +35,11 @@ pub mod db;
 pub mod eventstore;
 pub mod failpoint;
 pub mod idempotency;
+pub mod movement;
 pub mod outbox;
 pub mod read_model_check;
 pub mod redis_lock_cache;
 pub mod seed;
 pub mod wallet;
+pub mod wallet_event;
 pub mod write_path;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::currency::{is_iso_4217, DEFAULT_CURRENCY};
+use crate::currency::{is_iso_4217, minor_units, DEFAULT_CURRENCY};
 
 /// One invalid field of a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,8 @@ impl FieldError {
 
 /// Longest wallet or owner id.
 pub const MAX_ID_LEN: usize = 128;
-/// Most fractional digits an amount may have.
+/// Most fractional digits an amount may have in any currency (what the `wallets.balance` column
+/// keeps); a currency with a minor unit allows only its own digits ([`check_minor_units`]).
 pub const MAX_AMOUNT_SCALE: u32 = 8;
 /// Largest amount (1e15).
 pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
@@ -52,8 +53,9 @@ pub struct CreateWallet {
     pub wallet_id: String,
     /// Who the wallet belongs to.
     pub owner_id: String,
-    /// Opening balance: not negative, at most [`MAX_AMOUNT`] with [`MAX_AMOUNT_SCALE`]
-    /// fractional digits, with the digits the client sent.
+    /// Opening balance: not negative, at most [`MAX_AMOUNT`], with no more fractional digits
+    /// than the currency's minor unit allows ([`check_minor_units`]), with the digits the client
+    /// sent.
     pub initial_balance: Decimal,
     /// ISO 4217 code; [`DEFAULT_CURRENCY`] when the body has none.
     pub currency: String,
@@ -64,19 +66,7 @@ const CREATE_FIELDS: [&str; 4] = ["walletId", "ownerId", "initialBalance", "curr
 impl CreateWallet {
     /// Validates a JSON body, collecting every field error rather than stopping at the first.
     pub fn from_json(body: &Value) -> Result<Self, Vec<FieldError>> {
-        let Some(object) = body.as_object() else {
-            return Err(vec![FieldError {
-                pointer: "#".into(),
-                field: String::new(),
-                detail: "the body must be a JSON object".into(),
-            }]);
-        };
-        let mut errors = Vec::new();
-        for name in object.keys() {
-            if !CREATE_FIELDS.contains(&name.as_str()) {
-                errors.push(FieldError::new(name, "unknown field"));
-            }
-        }
+        let (object, mut errors) = body_object(body, &CREATE_FIELDS)?;
         let wallet_id = required_id(object, "walletId", &mut errors);
         let owner_id = required_id(object, "ownerId", &mut errors);
         let initial_balance = match object.get("initialBalance") {
@@ -107,6 +97,11 @@ impl CreateWallet {
                 None
             }
         };
+        if let (Some(amount), Some(code)) = (initial_balance, &currency) {
+            if let Err(detail) = check_minor_units(amount, code) {
+                errors.push(FieldError::new("initialBalance", detail));
+            }
+        }
         match (wallet_id, owner_id, initial_balance, currency) {
             (Some(wallet_id), Some(owner_id), Some(initial_balance), Some(currency))
                 if errors.is_empty() =>
@@ -123,7 +118,33 @@ impl CreateWallet {
     }
 }
 
-fn required_id(
+/// A body's fields, and the errors found so far.
+pub(crate) type BodyFields<'a> = (&'a Map<String, Value>, Vec<FieldError>);
+
+/// A request body as a JSON object, with an "unknown field" error for each field not in
+/// `allowed` (the caller adds its own); not an object, the one error about the body.
+pub(crate) fn body_object<'a>(
+    body: &'a Value,
+    allowed: &[&str],
+) -> Result<BodyFields<'a>, Vec<FieldError>> {
+    let Some(object) = body.as_object() else {
+        return Err(vec![FieldError {
+            pointer: "#".into(),
+            field: String::new(),
+            detail: "the body must be a JSON object".into(),
+        }]);
+    };
+    let errors = object
+        .keys()
+        .filter(|name| !allowed.contains(&name.as_str()))
+        .map(|name| FieldError::new(name, "unknown field"))
+        .collect();
+    Ok((object, errors))
+}
+
+/// A required id field (a wallet's or an owner's), checked by [`validate_id`]; `None` with its
+/// error added when it is missing or invalid.
+pub(crate) fn required_id(
     object: &Map<String, Value>,
     field: &str,
     errors: &mut Vec<FieldError>,
@@ -179,6 +200,21 @@ pub fn parse_amount(value: &Value) -> Result<Decimal, String> {
     } else {
         amount
     })
+}
+
+/// Checks that `amount` is no finer than `currency`'s minor unit (ISO 4217: JPY 0 fractional
+/// digits, USD 2, BHD 3), counting the digits as sent: `100.00` is two. Currencies without a minor
+/// unit (gold, the SDR) allow [`MAX_AMOUNT_SCALE`], which [`parse_amount`] has checked already.
+pub fn check_minor_units(amount: Decimal, currency: &str) -> Result<(), String> {
+    match minor_units(currency) {
+        Some(0) if amount.scale() > 0 => Err(format!(
+            "must be a whole number in {currency}, which has no minor unit (ISO 4217)"
+        )),
+        Some(digits) if amount.scale() > digits => Err(format!(
+            "must have at most {digits} fractional digits in {currency} (its ISO 4217 minor unit)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Accepts the JSON number grammar (`-?digits[.digits][e[+-]digits]`), nothing else.
@@ -354,6 +390,33 @@ mod tests {
             CreateWallet::from_json(&json!({"walletId": 7, "extra": 1})).expect_err("invalid");
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["extra", "walletId", "ownerId", "initialBalance"]);
+    }
+
+    #[test]
+    fn amounts_are_no_finer_than_the_currency_minor_unit() {
+        let create = |balance: &str, currency: &str| {
+            CreateWallet::from_json(&json!({
+                "walletId": "w", "ownerId": "o",
+                "initialBalance": serde_json::from_str::<Value>(balance).expect("test JSON"),
+                "currency": currency,
+            }))
+        };
+        assert!(create("100", "JPY").is_ok());
+        assert!(create("1e3", "JPY").is_ok());
+        assert!(create("1.00", "USD").is_ok());
+        assert!(create("1.234", "BHD").is_ok());
+        assert!(create("0.12345678", "XAU").is_ok());
+        for (balance, currency) in [
+            ("1.5", "JPY"),
+            ("100.0", "JPY"),
+            ("\"1.005\"", "USD"),
+            ("1.2345", "BHD"),
+        ] {
+            let errors = create(balance, currency).expect_err(balance);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].pointer, "#/initialBalance");
+            assert!(errors[0].detail.contains(currency), "{errors:?}");
+        }
     }
 
     #[test]
