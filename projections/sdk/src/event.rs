@@ -149,6 +149,12 @@ impl Event {
     pub fn decode(&self) -> Result<DomainEvent<'_>> {
         Ok(match self.event_type.as_str() {
             WalletCreated::TYPE => DomainEvent::WalletCreated(WalletCreated::decode(self)?),
+            MoneyMoved::FUNDS_DEPOSITED => DomainEvent::FundsDeposited(MoneyMoved::decode(self)?),
+            MoneyMoved::FUNDS_WITHDRAWN => DomainEvent::FundsWithdrawn(MoneyMoved::decode(self)?),
+            MoneyMoved::TRANSFER_DEBITED => DomainEvent::TransferDebited(MoneyMoved::decode(self)?),
+            MoneyMoved::TRANSFER_CREDITED => {
+                DomainEvent::TransferCredited(MoneyMoved::decode(self)?)
+            }
             _ => DomainEvent::Unknown(self),
         })
     }
@@ -177,6 +183,14 @@ impl Event {
 pub enum DomainEvent<'a> {
     /// A `WalletCreated` event.
     WalletCreated(WalletCreated<'a>),
+    /// A `FundsDeposited` event: money in from outside wallex.
+    FundsDeposited(MoneyMoved<'a>),
+    /// A `FundsWithdrawn` event: money out to outside wallex.
+    FundsWithdrawn(MoneyMoved<'a>),
+    /// A `TransferDebited` event: the paying wallet's leg of a transfer.
+    TransferDebited(MoneyMoved<'a>),
+    /// A `TransferCredited` event: the receiving wallet's leg of a transfer.
+    TransferCredited(MoneyMoved<'a>),
     /// An event of a type this SDK does not know: the raw event.
     Unknown(&'a Event),
 }
@@ -236,6 +250,100 @@ impl<'a> WalletCreated<'a> {
     /// `createdAt`: when the wallet was created, RFC 3339.
     pub fn created_at(&self) -> Result<Timestamp> {
         self.text("createdAt").map(Timestamp::new)
+    }
+
+    fn text(&self, field: &str) -> Result<&str> {
+        text_field(self.event, &self.data, field)
+    }
+}
+
+/// The data of an event that moves money (wallet events schema 1.1.0, `wit/README.md`):
+/// `{"walletId","amount","currency","balance","reference"?,"at"}`, and for a transfer's legs
+/// `"transferId"` and `"counterpartyWalletId"`. Money is a decimal string; `balance` is the
+/// wallet's balance after the movement. The host writes only `WalletCreated` so far; these decode
+/// the events of the deposit, withdrawal and transfer commands being built.
+///
+/// Fields are checked when read, as [`WalletCreated`]'s are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoneyMoved<'a> {
+    event: &'a Event,
+    data: Json,
+}
+
+impl<'a> MoneyMoved<'a> {
+    /// Type of money paid in, for [`ProjectionInfo::subscribe`](crate::ProjectionInfo::subscribe).
+    pub const FUNDS_DEPOSITED: &'static str = "FundsDeposited";
+    /// Type of money paid out.
+    pub const FUNDS_WITHDRAWN: &'static str = "FundsWithdrawn";
+    /// Type of a transfer's leg on the paying wallet's stream.
+    pub const TRANSFER_DEBITED: &'static str = "TransferDebited";
+    /// Type of a transfer's leg on the receiving wallet's stream.
+    pub const TRANSFER_CREDITED: &'static str = "TransferCredited";
+
+    fn decode(event: &'a Event) -> Result<Self> {
+        Ok(Self {
+            event,
+            data: event.parse_data()?,
+        })
+    }
+
+    /// The raw event.
+    pub fn event(&self) -> &'a Event {
+        self.event
+    }
+
+    /// The parsed data, for fields this SDK version does not know.
+    pub fn data(&self) -> &Json {
+        &self.data
+    }
+
+    /// Whether the movement adds to the wallet's balance (a deposit or a received transfer).
+    pub fn is_credit(&self) -> bool {
+        matches!(
+            self.event.event_type.as_str(),
+            Self::FUNDS_DEPOSITED | Self::TRANSFER_CREDITED
+        )
+    }
+
+    /// `walletId`: the wallet whose stream holds the event.
+    pub fn wallet_id(&self) -> Result<&str> {
+        self.text("walletId")
+    }
+
+    /// `amount`: what moved, positive, a decimal string.
+    pub fn amount(&self) -> Result<Decimal> {
+        self.text("amount").map(Decimal::new)
+    }
+
+    /// `currency`: the wallet's ISO 4217 code.
+    pub fn currency(&self) -> Result<&str> {
+        self.text("currency")
+    }
+
+    /// `balance`: the wallet's balance after the movement.
+    pub fn balance(&self) -> Result<Decimal> {
+        self.text("balance").map(Decimal::new)
+    }
+
+    /// `reference`: the client's reference, when it sent one.
+    pub fn reference(&self) -> Option<&str> {
+        self.data["reference"].as_str()
+    }
+
+    /// `at`: when it happened, RFC 3339.
+    pub fn at(&self) -> Result<Timestamp> {
+        self.text("at").map(Timestamp::new)
+    }
+
+    /// `transferId`: the transfer both legs belong to; `None` for a deposit or a withdrawal.
+    pub fn transfer_id(&self) -> Option<&str> {
+        self.data["transferId"].as_str()
+    }
+
+    /// `counterpartyWalletId`: the other wallet of a transfer (the payee on the debit, the payer
+    /// on the credit); `None` for a deposit or a withdrawal.
+    pub fn counterparty_wallet_id(&self) -> Option<&str> {
+        self.data["counterpartyWalletId"].as_str()
     }
 
     fn text(&self, field: &str) -> Result<&str> {
@@ -316,6 +424,48 @@ mod tests {
         );
         assert_eq!(wallet.data()["extra"], 1);
         assert_eq!(wallet.event().global_position, 42);
+    }
+
+    #[test]
+    fn money_movements_are_typed() {
+        let event = Event::new(
+            MoneyMoved::TRANSFER_DEBITED,
+            r#"{"walletId":"w1","transferId":"t1","counterpartyWalletId":"w2","amount":"2.50",
+                "currency":"EUR","balance":"8.00","reference":"rent",
+                "at":"2026-11-26T12:00:01.000Z"}"#,
+        )
+        .with_position(43)
+        .with_event_id(ID);
+        let DomainEvent::TransferDebited(moved) = event.decode().expect("decodes") else {
+            panic!("not a TransferDebited");
+        };
+        assert!(!moved.is_credit());
+        assert_eq!(moved.wallet_id().unwrap(), "w1");
+        assert_eq!(moved.amount().unwrap(), Decimal::new("2.50"));
+        assert_eq!(moved.currency().unwrap(), "EUR");
+        assert_eq!(moved.balance().unwrap(), Decimal::new("8.00"));
+        assert_eq!(moved.reference(), Some("rent"));
+        assert_eq!(moved.transfer_id(), Some("t1"));
+        assert_eq!(moved.counterparty_wallet_id(), Some("w2"));
+        assert_eq!(
+            moved.at().unwrap(),
+            Timestamp::new("2026-11-26T12:00:01.000Z")
+        );
+        let deposit = Event::new(
+            MoneyMoved::FUNDS_DEPOSITED,
+            r#"{"walletId":"w1","currency":"EUR","balance":"1"}"#,
+        )
+        .with_position(44)
+        .with_event_id(ID);
+        let DomainEvent::FundsDeposited(moved) = deposit.decode().expect("decodes") else {
+            panic!("not a FundsDeposited");
+        };
+        assert!(moved.is_credit());
+        assert_eq!((moved.reference(), moved.transfer_id()), (None, None));
+        assert_eq!(
+            moved.amount().unwrap_err().message(),
+            format!("FundsDeposited {ID}: amount is missing or not a string")
+        );
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub mod schema;
 pub mod value;
 
 pub use error::{Error, ForEvent, Result};
-pub use event::{DomainEvent, Event, LogOrder, Metadata, WalletCreated};
+pub use event::{DomainEvent, Event, LogOrder, Metadata, MoneyMoved, WalletCreated};
 pub use mutation::{Change, Delete, Insert, Mutation, Update, Upsert};
 pub use schema::{Column, ColumnType, Index, ProjectionInfo, StreamOwner, Table, ALL_EVENT_TYPES};
 pub use serde_json;
