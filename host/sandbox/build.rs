@@ -8,21 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Variables of the outer cargo that would leak into the nested guest build.
-const CLEARED_ENV: &[&str] = &[
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_BUILD_RUSTFLAGS",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "CARGO_PRIMARY_PACKAGE",
-    "RUSTDOCFLAGS",
-];
+include!("nested_cargo_env.rs");
 
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
