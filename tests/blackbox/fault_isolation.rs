@@ -487,6 +487,11 @@ async fn randomised_kill_9_and_crash_failpoints_lose_nothing() {
     .expect("counts");
     assert_eq!((events, outbox), (wallets, wallets));
     assert_eq!(wallets, keys.len() as i64);
+    // Every snapshot is the fold of its stream.
+    assert_eq!(
+        wallex_test_support::events::assert_snapshots_are_folds(&pool).await,
+        keys.len()
+    );
     wait_all_caught_up(&pool).await;
     let projected = projection_snapshot(&pool).await;
     drop(server);

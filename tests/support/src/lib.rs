@@ -6,7 +6,8 @@
 //! - [`db`] — a PostgreSQL database of its own per test (empty, or migrated with a pool),
 //!   dropped with the value; `count` and the write path's row counts.
 //! - [`events`] — events written exactly as the write path writes them (event store and outbox
-//!   in one transaction), the outbox's last cursor, a table's rows.
+//!   in one transaction), the outbox's last cursor, a table's rows, and the check that every
+//!   snapshot is the fold of its stream.
 //! - [`projections`] — the projection runtime started in the test process over a test database,
 //!   and waiting for its checkpoints.
 //!
