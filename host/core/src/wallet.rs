@@ -281,31 +281,6 @@ pub fn format_timestamp(at: DateTime<Utc>) -> String {
 }
 
 impl WalletSnapshot {
-    /// The snapshot a `WalletCreated` event describes (its `data`), as the write path wrote it:
-    /// how a wallet whose event is in an external store is completed in PostgreSQL.
-    pub fn from_created_event(data: &Value) -> Result<Self, String> {
-        let text = |field: &str| {
-            data.get(field)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("WalletCreated has no text field {field}"))
-        };
-        let balance = Decimal::from_str(&text("initialBalance")?)
-            .map_err(|error| format!("WalletCreated has an invalid initialBalance: {error}"))?;
-        let created_at = DateTime::parse_from_rfc3339(&text("createdAt")?)
-            .map_err(|error| format!("WalletCreated has an invalid createdAt: {error}"))?
-            .with_timezone(&Utc);
-        Ok(Self {
-            id: text("walletId")?,
-            owner_id: text("ownerId")?,
-            balance,
-            currency: text("currency")?,
-            version: 1,
-            created_at,
-            updated_at: created_at,
-        })
-    }
-
     /// The response body bytes.
     pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         let body = WalletJson {

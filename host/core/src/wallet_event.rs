@@ -278,6 +278,13 @@ impl Fields<'_> {
     }
 }
 
+/// The snapshot a `WalletCreated` event's `data` describes, as the write path wrote it: how a
+/// wallet whose event is in an external store (KurrentDB) is completed in PostgreSQL.
+pub fn created_snapshot(data: &Value) -> Result<WalletSnapshot, String> {
+    let event = WalletEvent::from_data(WALLET_CREATED, data).map_err(|error| error.to_string())?;
+    fold([(1, &event)]).map_err(|error| error.to_string())
+}
+
 /// Why a stream's events do not fold into a wallet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {

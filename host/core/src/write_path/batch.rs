@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::join_all;
-use serde_json::json;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::Instrument;
@@ -49,6 +48,7 @@ use crate::idempotency::{self, Completion, ScopedKey};
 use crate::outbox;
 use crate::redis_lock_cache::{Completed, RedisLockCache, WalletLock};
 use crate::wallet::{CreateWallet, WalletSnapshot, WALLET_CREATED};
+use crate::wallet_event::{self, WalletEvent};
 use wallex_telemetry::catalogue::{
     DB_POOL_ACQUIRE_DURATION_SECONDS, WALLET_WRITE_BATCH_SIZE, WALLET_WRITE_BATCH_SPLITS_TOTAL,
     WALLET_WRITE_REQUESTS_TOTAL, WALLET_WRITE_TRANSACTIONS_TOTAL,
@@ -636,7 +636,7 @@ async fn create_in_kurrentdb(
     for (&i, outcome) in candidates.iter().zip(outcomes) {
         match outcome? {
             StreamCreation::Created(event) => {
-                let wallet = WalletSnapshot::from_created_event(&event.data)
+                let wallet = wallet_event::created_snapshot(&event.data)
                     .map_err(|error| EventStoreError::Backend(error.into()))?;
                 created.push((i, wallet, *event));
             }
@@ -737,13 +737,14 @@ fn created_event(
     NewEvent {
         event_id,
         event_type: WALLET_CREATED.to_owned(),
-        data: json!({
-            "walletId": wallet.id,
-            "ownerId": wallet.owner_id,
-            "initialBalance": wallet.balance.to_string(),
-            "currency": wallet.currency,
-            "createdAt": crate::wallet::format_timestamp(now),
-        }),
+        data: WalletEvent::Created {
+            wallet_id: wallet.id.clone(),
+            owner_id: wallet.owner_id.clone(),
+            initial_balance: wallet.balance,
+            currency: wallet.currency.clone(),
+            at: now,
+        }
+        .to_data(),
         metadata: EventMetadata {
             correlation_id: context.correlation_id.clone(),
             causation_id: context.correlation_id.clone(),

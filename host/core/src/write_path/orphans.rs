@@ -36,7 +36,8 @@ use crate::eventstore::kurrent::{KurrentEventStore, LogEntry, LogPosition};
 use crate::eventstore::{EventStoreError, RecordedEvent};
 use crate::idempotency::{self, Completion, ScopedKey};
 use crate::outbox::{self, OutboxError};
-use crate::wallet::{WalletSnapshot, WALLET_CREATED};
+use crate::wallet::WALLET_CREATED;
+use crate::wallet_event;
 use wallex_telemetry::catalogue::{
     KURRENTDB_RECONCILED_WALLETS_TOTAL, KURRENTDB_RECONCILE_PASSES_TOTAL,
 };
@@ -288,7 +289,7 @@ impl OrphanCompleter {
             event_id: event.event_id,
             reason,
         };
-        let wallet = WalletSnapshot::from_created_event(&event.data).map_err(invalid)?;
+        let wallet = wallet_event::created_snapshot(&event.data).map_err(invalid)?;
         let key = event
             .metadata
             .idempotency_key
