@@ -210,23 +210,6 @@ impl<'a> WalletCreated<'a> {
     /// The event type, for [`ProjectionInfo::subscribe`](crate::ProjectionInfo::subscribe).
     pub const TYPE: &'static str = "WalletCreated";
 
-    fn decode(event: &'a Event) -> Result<Self> {
-        Ok(Self {
-            event,
-            data: event.parse_data()?,
-        })
-    }
-
-    /// The raw event.
-    pub fn event(&self) -> &'a Event {
-        self.event
-    }
-
-    /// The parsed data, for fields this SDK version does not know.
-    pub fn data(&self) -> &Json {
-        &self.data
-    }
-
     /// `walletId`: the wallet's id (its stream is `wallet-{walletId}`).
     pub fn wallet_id(&self) -> Result<&str> {
         self.text("walletId")
@@ -250,10 +233,6 @@ impl<'a> WalletCreated<'a> {
     /// `createdAt`: when the wallet was created, RFC 3339.
     pub fn created_at(&self) -> Result<Timestamp> {
         self.text("createdAt").map(Timestamp::new)
-    }
-
-    fn text(&self, field: &str) -> Result<&str> {
-        text_field(self.event, &self.data, field)
     }
 }
 
@@ -279,23 +258,6 @@ impl<'a> MoneyMoved<'a> {
     pub const TRANSFER_DEBITED: &'static str = "TransferDebited";
     /// Type of a transfer's leg on the receiving wallet's stream.
     pub const TRANSFER_CREDITED: &'static str = "TransferCredited";
-
-    fn decode(event: &'a Event) -> Result<Self> {
-        Ok(Self {
-            event,
-            data: event.parse_data()?,
-        })
-    }
-
-    /// The raw event.
-    pub fn event(&self) -> &'a Event {
-        self.event
-    }
-
-    /// The parsed data, for fields this SDK version does not know.
-    pub fn data(&self) -> &Json {
-        &self.data
-    }
 
     /// Whether the movement adds to the wallet's balance (a deposit or a received transfer).
     pub fn is_credit(&self) -> bool {
@@ -345,11 +307,39 @@ impl<'a> MoneyMoved<'a> {
     pub fn counterparty_wallet_id(&self) -> Option<&str> {
         self.data["counterpartyWalletId"].as_str()
     }
-
-    fn text(&self, field: &str) -> Result<&str> {
-        text_field(self.event, &self.data, field)
-    }
 }
+
+/// What every typed view of an event has: its decoding from the raw event, the raw event and
+/// its parsed data, and a checked text field.
+macro_rules! typed_view {
+    ($view:ident) => {
+        impl<'a> $view<'a> {
+            fn decode(event: &'a Event) -> Result<Self> {
+                Ok(Self {
+                    event,
+                    data: event.parse_data()?,
+                })
+            }
+
+            /// The raw event.
+            pub fn event(&self) -> &'a Event {
+                self.event
+            }
+
+            /// The parsed data, for fields this SDK version does not know.
+            pub fn data(&self) -> &Json {
+                &self.data
+            }
+
+            fn text(&self, field: &str) -> Result<&str> {
+                text_field(self.event, &self.data, field)
+            }
+        }
+    };
+}
+
+typed_view!(WalletCreated);
+typed_view!(MoneyMoved);
 
 /// `data[field]` as a string, or an error about `event`.
 fn text_field<'j>(event: &Event, data: &'j Json, field: &str) -> Result<&'j str> {
